@@ -1,0 +1,29 @@
+# Two entry points: `make demo` (train on the built-in demo data) and `make test`.
+# Each sets up its own virtual environment in .venv first (idempotent: re-run only
+# when the requirements change).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test clean-venv
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@echo ">> setting up $(VENV) (first time: PyTorch from PyPI, a few GB, about a minute)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@touch $(STAMP)
+	@echo ">> $(VENV) is ready"
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	@echo ">> training both stages on the built-in demo data (makes the data first if needed)"
+	@$(PY) train.py DATA_NAME=demo $(ARGS)
+
+test: $(STAMP)
+	@echo ">> running the test suite (CPU)"
+	@$(PY) -m pytest -q $(ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,289 @@
+"""Every setting in one typed, frozen object; presets by DATA_NAME; `KEY=value` overrides.
+
+Edit a preset below, or override on the command line:
+    python train.py DATA_NAME=face IMAGE_DIR=data/celeba/img SKETCH_DIRS=data/celeba/skt1,data/celeba/skt2
+
+The field defaults are the reference code's "art" settings; `PRESETS` lists what each preset
+changes. Nothing here touches the disk or the clock at import time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass
+from typing import Optional
+
+DEFAULT_PRESET = "demo"  # what `python train.py` runs with no arguments
+
+
+class ConfigError(ValueError):
+    """An unknown setting or a value of the wrong type or range."""
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- data -------------------------------------------------------------------------------
+    DATA_NAME: str = "art"                   # preset: "art", "face", "shoe" or "demo"
+    IMAGE_DIR: Optional[str] = None          # folder of RGB training images (read flat)
+    SKETCH_DIRS: tuple[str, ...] = ()        # K >= 1 sketch folders, paired with IMAGE_DIR by file stem
+    TEST_IMAGE_DIR: Optional[str] = None     # held-out RGB images: FID and sample grids, never augmented
+    TEST_SKETCH_DIR: Optional[str] = None    # sketches of the held-out images (same stems)
+    DATALOADER_WORKERS: int = 8              # loader processes per GPU (0: load in the main process)
+
+    # --- networks ---------------------------------------------------------------------------
+    NFC: int = 64                            # base width of every network (reference: 64)
+    NBR_CLS: int = 500                       # images per self-supervised subset = classes of the head
+    IM_SIZE_AE: int = 512                    # autoencoder resolution (64..512, a power of two)
+    IM_SIZE_GAN: int = 1024                  # final output resolution: IM_SIZE_AE or 2 * IM_SIZE_AE
+    IM_SIZE_D: int = 512                     # discriminator structure size (reference: 512 even at 1024 px)
+
+    # --- AE stage ---------------------------------------------------------------------------
+    BATCH_SIZE_AE: int = 32                  # images per AE step, per process
+    ITERATION_AE: int = 100_000              # AE iterations (each = one self-supervised + one AE step)
+    LR_AE: float = 2e-4                      # Adam learning rate of encoders, decoder and head
+    LR_AE_AFTER_SWITCH: float = 1e-4         # lr of style encoder and decoder after the first subset switch
+    BETAS: tuple[float, float] = (0.5, 0.999)  # Adam betas of every optimizer of both stages
+    SUBSET_PASSES: int = 100                 # the subset moves on every NBR_CLS * SUBSET_PASSES // BATCH_SIZE_AE its
+    W_CLS: float = 1.0                       # instance classification (cross-entropy, both views)
+    W_STYLE: float = 1.0                     # style consistency (cosine, derangement negatives)
+    W_CONTENT: float = 1.0                   # content consistency (margin loss over sketch variants)
+    CONTENT_MARGIN: float = 2.0              # margin of the content consistency loss
+    W_REC_MSE: float = 1.0                   # AE reconstruction: mean squared error
+    W_REC_L1: float = 0.0                    # AE reconstruction: L1
+    W_REC_LPIPS: float = 1.0                 # AE reconstruction: LPIPS-VGG (summed over the batch)
+    W_GREY: float = 0.0                      # AE step B: grey-level loss under another image's style
+    W_MI: float = 0.0                        # content/style mutual information (CLUB upper bound)
+    MI_HIDDEN: int = 256                     # hidden width of the CLUB variational network
+    LPIPS_SIZE: int = 256                    # images are average-pooled to this size before LPIPS
+
+    # --- GAN stage --------------------------------------------------------------------------
+    BATCH_SIZE_GAN: int = 16                 # images per GAN step, per process
+    ITERATION_GAN: int = 200_000             # GAN iterations (reference: 20 epochs x 10,000)
+    LR_GAN: float = 2e-4                     # Adam learning rate of generator and discriminator
+    W_ADV: float = 1.0                       # generator hinge adversarial loss
+    W_GAN_MSE: float = 0.0                   # GAN reconstruction: mean squared error
+    W_GAN_L1: float = 0.0                    # GAN reconstruction: L1
+    W_GAN_LPIPS: float = 10.0                # GAN reconstruction: LPIPS-VGG (summed over the batch)
+    W_GAN_GREY: float = 0.0                  # GAN grey-level loss under another image's style
+    EMA_DECAY: float = 0.999                 # generator EMA; grids and FID use the EMA weights
+
+    # --- logging, evaluation, checkpoints ---------------------------------------------------
+    LOG_INTERVAL: int = 100                  # iterations between JSON-lines log records
+    SAVE_IMAGE_INTERVAL: int = 500           # iterations between PNG sample grids
+    SAVE_MODEL_INTERVAL: int = 2000          # iterations between checkpoints
+    KEEP_CHECKPOINTS: int = 3                # newest checkpoints kept per stage
+    FID_INTERVAL: int = 2000                 # GAN iterations between FIDs on the held-out set (0: off)
+    FID_N_SAMPLES: int = 5000                # generated images per FID (at most the held-out set size)
+    GRID_N: int = 8                          # images per row of a sample grid
+
+    # --- run --------------------------------------------------------------------------------
+    SAVE_FOLDER: str = "train_results"       # parent folder of run folders
+    TRIAL_NAME: Optional[str] = None         # run folder name (default: <DATA_NAME>-<date>-<time>)
+    RESUME: bool = False                     # continue TRIAL_NAME's stages from their last checkpoints
+    PRETRAINED_AE_PATH: Optional[str] = None  # AE checkpoint (file or run folder) for the GAN stage
+    TRAIN_AE_ONLY: bool = False              # stop after the AE stage
+    TRAIN_GAN_ONLY: bool = False             # skip the AE stage (needs PRETRAINED_AE_PATH or RESUME)
+    DEVICE: str = "auto"                     # "auto" (cuda if present), "cpu", "cuda", "cuda:1", ...
+    BF16: bool = True                        # bf16 autocast on CUDA (ignored on CPU)
+    CHANNELS_LAST: bool = True               # channels-last memory format on CUDA
+    COMPILE: bool = False                    # torch.compile the networks (CUDA)
+    SYNC_BN: bool = False                    # SyncBatchNorm under DDP
+    SEED: int = 0                            # seeds data order, augmentation and initialisation
+    DETERMINISTIC: bool = False              # deterministic kernels (for exact-resume checks)
+    NAN_POLICY: str = "stop"                 # a NaN/Inf loss: "stop" the run or "skip" the step
+
+    def __post_init__(self):
+        _check_choice("DATA_NAME", self.DATA_NAME, PRESETS)
+        _check_choice("NAN_POLICY", self.NAN_POLICY, ("stop", "skip"))
+        for name in ("IM_SIZE_AE", "IM_SIZE_GAN", "IM_SIZE_D"):
+            size = getattr(self, name)
+            if size < 64 or size & (size - 1):
+                raise ConfigError(f"{name}={size}: must be a power of two >= 64")
+        if self.IM_SIZE_AE > 512:
+            raise ConfigError(f"IM_SIZE_AE={self.IM_SIZE_AE}: the autoencoder supports 64..512")
+        if self.IM_SIZE_GAN not in (self.IM_SIZE_AE, 2 * self.IM_SIZE_AE):
+            raise ConfigError(f"IM_SIZE_GAN={self.IM_SIZE_GAN}: must be IM_SIZE_AE ({self.IM_SIZE_AE}) "
+                              f"or twice it")
+        if self.NFC < 8 or self.NFC % 8:
+            raise ConfigError(f"NFC={self.NFC}: must be a multiple of 8")
+        positive = ("NBR_CLS", "BATCH_SIZE_AE", "BATCH_SIZE_GAN", "LOG_INTERVAL", "SAVE_IMAGE_INTERVAL",
+                    "SAVE_MODEL_INTERVAL", "KEEP_CHECKPOINTS", "SUBSET_PASSES", "GRID_N", "LPIPS_SIZE")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}={getattr(self, name)}: must be positive")
+        for name in ("ITERATION_AE", "ITERATION_GAN", "FID_INTERVAL", "DATALOADER_WORKERS"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)}: must be >= 0")
+        if self.BATCH_SIZE_AE < 2 or self.BATCH_SIZE_GAN < 2:
+            raise ConfigError("batch sizes must be >= 2 (negatives are other items of the batch)")
+        if self.TRAIN_AE_ONLY and self.TRAIN_GAN_ONLY:
+            raise ConfigError("TRAIN_AE_ONLY and TRAIN_GAN_ONLY are both set: choose one")
+        if not 0.0 <= self.EMA_DECAY < 1.0:
+            raise ConfigError(f"EMA_DECAY={self.EMA_DECAY}: must be in [0, 1)")
+
+    # --- conversions ------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Config":
+        """Rebuild from `to_dict()` output (e.g. a run's config.json), type-checked."""
+        return cls(**{key: _coerce(key, value) for key, value in _known(values).items()})
+
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **{k: _coerce(k, v) for k, v in _known(changes).items()})
+
+
+# Each preset lists only what differs from the field defaults (the reference "art" settings).
+_SMALL_DATA_LOSSES = dict(W_REC_LPIPS=0.0, W_REC_L1=1.0, W_GAN_LPIPS=0.0, W_GAN_MSE=10.0, W_GAN_L1=10.0)
+PRESETS: dict[str, dict] = {
+    "art": {},       # WikiArt, 512 px AE, 1024 px GAN, art refine generator
+    "face": {},      # CelebA-HQ: as art, with the lighter face refine generator
+    "shoe": dict(    # small data sets (a few thousand images): no LPIPS, grey-level losses
+        _SMALL_DATA_LOSSES, W_GREY=1.0, W_GAN_GREY=10.0),
+    "demo": dict(    # the built-in procedural data set; trains on 2 CPU cores in minutes
+        _SMALL_DATA_LOSSES,
+        IMAGE_DIR="data/demo/train/images",
+        SKETCH_DIRS=("data/demo/train/sketches", "data/demo/train/xdog_thin", "data/demo/train/xdog_bold"),
+        TEST_IMAGE_DIR="data/demo/test/images",
+        TEST_SKETCH_DIR="data/demo/test/sketches",
+        DATALOADER_WORKERS=1,
+        NFC=16, NBR_CLS=64, IM_SIZE_AE=64, IM_SIZE_GAN=128, IM_SIZE_D=128,
+        BATCH_SIZE_AE=16, ITERATION_AE=600, BATCH_SIZE_GAN=8, ITERATION_GAN=300,
+        LR_AE_AFTER_SWITCH=2e-4, SUBSET_PASSES=50, W_MI=0.0, MI_HIDDEN=64,
+        LOG_INTERVAL=10, SAVE_IMAGE_INTERVAL=100, SAVE_MODEL_INTERVAL=100, FID_INTERVAL=0,
+        FID_N_SAMPLES=200, EMA_DECAY=0.99),
+}
+
+
+def preset(name: str, **overrides) -> Config:
+    """The preset `name` with `overrides` on top (type-checked)."""
+    _check_choice("DATA_NAME", name, PRESETS)
+    values = {**PRESETS[name], **overrides, "DATA_NAME": name}
+    return Config().replace(**values)
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """["KEY=value", ...] -> {KEY: typed value}; raises ConfigError naming the bad item."""
+    out = {}
+    for arg in args:
+        key, sep, text = arg.partition("=")
+        if not sep:
+            raise ConfigError(f"'{arg}': expected KEY=value (e.g. BATCH_SIZE_AE=8)")
+        key = key.strip()
+        _check_known(key)
+        out[key] = _parse(key, text.strip())
+    return out
+
+
+def from_args(args: list[str]) -> Config:
+    """Build the config for a command line: DATA_NAME picks the preset, the rest overrides it."""
+    overrides = parse_overrides(args)
+    return preset(overrides.pop("DATA_NAME", DEFAULT_PRESET), **overrides)
+
+
+# --------------------------------------------------------------------------- type checking
+
+_HINTS = typing.get_type_hints(Config)
+
+
+def _check_known(key: str) -> None:
+    if key not in _HINTS:
+        close = difflib.get_close_matches(key, _HINTS, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"unknown setting '{key}'{hint}")
+
+
+def _known(values: dict) -> dict:
+    for key in values:
+        _check_known(key)
+    return values
+
+
+def _check_choice(name, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r}: must be one of {', '.join(map(repr, choices))}")
+
+
+def _is_optional(tp) -> tuple[bool, type]:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        return True, next(a for a in args if a is not type(None))
+    return False, tp
+
+
+def _parse(key: str, text: str):
+    """Command-line text -> value of the field's type."""
+    optional, tp = _is_optional(_HINTS[key])
+    if optional and text.lower() in ("none", "null", ""):
+        return None
+    if typing.get_origin(tp) is tuple:
+        return _coerce(key, [part.strip() for part in text.split(",") if part.strip()])
+    if tp is bool:
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}={text!r}: expected true or false")
+    return _coerce(key, text)
+
+
+def _coerce(key: str, value):
+    """A value (from Python, JSON or text) -> the field's type, or ConfigError."""
+    optional, tp = _is_optional(_HINTS[key])
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key}=None: a value is required")
+    try:
+        if typing.get_origin(tp) is tuple:
+            if isinstance(value, str) or not isinstance(value, (list, tuple)):
+                raise TypeError
+            args = typing.get_args(tp)
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_scalar(args[0], v) for v in value)
+            if len(value) != len(args):
+                raise ConfigError(f"{key}={value!r}: expected {len(args)} values")
+            return tuple(_scalar(a, v) for a, v in zip(args, value))
+        return _scalar(tp, value)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{key}={value!r}: expected {_type_name(_HINTS[key])}") from None
+
+
+def _scalar(tp, value):
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise TypeError
+        return value
+    if tp is int:
+        if isinstance(value, bool) or isinstance(value, float):
+            raise TypeError
+        return int(value)  # int("8.5") raises ValueError
+    if tp is float:
+        if isinstance(value, bool):
+            raise TypeError
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise TypeError
+        return value
+    raise TypeError
+
+
+def _type_name(tp) -> str:
+    optional, inner = _is_optional(tp)
+    if typing.get_origin(inner) is tuple:
+        args = typing.get_args(inner)
+        inner_name = f"comma-separated {args[0].__name__}s"
+    else:
+        inner_name = inner.__name__
+    return f"{inner_name} or none" if optional else inner_name

@@ -1,0 +1,162 @@
+"""Train the sketch-to-image model: the AE stage, then the GAN stage (or one of them).
+
+    python train.py                                  # the demo preset (makes its data first)
+    python train.py DATA_NAME=art IMAGE_DIR=... SKETCH_DIRS=a,b,c TEST_IMAGE_DIR=... TEST_SKETCH_DIR=...
+    python train.py SAVE_FOLDER=train_results TRIAL_NAME=<run> RESUME=true   # continue a run
+
+A run folder <SAVE_FOLDER>/<TRIAL_NAME> holds config.json and one folder per stage
+(ae/, gan/) with log.jsonl, images/ (PNG grids) and checkpoints/ (last.txt points at the newest).
+Under torchrun every process trains; rank 0 writes. See README.md.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch.distributed as dist
+
+import config as C
+from config import Config, ConfigError
+from datasets import DataError, pair_folders
+from fileio import CheckpointError, load_checkpoint, write_json
+from train_step_1_ae import AEStage, build_lpips
+from train_step_2_gan import GANStage
+from training import NonFiniteLoss, Runtime, print_resume_hint, run_stage, setup_runtime
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLoss)
+
+
+def main(argv: list[str]) -> int:
+    """Command-line entry: returns the exit code; a user's mistake is one clear line, no traceback."""
+    try:
+        from weights import WeightsError
+        errors = (*USER_ERRORS, WeightsError)
+    except ImportError:  # the metrics layer is optional for presets without pretrained networks
+        errors = USER_ERRORS
+    try:
+        cfg = load_config(argv)
+        return train(cfg)
+    except errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def load_config(argv: list[str]) -> Config:
+    """Preset + overrides; with RESUME=true the run's own config.json is the base instead."""
+    overrides = C.parse_overrides(argv)
+    if not overrides.get("RESUME"):
+        return C.preset(overrides.pop("DATA_NAME", C.DEFAULT_PRESET), **overrides)
+    run_dir = Path(overrides.get("SAVE_FOLDER", Config.SAVE_FOLDER)) / str(overrides.get("TRIAL_NAME"))
+    if not overrides.get("TRIAL_NAME") or not (run_dir / "config.json").is_file():
+        raise ConfigError(f"RESUME=true needs TRIAL_NAME of an existing run (no {run_dir / 'config.json'})")
+    saved = Config.from_dict(json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
+    if "DATA_NAME" in overrides and overrides["DATA_NAME"] != saved.DATA_NAME:
+        raise ConfigError(f"run {run_dir} was trained with DATA_NAME={saved.DATA_NAME}")
+    return saved.replace(**overrides)
+
+
+def train(cfg: Config) -> int:
+    runtime = setup_runtime(cfg)
+    if cfg.IMAGE_DIR == C.PRESETS["demo"]["IMAGE_DIR"] and runtime.is_main:
+        from demo_data import ensure_demo_data  # the built-in data: made on first use
+        ensure_demo_data()
+    _barrier(runtime)
+    pairs = pair_folders(cfg.IMAGE_DIR, cfg.SKETCH_DIRS)
+    grid_pairs = pair_folders(cfg.TEST_IMAGE_DIR, [cfg.TEST_SKETCH_DIR]) if cfg.TEST_IMAGE_DIR else pairs
+    if cfg.FID_INTERVAL and not cfg.TRAIN_AE_ONLY and not (cfg.TEST_IMAGE_DIR and cfg.TEST_SKETCH_DIR):
+        raise ConfigError("FID_INTERVAL > 0 needs a held-out set: set TEST_IMAGE_DIR and TEST_SKETCH_DIR "
+                          "(FID on augmented training crops is not a valid number), or FID_INTERVAL=0")
+    run_dir = prepare_run_dir(cfg, runtime)
+    if runtime.is_main:
+        print(f"run folder: {run_dir}\n{len(pairs)} training pairs, {len(pairs.sketches[0])} sketch set(s) each")
+        if pairs.missing:
+            print(pairs.report())
+    lpips = build_lpips(max(cfg.W_REC_LPIPS, cfg.W_GAN_LPIPS), runtime)
+    fid = _fid_callback(cfg, runtime) if cfg.FID_INTERVAL and not cfg.TRAIN_AE_ONLY else None
+
+    ae_checkpoint = None
+    if not cfg.TRAIN_GAN_ONLY:
+        stage = AEStage(cfg, runtime, pairs, grid_pairs, lpips)
+        result = run_stage(stage, cfg, run_dir / "ae", cfg.ITERATION_AE, runtime, resume=cfg.RESUME)
+        if result.stopped:
+            return _stopped(cfg, run_dir, runtime)
+        ae_checkpoint = result.last_checkpoint
+        _barrier(runtime)
+    if not cfg.TRAIN_AE_ONLY:
+        ae_state = load_checkpoint(find_ae_checkpoint(cfg, run_dir, ae_checkpoint), kind="ae")
+        _check_preset(ae_state, cfg)
+        stage = GANStage(cfg, runtime, pairs, grid_pairs, ae_state["state"], lpips, fid)
+        result = run_stage(stage, cfg, run_dir / "gan", cfg.ITERATION_GAN, runtime, resume=cfg.RESUME,
+                           eval_interval=cfg.FID_INTERVAL)
+        if result.stopped:
+            return _stopped(cfg, run_dir, runtime)
+    if runtime.is_main:
+        print(f"done: grids in {run_dir}/*/images, checkpoints in {run_dir}/*/checkpoints")
+    return 0
+
+
+def prepare_run_dir(cfg: Config, runtime: Runtime) -> Path:
+    """Name the run folder, refuse to reuse one by accident, write config.json (rank 0)."""
+    name = cfg.TRIAL_NAME or f"{cfg.DATA_NAME}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(cfg.SAVE_FOLDER) / name
+    if runtime.is_main:
+        if not cfg.RESUME and run_dir.exists() and any(run_dir.iterdir()):
+            raise ConfigError(f"run folder {run_dir} already exists: continue it with RESUME=true, or choose "
+                              f"another TRIAL_NAME")
+        write_json(run_dir / "config.json", cfg.replace(TRIAL_NAME=name).to_dict())
+    if runtime.distributed:  # every rank must use rank 0's folder name
+        holder = [str(run_dir)]
+        dist.broadcast_object_list(holder, src=0)
+        run_dir = Path(holder[0])
+    return run_dir
+
+
+def find_ae_checkpoint(cfg: Config, run_dir: Path, just_trained: Path | None) -> Path:
+    """The AE checkpoint for the GAN stage: this run's, or PRETRAINED_AE_PATH (file or run folder)."""
+    if just_trained is not None:
+        return just_trained
+    from fileio import CheckpointDir
+    if cfg.PRETRAINED_AE_PATH:
+        path = Path(cfg.PRETRAINED_AE_PATH)
+        if path.is_dir():
+            found = CheckpointDir(path / "ae" / "checkpoints").last() or CheckpointDir(path).last()
+            if found is None:
+                raise CheckpointError(f"PRETRAINED_AE_PATH={path}: no AE checkpoint in this folder")
+            return found
+        if not path.is_file():
+            raise CheckpointError(f"PRETRAINED_AE_PATH={path}: no such file or folder")
+        return path
+    found = CheckpointDir(run_dir / "ae" / "checkpoints").last()
+    if found is None:
+        raise CheckpointError("TRAIN_GAN_ONLY needs an AE: set PRETRAINED_AE_PATH to an AE checkpoint or run "
+                              "folder, or resume a run that trained its AE")
+    return found
+
+
+def _check_preset(ae_ckpt: dict, cfg: Config) -> None:
+    trained = ae_ckpt["config"]["DATA_NAME"]
+    if trained != cfg.DATA_NAME:
+        raise CheckpointError(f"the AE checkpoint belongs to preset '{trained}', this run is '{cfg.DATA_NAME}'")
+
+
+def _fid_callback(cfg: Config, runtime: Runtime):
+    """FID of the EMA generator on the held-out set, through benchmark.py."""
+    import benchmark
+    return benchmark.training_fid(cfg, runtime)
+
+
+def _stopped(cfg: Config, run_dir: Path, runtime: Runtime) -> int:
+    if runtime.is_main:
+        print_resume_hint(cfg, run_dir)
+    return 0
+
+
+def _barrier(runtime: Runtime) -> None:
+    if runtime.distributed:
+        dist.barrier()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,400 @@
+"""The loop scaffold both training stages share: device, precision, data, EMA, checkpoints, logs.
+
+A stage (train_step_1_ae.AEStage, train_step_2_gan.GANStage) supplies only its networks and
+its `step`; `run_stage` does everything else: resume, the progress bar, the JSON-lines log,
+PNG sample grids, periodic evaluation, atomic checkpoints, NaN/Inf handling and clean stops
+on SIGINT/SIGTERM.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.utils.parametrize as parametrize
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from config import Config, ConfigError
+from datasets import InfiniteSampler
+from fileio import CHECKPOINT_FORMAT, CheckpointDir, JsonlLog, load_checkpoint, save_grid
+
+
+# --------------------------------------------------------------------------- runtime
+
+@dataclass
+class Runtime:
+    """Where and how to compute, chosen once per process and passed down."""
+    device: torch.device
+    bf16: bool = False            # bf16 autocast (CUDA only)
+    channels_last: bool = False
+    rank: int = 0
+    world_size: int = 1
+    sync_bn: bool = False          # SyncBatchNorm across ranks (DDP)
+    compile: bool = False          # torch.compile the trained networks
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def autocast(self):
+        """bf16 autocast context on CUDA when enabled; a no-op otherwise."""
+        if self.bf16:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def prepare(self, net: nn.Module) -> nn.Module:
+        """Move a network to the device (and memory format); SyncBatchNorm under DDP if asked."""
+        if self.sync_bn and self.distributed:
+            net = to_sync_batchnorm(net)
+        net = net.to(self.device)
+        return net.to(memory_format=torch.channels_last) if self.channels_last else net
+
+    def compiled(self, net: nn.Module) -> nn.Module:
+        """torch.compile a network in place when enabled (after any EMA copy of it was made:
+        a deep copy of a compiled module would still call the original)."""
+        if self.compile:
+            net.compile()
+        return net
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+
+def setup_runtime(cfg: Config) -> Runtime:
+    """Pick the device, join a torchrun process group if there is one, seed, set kernels."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if cfg.DEVICE == "auto":
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.DEVICE)
+        if device.type == "cuda" and world > 1:
+            device = torch.device(f"cuda:{local_rank}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"DEVICE={cfg.DEVICE} but CUDA is not available (use DEVICE=cpu)")
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = not cfg.DETERMINISTIC
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if cfg.SYNC_BN and device.type != "cuda":
+        raise ConfigError("SYNC_BN=true needs CUDA devices (torch's SyncBatchNorm runs on GPUs only)")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if cfg.DETERMINISTIC:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    seed_everything(cfg.SEED)  # same seed on every rank: identical initial weights
+    cuda = device.type == "cuda"
+    return Runtime(device=device, bf16=cfg.BF16 and cuda, channels_last=cfg.CHANNELS_LAST and cuda,
+                   rank=rank, world_size=world, sync_bn=cfg.SYNC_BN, compile=cfg.COMPILE)
+
+
+def to_sync_batchnorm(net: nn.Module) -> nn.Module:
+    """Replace every BatchNorm with SyncBatchNorm, keeping spectral-norm parametrizations.
+
+    torch's convert_sync_batchnorm cannot copy a parametrized (spectral-normed) gain; here the
+    parametrization is moved over, so state-dict keys and checkpoints stay the same.
+    """
+    for name, child in net.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, nn.SyncBatchNorm):
+            sync = nn.SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                    child.track_running_stats)
+            parametrized = parametrize.is_parametrized(child, "weight")
+            with torch.no_grad():
+                sync.weight.copy_(child.parametrizations.weight.original if parametrized else child.weight)
+                sync.bias.copy_(child.bias)
+            if parametrized:
+                for p in child.parametrizations.weight:
+                    parametrize.register_parametrization(sync, "weight", p, unsafe=True)
+            for buffer in ("running_mean", "running_var", "num_batches_tracked"):
+                getattr(sync, buffer).copy_(getattr(child, buffer))
+            setattr(net, name, sync)
+        else:
+            to_sync_batchnorm(child)
+    return net
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """Global RNG states (torch CPU and CUDA) as tensors: checkpoint-safe under weights_only."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- data
+
+def infinite_batches(dataset: Dataset, batch_size: int, cfg: Config, runtime: Runtime, n_sets: int,
+                     stream: int, start: int = 0):
+    """Endless iterator of collated batches, starting at batch number `start` of this stream."""
+    sampler = InfiniteSampler(len(dataset), n_sets=n_sets, seed=cfg.SEED * 1000 + stream,
+                              start=start * batch_size, rank=runtime.rank, world_size=runtime.world_size)
+    workers = cfg.DATALOADER_WORKERS
+    # its own generator: creating an iterator must not draw from the global RNG (exact resume)
+    seeds = torch.Generator().manual_seed(sampler.seed * 7_919 + start)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
+                        pin_memory=runtime.device.type == "cuda", persistent_workers=False,
+                        prefetch_factor=4 if workers else None, generator=seeds)
+    return iter(loader)
+
+
+def sync_gradients(params, runtime: Runtime) -> None:
+    """Average gradients over ranks (DDP by hand: works with any number of forwards per step)."""
+    if not runtime.distributed:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= runtime.world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def adam(params, lr: float, cfg: Config, runtime: Runtime) -> torch.optim.Adam:
+    """The optimizer of every network: Adam with the config's betas (fused on CUDA)."""
+    fused = runtime.device.type == "cuda"
+    return torch.optim.Adam(params, lr=lr, betas=cfg.BETAS, fused=fused or None, foreach=None if fused else True)
+
+
+# --------------------------------------------------------------------------- EMA and guards
+
+class EMA:
+    """Exponential moving average of a network's parameters; buffers are copied."""
+
+    def __init__(self, net: nn.Module, decay: float):
+        self.decay = decay
+        self.net = copy.deepcopy(net).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, net: nn.Module) -> None:
+        ema_params = list(self.net.parameters())
+        params = [p.detach() for p in net.parameters()]
+        torch._foreach_lerp_(ema_params, params, 1.0 - self.decay)  # ema += (1 - decay) (p - ema)
+        for b_ema, b in zip(self.net.buffers(), net.buffers()):
+            b_ema.copy_(b)
+
+    def state_dict(self) -> dict:
+        return self.net.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net.load_state_dict(state)
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss became NaN or Inf."""
+
+
+class NanGuard:
+    """Watches losses for NaN/Inf without a host sync per step ("stop"), or skips bad steps ("skip").
+
+    "stop": the first bad iteration of each loss is recorded on the device and checked at log
+    and checkpoint time, where the run stops naming the step, the loss and the last good
+    checkpoint. "skip": each step is checked before its optimizer steps (one sync per step).
+    """
+
+    def __init__(self, policy: str, device: torch.device):
+        self.policy, self.device = policy, device
+        self.first_bad: dict[str, torch.Tensor] = {}
+        self.skipped = 0
+
+    def ok(self, it: int, losses: dict[str, torch.Tensor]) -> bool:
+        """Call before an optimizer step; False means: skip this update."""
+        if self.policy == "skip":
+            bad = [k for k, v in losses.items() if not torch.isfinite(v.detach()).all()]
+            if bad:
+                self.skipped += 1
+                tqdm.write(f"warning: iteration {it}: non-finite {', '.join(bad)}; step skipped", file=sys.stderr)
+            return not bad
+        for name, value in losses.items():
+            record = self.first_bad.setdefault(name, torch.full((), -1, dtype=torch.long, device=self.device))
+            bad_now = ~torch.isfinite(value.detach()).all()
+            record.copy_(torch.where(bad_now & (record < 0), torch.full_like(record, it), record))
+        return True
+
+    def check(self, last_checkpoint: Path | None) -> None:
+        """Raise NonFiniteLoss if any loss went bad since the start (syncs the host)."""
+        bad = [(int(record.item()), order, name) for order, (name, record) in enumerate(self.first_bad.items())]
+        bad = sorted(b for b in bad if b[0] >= 0)
+        if bad:  # the earliest one is the cause; later ones follow from it
+            it, _, name = bad[0]
+            where = last_checkpoint or "none saved yet"
+            raise NonFiniteLoss(f"loss '{name}' became NaN/Inf at iteration {it}. Last good checkpoint: "
+                                f"{where}. Lower the learning rate, or set NAN_POLICY=skip.")
+
+
+class StopRequest:
+    """SIGINT/SIGTERM set a flag; the loop finishes the current step, saves, and exits cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: no signal handling
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write(f"\n{signal.Signals(signum).name}: finishing this step, saving a checkpoint, then stopping "
+                   f"(press again to abort without saving)", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# --------------------------------------------------------------------------- the loop
+
+class Stage(Protocol):
+    """What a training stage provides to `run_stage`."""
+    kind: str                  # checkpoint kind: "ae" or "gan"
+
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+    def restart_data(self, iteration: int) -> None: ...          # data iterators at this iteration
+    def step(self, it: int, guard: NanGuard) -> dict[str, torch.Tensor]: ...  # one iteration
+    def sample_grid(self) -> tuple[torch.Tensor, int]: ...       # (images in [-1, 1], per row)
+    def evaluate(self, it: int) -> dict[str, float]: ...         # metrics (may be empty)
+    def items_per_step(self) -> int: ...                         # images per iteration, all ranks
+
+
+@dataclass
+class StageResult:
+    last_checkpoint: Path | None
+    iteration: int
+    stopped: bool              # True if a signal stopped it before the end
+
+
+def run_stage(stage: Stage, cfg: Config, stage_dir: Path, total: int, runtime: Runtime, resume: bool,
+              eval_interval: int = 0) -> StageResult:
+    """Train `stage` to `total` iterations in `stage_dir`, resuming from its last checkpoint if asked."""
+    ckpts = CheckpointDir(stage_dir / "checkpoints", cfg.KEEP_CHECKPOINTS)
+    log = JsonlLog(stage_dir / "log.jsonl")
+    start = _resume(stage, ckpts, log, runtime) if resume else 0
+    stage.restart_data(start)
+    guard = NanGuard(cfg.NAN_POLICY, runtime.device)
+    last = ckpts.last()
+    sums: dict[str, torch.Tensor] = {}
+    count, t0, it = 0, time.perf_counter(), start
+
+    def save(iteration: int) -> Path:
+        guard.check(last)  # never write a checkpoint after a NaN
+        state = {"kind": stage.kind, "format": CHECKPOINT_FORMAT, "iteration": iteration,
+                 "config": cfg.to_dict(), "state": stage.state_dict(), "rng": rng_state()}
+        return ckpts.save(state, iteration)
+
+    bar = tqdm(range(start, total), initial=start, total=total, desc=stage.kind, disable=not runtime.is_main,
+               dynamic_ncols=True)
+    with StopRequest() as stop:
+        for it in bar:
+            losses = stage.step(it, guard)
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0) + v.detach().float()
+            count += 1
+            done = it + 1
+            if done % cfg.LOG_INTERVAL == 0 or done == total:
+                guard.check(last)
+                record = _log_record(it, sums, count, time.perf_counter() - t0, stage, guard)
+                if runtime.is_main:
+                    log.write(record)
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k in sums})
+                sums, count, t0 = {}, 0, time.perf_counter()
+            if runtime.is_main and (it % cfg.SAVE_IMAGE_INTERVAL == 0 or done == total):
+                with _fixed_rng(cfg.SEED, runtime):
+                    images, nrow = stage.sample_grid()
+                save_grid(images, stage_dir / "images" / f"iter_{it:08d}.png", nrow)
+            if eval_interval and done % eval_interval == 0:
+                with _fixed_rng(cfg.SEED, runtime):
+                    metrics = stage.evaluate(it)
+                if runtime.is_main and metrics:
+                    log.write({"iter": it, **metrics})
+                    tqdm.write(f"[{stage.kind}] iteration {done}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+            if done % cfg.SAVE_MODEL_INTERVAL == 0 or done == total or stop.requested:
+                if runtime.is_main:
+                    last = save(done)
+                if stop.requested:
+                    bar.close()
+                    return StageResult(last, done, stopped=True)
+    if start >= total and last is None and runtime.is_main:
+        last = save(total)  # nothing to train (e.g. 0 iterations): still leave a loadable checkpoint
+    return StageResult(last, max(start, total), stopped=False)
+
+
+@contextlib.contextmanager
+def _fixed_rng(seed: int, runtime: Runtime):
+    """Run a block with a fixed seed and leave the training RNG as it was.
+
+    Grids and metrics then use the same noise every time (comparable across iterations), and
+    making them or not does not change training (exact resume).
+    """
+    devices = [runtime.device] if runtime.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _resume(stage: Stage, ckpts: CheckpointDir, log: JsonlLog, runtime: Runtime) -> int:
+    path = ckpts.last()
+    if path is None:
+        return 0
+    ckpt = load_checkpoint(path, map_location=runtime.device, kind=stage.kind)
+    stage.load_state_dict(ckpt["state"])
+    set_rng_state({k: (v.cpu() if torch.is_tensor(v) else [t.cpu() for t in v]) for k, v in ckpt["rng"].items()})
+    if runtime.is_main:
+        log.truncate_after(ckpt["iteration"] - 1)
+        tqdm.write(f"[{stage.kind}] resumed from {path} at iteration {ckpt['iteration']}")
+    return ckpt["iteration"]
+
+
+def _log_record(it, sums, count, seconds, stage: Stage, guard: NanGuard) -> dict:
+    record = {"iter": it, **{k: float(v) / count for k, v in sums.items()}}
+    record["img_per_s"] = count * stage.items_per_step() / max(seconds, 1e-9)
+    if guard.skipped:
+        record["skipped_steps"] = guard.skipped
+    record.update(getattr(stage, "log_extras", dict)())
+    return {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in record.items()}
+
+
+def print_resume_hint(cfg: Config, run_dir: Path) -> None:
+    """Tell the user the exact command that continues a stopped run."""
+    print(f"stopped cleanly; resume with:\n  python train.py SAVE_FOLDER={cfg.SAVE_FOLDER} "
+          f"TRIAL_NAME={run_dir.name} RESUME=true", file=sys.stderr)

@@ -295,7 +295,15 @@ def iteration_generator(seed: int, stream: int, iteration: int, rank: int = 0) -
 
 # --------------------------------------------------------------------------- augmentations
 # All take float tensors (B,C,H,W) in [-1, 1] on any device; random draws come from a CPU
-# generator, so results are identical on CPU and GPU given the same seed.
+# generator, so results are identical on CPU and GPU given the same seed. The few small
+# parameter tensors go to the device with `async_to`, so a training step never waits on the host.
+
+def async_to(t: torch.Tensor, device) -> torch.Tensor:
+    """Copy a small CPU tensor to `device` without a host sync (pinned, non-blocking on CUDA)."""
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
 
 def _uniform(g: torch.Generator, n: int, low: float, high: float) -> torch.Tensor:
     return torch.rand(n, generator=g) * (high - low) + low
@@ -307,39 +315,38 @@ def paired_crop_flip(tensors: list[torch.Tensor], size: int, g: torch.Generator)
     top = torch.randint(h - size + 1, (b,), generator=g)
     left = torch.randint(w - size + 1, (b,), generator=g)
     flip = torch.rand(b, generator=g) < 0.5
-    device = tensors[0].device
     ar = torch.arange(size)
-    rows = (top[:, None] + ar).to(device)                                  # (B, size)
-    cols = (left[:, None] + ar)
-    cols = torch.where(flip[:, None], cols.flip(1), cols).to(device)       # flip = read columns backwards
+    cols = left[:, None] + ar
+    cols = torch.where(flip[:, None], cols.flip(1), cols)                  # flip = read columns backwards
+    device = tensors[0].device
+    rows, cols = async_to(top[:, None] + ar, device), async_to(cols, device)  # (B, size) each
     batch = torch.arange(b, device=device)[:, None, None]
-    out = []
-    for t in tensors:
-        cropped = t[batch, :, rows[:, :, None], cols[:, None, :]]          # (B, size, size, C)
-        out.append(cropped.permute(0, 3, 1, 2).contiguous())
-    return out
+    crops = [t[batch, :, rows[:, :, None], cols[:, None, :]] for t in tensors]  # (B, size, size, C)
+    return [_like(crop.permute(0, 3, 1, 2), t) for crop, t in zip(crops, tensors)]
+
+
+def _like(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """x in the memory format of `reference` (channels-last on CUDA runs, contiguous otherwise)."""
+    channels_last = not reference.is_contiguous() and reference.is_contiguous(memory_format=torch.channels_last)
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def style_view(src: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
     """x~: random crop of the 1.3x image, rotation up to 30 degrees, random flip (one resampling).
 
-    Corners uncovered by the rotation are black, as in the reference (torchvision fill 0).
+    The three steps compose into one affine map per item (output -> source, in grid_sample's
+    normalised coordinates), so only a (B, 2, 3) matrix travels to the device. Corners uncovered
+    by the rotation are black, as in the reference (torchvision fill 0).
     """
-    b, _, r, _ = src.shape
+    b, c, r, _ = src.shape
     top = torch.randint(r - size + 1, (b,), generator=g).float()
     left = torch.randint(r - size + 1, (b,), generator=g).float()
     angle = _uniform(g, b, -MAX_ROTATION, MAX_ROTATION) * math.pi / 180
-    flip = torch.rand(b, generator=g) < 0.5
-    # output pixel (x, y) -> un-flip -> un-rotate about the crop centre -> un-crop -> source pixel
-    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
-                            indexing="ij")
-    c = (size - 1) / 2
-    x = torch.where(flip[:, None, None], (size - 1) - xs, xs) - c              # (B, size, size)
-    y = ys.expand(b, -1, -1) - c
-    cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
-    sx = cos * x - sin * y + c + left[:, None, None]
-    sy = sin * x + cos * y + c + top[:, None, None]
-    grid = torch.stack([(sx + 0.5) * 2 / r - 1, (sy + 0.5) * 2 / r - 1], dim=-1).to(src.device, src.dtype)
+    mirror = 1 - 2 * (torch.rand(b, generator=g) < 0.5).float()  # -1: flip horizontally
+    k, cos, sin = size / r, angle.cos(), angle.sin()
+    theta = torch.stack([torch.stack([k * cos * mirror, -k * sin, (size + 2 * left) / r - 1], dim=1),
+                         torch.stack([k * sin * mirror, k * cos, (size + 2 * top) / r - 1], dim=1)], dim=1)
+    grid = F.affine_grid(async_to(theta, src.device).to(src.dtype), [b, c, size, size], align_corners=False)
     out = F.grid_sample(src + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out - 1
 
@@ -362,7 +369,7 @@ def erase(sketch: torch.Tensor, g: torch.Generator, passes: int = ERASE_PASSES, 
         for i in range(b):
             if torch.rand(1, generator=g).item() < p:
                 boxes[i] = _erase_box(h, w, g, area, ratio)
-        top, left, eh, ew = (boxes[:, k].to(sketch.device)[:, None, None] for k in range(4))
+        top, left, eh, ew = async_to(boxes.clone(), sketch.device)[:, :, None, None].unbind(1)
         mask = (ys >= top) & (ys < top + eh) & (xs >= left) & (xs < left + ew)   # (B, H, W)
         out = torch.where(mask[:, None], torch.ones_like(out), out)
     return out

@@ -5,6 +5,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from datasets import async_to
+
 
 def derangement(n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
     """A random permutation with no fixed point (a random n-cycle): no item is its own negative.
@@ -17,7 +19,7 @@ def derangement(n: int, generator: torch.Generator | None = None, device=None) -
     order = torch.randperm(n, generator=generator)
     perm = torch.empty(n, dtype=torch.long)
     perm[order] = order.roll(-1)  # each item points to the next one in a random cycle
-    return perm.to(device)
+    return perm if device is None else async_to(perm, device)
 
 
 # --------------------------------------------------------------------------- AE stage, step A

@@ -134,9 +134,9 @@ class AEStage:
 
     def _batch(self, batches) -> dict[str, torch.Tensor]:
         batch = next(batches)
-        self.skipped_files += int(batch["skipped"].sum())
-        return {k: (to_float(self.rt.to_device(v)) if v.dtype == torch.uint8 else v.to(self.rt.device))
-                for k, v in batch.items()}
+        self.skipped_files += int(batch["skipped"].sum())  # a CPU tensor: no device sync
+        return {k: (to_float(self.rt.to_device(v)) if v.dtype == torch.uint8 else self.rt.to_device(v))
+                for k, v in batch.items() if k != "skipped"}
 
     def _step_a(self, it: int, guard: NanGuard) -> dict[str, torch.Tensor]:
         """Self-supervised step on the current subset."""

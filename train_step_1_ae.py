@@ -13,7 +13,6 @@ Run through train.py; `python train_step_1_ae.py KEY=value ...` trains this stag
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import torch
 

@@ -1,0 +1,1 @@
+"""Sketch makers: TOM (a learned photo -> line sketch network, `train.py`/`evaluate.py`) and XDoG (`xdog.py`)."""

@@ -1,0 +1,548 @@
+"""FID and KID with the standard pytorch-fid Inception protocol; a statistics cache; a speed benchmark.
+
+    python benchmark.py fid --real DIR_OR_NPZ --fake DIR_OR_NPZ [--size N] [--kid] [--out results.json]
+    python benchmark.py stats --folder DIR --out stats.npz [--features]
+    python benchmark.py speed [--device cuda] [--out results/benchmark_speed.json]
+
+Protocol (pytorch-fid): RGB images in [-1, 1], bilinear resize to 299x299 without antialiasing,
+pytorch-fid's FID Inception (weights through weights.py), 2048-d pool3 features, float64
+statistics. `--size N` first resizes every image to NxN (PIL bicubic, antialiased), e.g. real
+images to the generator's resolution. Statistics are saved as .npz and read without pickle
+(pytorch-fid's own .npz files load too). Folder statistics are cached in `fid_stats/`, keyed by
+the folder's content, the resolution, the resize mode, the extractor and the sample count.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import statistics as pystats
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import scipy.linalg
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+import weights
+from datasets import DataError, list_images, load_image, resize, to_float, to_uint8_tensor
+from fileio import atomic_path, save_png, write_json
+
+INCEPTION_SIZE = 299
+MIN_SAMPLES = 2048          # below this many samples the 2048-d covariance is singular
+EXTRACTOR_ID = "pytorch-fid-inception-v3-pool3:" + weights.SPECS["fid_inception"].file
+CACHE_FORMAT = 1            # bump when the cached statistics change meaning
+DEFAULT_CACHE = "fid_stats"
+
+
+class StatsError(ValueError):
+    """A statistics file is unreadable, of the wrong layout, or lacks what the command needs."""
+
+
+# --------------------------------------------------------------------------- Frechet distance
+
+def _checked(mu1, sigma1, mu2, sigma2):
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    d = mu1.shape[0]
+    if mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
+        raise ValueError(f"statistics of different dimensions: mu {mu1.shape} vs {mu2.shape}, "
+                         f"sigma {sigma1.shape} vs {sigma2.shape}")
+    return mu1, sigma1, mu2, sigma2
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2)), the last trace from eigenvalues, in float64.
+
+    S1 S2 is similar to S1^(1/2) S2 S1^(1/2), which is symmetric positive semi-definite, so the
+    eigenvalues of S1 S2 are real and >= 0 and tr((S1 S2)^(1/2)) is the sum of their square
+    roots: no matrix square root needed. S1 S2 itself is not symmetric (eigvalsh would read one
+    triangle only and be wrong), so rounding leaves tiny imaginary parts, which are dropped, and
+    tiny negative real parts on the near-zero eigenvalues of singular covariances, clipped to 0.
+    """
+    mu1, sigma1, mu2, sigma2 = _checked(mu1, sigma1, mu2, sigma2)
+    eigenvalues = np.linalg.eigvals(sigma1 @ sigma2)
+    tr_covmean = np.sqrt(np.clip(eigenvalues.real, 0.0, None)).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
+
+
+def frechet_distance_sqrtm(mu1, sigma1, mu2, sigma2) -> float:
+    """The same distance through scipy's matrix square root (pytorch-fid's form): the slow cross-check."""
+    mu1, sigma1, mu2, sigma2 = _checked(mu1, sigma1, mu2, sigma2)
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+        raise ValueError("the matrix square root of S1 S2 is not finite (singular covariances?)")
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean).real)
+
+
+def warn_if_few(n: int) -> None:
+    """Warn that fewer than 2048 samples give a singular covariance and a biased, size-dependent FID."""
+    if n < MIN_SAMPLES:
+        warnings.warn(f"FID statistics from only {n} samples (fewer than {MIN_SAMPLES}): the 2048x2048 Inception "
+                      f"covariance is singular and the FID is biased upwards and depends on the sample count; compare "
+                      f"FIDs only at equal counts, or use KID (--kid) for small sets", stacklevel=3)
+
+
+def statistics(features) -> tuple[np.ndarray, np.ndarray]:
+    """(N, D) features -> (mean, covariance) in float64; warns below 2048 samples."""
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or features.shape[0] < 2:
+        raise ValueError(f"statistics need (N >= 2, D) features, got shape {features.shape}")
+    warn_if_few(features.shape[0])
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+# --------------------------------------------------------------------------- KID
+
+def _polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return (x @ y.T / x.shape[1] + 1.0) ** 3
+
+
+def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased MMD^2 of two equal-size samples under k(x, y) = (x.y / d + 1)^3 (diagonals left out)."""
+    m = x.shape[0]
+    kxx, kyy, kxy = _polynomial_kernel(x, x), _polynomial_kernel(y, y), _polynomial_kernel(x, y)
+    within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+    return float(within - 2.0 * kxy.mean())
+
+
+def kid(feats_a, feats_b, n_subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """Kernel Inception Distance: (mean, std) of unbiased MMD^2 over random subsets (Binkowski et al. 2018)."""
+    a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
+    m = min(subset_size, len(a), len(b))
+    if m < 2:
+        raise ValueError(f"KID needs at least 2 samples on each side, got {len(a)} and {len(b)}")
+    rng = np.random.default_rng(seed)
+    values = [mmd2_unbiased(a[rng.choice(len(a), m, replace=False)], b[rng.choice(len(b), m, replace=False)])
+              for _ in range(n_subsets)]
+    return float(np.mean(values)), float(np.std(values))
+
+
+# --------------------------------------------------------------------------- features
+
+class InceptionFeatures(nn.Module):
+    """(B, C, H, W) images in [-1, 1] (or uint8) -> (B, 2048) FID features, pytorch-fid protocol.
+
+    `net` defaults to weights.fid_inception(); an injected network (tests, throughput) must
+    come with its own `extractor_id`, so that its statistics never share a cache entry.
+    """
+
+    def __init__(self, net: nn.Module | None = None, extractor_id: str | None = None):
+        super().__init__()
+        if net is not None and extractor_id is None:
+            raise ValueError("an injected feature network needs its own extractor_id (the statistics cache key)")
+        self.net = weights.fid_inception() if net is None else net
+        self.extractor_id = EXTRACTOR_ID if net is None else extractor_id
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = to_float(x)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)  # grey images as RGB, as PIL's convert("RGB")
+        return self.net(to_inception_size(x.float()))
+
+
+def to_inception_size(x: torch.Tensor) -> torch.Tensor:
+    """Bilinear resize to 299x299 without antialiasing (pytorch-fid's F.interpolate call)."""
+    if x.shape[-2:] == (INCEPTION_SIZE, INCEPTION_SIZE):
+        return x
+    return F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False,
+                         antialias=False)
+
+
+def extract_features(batches: Iterable[torch.Tensor], model: nn.Module, device, total: int | None = None,
+                     desc: str = "features") -> np.ndarray:
+    """Features of every image of every batch, as (N, D) float64; any failure stops the run with its reason."""
+    model = model.to(device).eval()
+    chunks = []
+    with torch.inference_mode():
+        for batch in tqdm(batches, total=total, desc=desc, unit="batch"):
+            chunks.append(model(batch.to(device, non_blocking=True)).double().cpu().numpy())
+    if not chunks:
+        raise ValueError(f"{desc}: no images to extract features from")
+    return np.concatenate(chunks)
+
+
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] floats -> the 8-bit values a saved PNG holds, back in [-1, 1] (fileio.to_pil's rounding)."""
+    return to_float(images.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8))
+
+
+def generated_features(generate_fn: Callable[[int], torch.Tensor], n: int, batch_size: int, device,
+                       save_dir=None, model: nn.Module | None = None) -> np.ndarray:
+    """FID features of n images from generate_fn(k) -> (k, C, H, W) in [-1, 1]; optionally saved as PNGs.
+
+    Images are quantized to 8 bits first, so the features equal those of the saved PNGs read
+    back by the folder commands. PNG files are `000000.png`, ... in `save_dir`, written atomically.
+    """
+    model = InceptionFeatures() if model is None else model
+    save_dir = Path(save_dir) if save_dir is not None else None
+
+    def batches():
+        done = 0
+        while done < n:
+            k = min(batch_size, n - done)
+            with torch.no_grad():
+                images = quantize(generate_fn(k))
+            if images.shape[0] != k:
+                raise ValueError(f"generate_fn({k}) returned {images.shape[0]} images")
+            if save_dir is not None:
+                for i, img in enumerate(images):
+                    save_png(img, save_dir / f"{done + i:06d}.png")
+            done += k
+            yield images
+
+    return extract_features(batches(), model, device, total=-(-n // batch_size), desc="generated")
+
+
+class ImageFiles(Dataset):
+    """Image files -> (3, 299, 299) float in [-1, 1]; an unreadable file raises DataError naming it.
+
+    The 299 resize happens here, per image, so that folders of mixed sizes batch; it is the
+    same F.interpolate call as in InceptionFeatures.
+    """
+
+    def __init__(self, paths: list[Path], size: int | None = None):
+        self.paths, self.size = paths, size
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        img = load_image(self.paths[i], "RGB")
+        if self.size:
+            img = resize(img, self.size)
+        return to_inception_size(to_float(to_uint8_tensor(img))[None])[0]
+
+
+def folder_files(folder, max_samples: int | None = None) -> list[Path]:
+    """The folder's images in file-name order, the first `max_samples` of them if given."""
+    paths = list(list_images(folder).values())
+    if not paths:
+        raise DataError(f"no images in {folder}")
+    return paths[:max_samples] if max_samples else paths
+
+
+def folder_features(folder, model: nn.Module, device, size: int | None = None, batch_size: int = 50,
+                    workers: int = 0, max_samples: int | None = None) -> np.ndarray:
+    """(N, 2048) float64 features of a folder's images."""
+    paths = folder_files(folder, max_samples)
+    loader = DataLoader(ImageFiles(paths, size), batch_size=batch_size, num_workers=workers,
+                        pin_memory=torch.device(device).type == "cuda")
+    return extract_features(loader, model, device, total=len(loader), desc=Path(folder).name)
+
+
+# --------------------------------------------------------------------------- statistics files and cache
+
+@dataclass
+class Stats:
+    """FID statistics of one image set; `features` kept only when KID needs them."""
+    mu: np.ndarray
+    sigma: np.ndarray
+    n: int
+    features: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, features: np.ndarray, keep_features: bool = False, info: dict | None = None) -> "Stats":
+        """Statistics of (N, D) features (kept as float32 if asked)."""
+        mu, sigma = statistics(features)
+        return cls(mu, sigma, len(features), features.astype(np.float32) if keep_features else None, info or {})
+
+
+def save_stats(path, stats: Stats) -> None:
+    """Write statistics as .npz (mu, sigma, n, info as JSON text, features if kept), atomically."""
+    arrays = {"mu": stats.mu, "sigma": stats.sigma, "n": np.int64(stats.n), "info": np.str_(json.dumps(stats.info))}
+    if stats.features is not None:
+        arrays["features"] = stats.features
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+        np.savez(f, **arrays)
+
+
+def load_stats(path) -> Stats:
+    """Read statistics written by save_stats or by pytorch-fid (mu, sigma); never unpickles."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            data = {k: f[k] for k in f.files}
+    except (OSError, ValueError) as e:  # missing, not an npz, or object arrays (pickle)
+        raise StatsError(f"{path}: cannot read statistics ({type(e).__name__}: {e})") from None
+    if "mu" not in data or "sigma" not in data:
+        raise StatsError(f"{path}: not FID statistics (needs arrays 'mu' and 'sigma', has {sorted(data)})")
+    mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise StatsError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not match")
+    n = int(data["n"]) if "n" in data else -1  # -1: unknown (pytorch-fid's files do not say)
+    info = json.loads(str(data["info"])) if "info" in data else {}
+    return Stats(mu, sigma, n, data.get("features"), info)
+
+
+def content_digest(paths: list[Path]) -> str:
+    """sha256 over the names, sizes and contents of the files.
+
+    Content, not modification times: a copied, re-synced or touched folder keeps its key, an
+    edited image changes it. Reading the files costs far less than running Inception on them.
+    """
+    h = hashlib.sha256()
+    for path in tqdm(paths, desc="hashing", unit="file", leave=False):
+        with open(path, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        h.update(f"{path.name}\0{path.stat().st_size}\0{digest}\n".encode())
+    return h.hexdigest()
+
+
+def resize_mode(size: int | None) -> str:
+    """How images reach 299x299, as recorded in the cache key."""
+    bilinear = f"torch-bilinear-{INCEPTION_SIZE}-no-antialias"
+    return bilinear if not size else f"pil-bicubic-{size}+{bilinear}"
+
+
+def cache_key(paths: list[Path], size: int | None, extractor_id: str) -> dict:
+    """Everything the statistics depend on."""
+    return {"format": CACHE_FORMAT, "content": content_digest(paths), "n": len(paths), "size": size,
+            "resize": resize_mode(size), "extractor": extractor_id}
+
+
+def cache_file(cache_dir, folder, key: dict) -> Path:
+    """The cache entry of `key`: named after the folder, for people, and the key's hash, for lookups."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"{Path(folder).name}-{digest}.npz"
+
+
+def folder_stats(folder, model_fn: Callable[[], nn.Module], device, size: int | None = None,
+                 batch_size: int = 50, workers: int = 0, max_samples: int | None = None,
+                 cache_dir=DEFAULT_CACHE, extractor_id: str = EXTRACTOR_ID, keep_features: bool = False) -> Stats:
+    """Statistics of a folder, from the cache when its key matches; model_fn() is called on a miss only."""
+    paths = folder_files(folder, max_samples)
+    key = cache_key(paths, size, extractor_id)
+    path = cache_file(cache_dir, folder, key) if cache_dir else None
+    if path is not None and path.is_file():
+        cached = load_stats(path)
+        if cached.info.get("key") == key and (cached.features is not None or not keep_features):
+            warn_if_few(cached.n)
+            cached.info["cached"] = True
+            return cached
+    feats = folder_features(folder, model_fn(), device, size, batch_size, workers, max_samples)
+    stats = Stats.of(feats, keep_features, {"key": key, "folder": str(folder)})
+    if path is not None:
+        save_stats(path, stats)
+    stats.info["cached"] = False
+    return stats
+
+
+# --------------------------------------------------------------------------- command line
+
+def format_table(rows: list[tuple[str, object]]) -> str:
+    """Two aligned columns."""
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v:.6g}" if isinstance(v, float) else f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _source_stats(source: str, args, model_fn, keep_features: bool) -> Stats:
+    """Statistics of a --real/--fake argument: an .npz file or an image folder."""
+    if Path(source).is_file():
+        stats = load_stats(source)
+        if keep_features and stats.features is None:
+            raise StatsError(f"{source}: KID needs features, and these statistics have none "
+                             f"(pass the image folder, or write them with `benchmark.py stats --features`)")
+        if stats.n >= 0:
+            warn_if_few(stats.n)
+        stats.info["cached"] = None
+        return stats
+    return folder_stats(source, model_fn, args.device, args.size, args.batch_size, args.workers,
+                        args.max_samples, None if args.no_cache else args.cache_dir, keep_features=keep_features)
+
+
+def _model_factory(device) -> Callable[[], nn.Module]:
+    """Build the Inception once, on first use (cache hits and .npz inputs never load it)."""
+    return functools.cache(lambda: InceptionFeatures().to(device))
+
+
+def cmd_fid(args) -> dict:
+    """FID (and KID) of --fake against --real."""
+    model_fn = _model_factory(args.device)
+    real = _source_stats(args.real, args, model_fn, args.kid)
+    fake = _source_stats(args.fake, args, model_fn, args.kid)
+    if real.mu.shape != fake.mu.shape:
+        raise StatsError(f"feature dimensions differ: {args.real} has {real.mu.shape[0]}, "
+                         f"{args.fake} has {fake.mu.shape[0]}")
+    result = {"fid": frechet_distance(real.mu, real.sigma, fake.mu, fake.sigma),
+              "real": {"source": args.real, "n": real.n, "cached": real.info.get("cached")},
+              "fake": {"source": args.fake, "n": fake.n, "cached": fake.info.get("cached")},
+              "settings": {"size": args.size, "resize": resize_mode(args.size), "extractor": EXTRACTOR_ID,
+                           "max_samples": args.max_samples}}
+    rows = [("FID", result["fid"]), ("real images", real.n), ("fake images", fake.n)]
+    if args.kid:
+        mean, std = kid(real.features, fake.features, args.kid_subsets, args.kid_subset_size, args.seed)
+        result["kid"] = {"mean": mean, "std": std, "subsets": args.kid_subsets,
+                         "subset_size": min(args.kid_subset_size, real.n, fake.n), "seed": args.seed}
+        rows += [("KID mean", mean), ("KID std", std)]
+    print(format_table(rows))
+    return result
+
+
+def cmd_stats(args) -> dict:
+    """Write a folder's statistics to --out."""
+    stats = folder_stats(args.folder, _model_factory(args.device), args.device, args.size, args.batch_size,
+                         args.workers, args.max_samples, None if args.no_cache else args.cache_dir,
+                         keep_features=args.features)
+    stats.info.pop("cached")
+    if not args.features:
+        stats.features = None  # a cache entry made for KID may hold them
+    save_stats(args.out, stats)
+    print(format_table([("folder", args.folder), ("images", stats.n), ("written", args.out)]))
+    return {"folder": args.folder, "n": stats.n, "out": args.out}
+
+
+def _timed(fn, repeats: int) -> tuple[list[float], object]:
+    times, value = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        value = fn()
+        times.append(time.perf_counter() - start)
+    return times, value
+
+
+def realistic_statistics(dims: int, n: int, seed: int) -> tuple[tuple, tuple]:
+    """Two (mu, sigma) pairs from correlated, non-negative, pool3-like random features."""
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(dims, dims, generator=g, dtype=torch.float64) / dims ** 0.5
+    sets = []
+    for shift in (0.0, 0.1):
+        z = torch.randn(n, dims, generator=g, dtype=torch.float64)
+        sets.append(statistics(torch.relu(z @ (mix + shift * torch.eye(dims, dtype=torch.float64)) + 0.3).numpy()))
+    return sets[0], sets[1]
+
+
+def cmd_speed(args) -> dict:
+    """Time the Frechet distance (eigenvalues vs sqrtm) and feature extraction."""
+    (mu1, s1), (mu2, s2) = realistic_statistics(args.dims, 2 * args.dims, args.seed)
+    eig_times, fid_eig = _timed(lambda: frechet_distance(mu1, s1, mu2, s2), args.repeats)
+    sqrtm_times, fid_sqrtm = _timed(lambda: frechet_distance_sqrtm(mu1, s1, mu2, s2), args.repeats)
+    device = torch.device(args.device)
+    if weights.available("fid_inception"):
+        model, net_note = InceptionFeatures().to(device), "pretrained FID Inception"
+    else:
+        net = weights.FIDInceptionPool3(weights.build_fid_inception())
+        model = InceptionFeatures(net, "random").to(device)
+        net_note = "RANDOM weights (the FID Inception file is absent): valid for throughput only"
+    g = torch.Generator().manual_seed(args.seed)
+    batch = torch.randint(0, 256, (args.batch_size, 3, args.image_size, args.image_size), generator=g,
+                          dtype=torch.uint8)
+    n_batches = max(1, args.images // args.batch_size)
+    extract_features([batch], model, device, desc="warm-up")
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    extract_features((batch for _ in range(n_batches)), model, device, total=n_batches, desc="timing")
+    seconds = time.perf_counter() - start  # extract_features ends with .cpu(): the device is done
+    result = {
+        "frechet": {"dims": args.dims, "repeats": args.repeats, "eigen_s": eig_times, "sqrtm_s": sqrtm_times,
+                    "eigen_median_s": pystats.median(eig_times), "sqrtm_median_s": pystats.median(sqrtm_times),
+                    "eigen_min_s": min(eig_times), "sqrtm_min_s": min(sqrtm_times),
+                    "fid_eigen": fid_eig, "fid_sqrtm": fid_sqrtm,
+                    "relative_difference": abs(fid_eig - fid_sqrtm) / abs(fid_sqrtm)},
+        "extraction": {"device": str(device), "device_name": _device_name(device), "network": net_note,
+                       "images": n_batches * args.batch_size, "batch_size": args.batch_size,
+                       "input_size": args.image_size, "seconds": seconds,
+                       "images_per_s": n_batches * args.batch_size / seconds,
+                       "torch_threads": torch.get_num_threads()},
+        "versions": {"torch": torch.__version__, "numpy": np.__version__, "scipy": scipy.__version__}}
+    f, e = result["frechet"], result["extraction"]
+    print(format_table([
+        (f"Frechet {args.dims}-d, eigenvalues (min / median of {args.repeats})",
+         f"{f['eigen_min_s']:.2f} s / {f['eigen_median_s']:.2f} s"),
+        (f"Frechet {args.dims}-d, scipy sqrtm (min / median of {args.repeats})",
+         f"{f['sqrtm_min_s']:.2f} s / {f['sqrtm_median_s']:.2f} s"),
+        ("speed-up (medians)", f"{f['sqrtm_median_s'] / f['eigen_median_s']:.1f}x"),
+        ("relative difference of the two FIDs", f"{f['relative_difference']:.2e}"),
+        (f"extraction on {e['device_name']}", f"{e['images_per_s']:.1f} images/s "
+                                              f"(batch {args.batch_size}, {args.image_size}px -> 299)"),
+        ("network", net_note)]))
+    return result
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def extraction_options(q):
+        q.add_argument("--size", type=int, default=None,
+                       help="resize images to size x size (PIL bicubic) before the 299 resize; "
+                            "default: as they are (the pytorch-fid protocol)")
+        q.add_argument("--device", default=_default_device())
+        q.add_argument("--batch-size", type=int, default=50)
+        q.add_argument("--workers", type=int, default=None,
+                       help="image decoding processes (default: 0 on CPU, 4 on GPU)")
+        q.add_argument("--max-samples", type=int, default=None, help="use the first N images (file-name order)")
+        q.add_argument("--cache-dir", default=DEFAULT_CACHE, help="statistics cache folder")
+        q.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+
+    q = sub.add_parser("fid", help="FID (and KID) between two image folders or .npz statistics")
+    q.add_argument("--real", required=True, help="image folder or .npz statistics")
+    q.add_argument("--fake", required=True, help="image folder or .npz statistics")
+    extraction_options(q)
+    q.add_argument("--kid", action="store_true", help="also KID (needs features: folders, or stats --features)")
+    q.add_argument("--kid-subsets", type=int, default=100)
+    q.add_argument("--kid-subset-size", type=int, default=1000)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", help="write the results as JSON here")
+
+    q = sub.add_parser("stats", help="write a folder's FID statistics (.npz)")
+    q.add_argument("--folder", required=True)
+    q.add_argument("--out", required=True, help=".npz file to write")
+    q.add_argument("--features", action="store_true", help="keep the features too (for KID), float32")
+    extraction_options(q)
+
+    q = sub.add_parser("speed", help="time the Frechet distance and feature extraction")
+    q.add_argument("--dims", type=int, default=2048)
+    q.add_argument("--repeats", type=int, default=3)
+    q.add_argument("--device", default=_default_device())
+    q.add_argument("--batch-size", type=int, default=16)
+    q.add_argument("--images", type=int, default=64, help="images timed (after one warm-up batch)")
+    q.add_argument("--image-size", type=int, default=256, help="input resolution (resized to 299 on the device)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", default="results/benchmark_speed.json", help="write the results as JSON here")
+    args = p.parse_args(argv)
+    if getattr(args, "workers", 0) is None:
+        args.workers = 4 if torch.device(args.device).type == "cuda" else 0
+    return args
+
+
+def main(argv=None) -> int:
+    """Run one subcommand; 0 on success, 2 on a data, statistics or weights problem (with its reason)."""
+    args = parse_args(argv)
+    command = {"fid": cmd_fid, "stats": cmd_stats, "speed": cmd_speed}[args.command]
+    try:
+        result = command(args)
+    except (DataError, StatsError, weights.WeightsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if getattr(args, "out", None) and args.command != "stats":
+        write_json(args.out, {"argv": list(sys.argv[1:] if argv is None else argv), **result})
+        print(f"results written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""LPIPS over folders: two folders -> mean distance of same-named pairs; one folder -> diversity.
+
+    python -m lpips --dir0 A --dir1 B [--net vgg|alex] [--size 256] [--out result.json]
+    python -m lpips --dir0 A [--max-pairs 2000] [--seed 0]       # mean pairwise distance
+
+Unreadable images are skipped and counted (with every pair they are in), never a crash.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import random
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from datasets import DataError, list_images, load_image, resize, to_float, to_uint8_tensor
+from fileio import write_json
+
+
+def matched_pairs(dir0, dir1) -> tuple[list[tuple[Path, Path]], list[str], list[str]]:
+    """Files of two folders paired by stem; also the stems found in only one of them."""
+    a, b = list_images(dir0), list_images(dir1)
+    pairs = [(a[s], b[s]) for s in a if s in b]
+    return pairs, sorted(set(a) - set(b)), sorted(set(b) - set(a))
+
+
+def sampled_pairs(paths: list[Path], max_pairs: int, seed: int) -> list[tuple[Path, Path]]:
+    """All unordered pairs of distinct files, or `max_pairs` of them drawn without replacement."""
+    n = len(paths)
+    total = n * (n - 1) // 2
+    rng = random.Random(seed)
+    if total <= 2 * max_pairs:  # few enough to list: take a subset of all of them
+        chosen = list(itertools.combinations(range(n), 2))
+        if total > max_pairs:
+            chosen = sorted(rng.sample(chosen, max_pairs))
+    else:  # many pairs: rejection sampling, which rarely draws a duplicate at this density
+        seen: set[tuple[int, int]] = set()
+        while len(seen) < max_pairs:
+            i, j = rng.sample(range(n), 2)
+            seen.add((min(i, j), max(i, j)))
+        chosen = sorted(seen)
+    return [(paths[i], paths[j]) for i, j in chosen]
+
+
+class PairImages(Dataset):
+    """Items: both images of a pair resized to `size` (uint8), or the names of the unreadable ones."""
+
+    def __init__(self, pairs: list[tuple[Path, Path]], size: int):
+        self.pairs, self.size = pairs, size
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, i):
+        images, bad = [], []
+        for path in self.pairs[i]:
+            try:
+                images.append(to_uint8_tensor(resize(load_image(path, "RGB"), self.size)))
+            except DataError:
+                bad.append(str(path))
+        return {"images": images, "bad": bad}
+
+
+def _keep_items(items: list[dict]) -> list[dict]:
+    """Collate as a plain list: pairs with an unreadable image are dropped later, not stacked."""
+    return items
+
+
+def pair_distances(model: torch.nn.Module, pairs: list[tuple[Path, Path]], size: int, batch_size: int,
+                   device, workers: int = 0) -> tuple[list[float], set[str]]:
+    """LPIPS of every readable pair, and the set of unreadable files."""
+    loader = DataLoader(PairImages(pairs, size), batch_size=batch_size, num_workers=workers,
+                        collate_fn=_keep_items)
+    model = model.to(device)
+    distances, bad = [], set()
+    with torch.inference_mode():
+        for items in tqdm(loader, desc="LPIPS", unit="batch"):
+            good = [it["images"] for it in items if not it["bad"]]
+            bad.update(p for it in items for p in it["bad"])
+            if good:
+                x = to_float(torch.stack([g[0] for g in good]).to(device))
+                y = to_float(torch.stack([g[1] for g in good]).to(device))
+                distances.extend(model(x, y).float().cpu().tolist())
+    return distances, bad
+
+
+def summary(distances: list[float]) -> dict:
+    """Mean, sample standard deviation and standard error of the mean."""
+    n = len(distances)
+    mean = sum(distances) / n if n else float("nan")
+    std = math.sqrt(sum((d - mean) ** 2 for d in distances) / (n - 1)) if n > 1 else float("nan")
+    return {"mean": mean, "std": std, "sem": std / math.sqrt(n) if n > 1 else float("nan"), "n_pairs": n}
+
+
+def format_table(rows: list[tuple[str, object]]) -> str:
+    """Two aligned columns."""
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v:.6f}" if isinstance(v, float) else f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m lpips", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dir0", required=True, help="first folder (alone: diversity within it)")
+    p.add_argument("--dir1", help="second folder: pairs are files with the same name (stem)")
+    p.add_argument("--net", choices=("vgg", "alex"), default="alex",
+                   help="backbone (alex: the package's default for evaluation)")
+    p.add_argument("--size", type=int, default=256, help="images are resized to size x size (bicubic)")
+    p.add_argument("--max-pairs", type=int, default=2000, help="one folder: pairs drawn at most")
+    p.add_argument("--seed", type=int, default=0, help="one folder: seed of the pair draw")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, default=0, help="image decoding processes")
+    p.add_argument("--out", help="write the result as JSON here")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    """Run the metric command; 0 on success, 2 on a data or weights problem (with its reason)."""
+    args = parse_args(argv)
+    from lpips import LPIPS  # here, not at import: `python -m lpips` loads the package first anyway
+    from weights import WeightsError
+    try:
+        if args.dir1:
+            pairs, only0, only1 = matched_pairs(args.dir0, args.dir1)
+            mode = "paired"
+        else:
+            files = list(list_images(args.dir0).values())
+            pairs, only0, only1 = sampled_pairs(files, args.max_pairs, args.seed), [], []
+            mode = "diversity"
+        if not pairs:
+            raise DataError(f"no pairs to compare in {args.dir0}" + (f" and {args.dir1}" if args.dir1 else ""))
+        model = LPIPS(args.net)
+    except (DataError, WeightsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    distances, bad = pair_distances(model, pairs, args.size, args.batch_size, args.device, args.workers)
+    if not distances:
+        print(f"error: every pair has an unreadable image ({len(bad)} unreadable files)", file=sys.stderr)
+        return 2
+    result = {"mode": mode, "net": args.net, "size": args.size, "dir0": str(args.dir0), "dir1": args.dir1,
+              **summary(distances), "pairs_considered": len(pairs), "skipped_pairs": len(pairs) - len(distances),
+              "unreadable_files": sorted(bad), "unmatched_dir0": only0, "unmatched_dir1": only1}
+    if mode == "diversity":
+        result.update(max_pairs=args.max_pairs, seed=args.seed)
+    rows = [("mode", mode), ("net", args.net), ("LPIPS mean", result["mean"]), ("std", result["std"]),
+            ("pairs", result["n_pairs"]), ("skipped pairs", result["skipped_pairs"]),
+            ("unreadable files", len(bad))]
+    if mode == "paired":
+        rows += [("only in dir0", len(only0)), ("only in dir1", len(only1))]
+    print(format_table(rows))
+    for path in sorted(bad):
+        print(f"warning: skipped unreadable {path}", file=sys.stderr)
+    if args.out:
+        write_json(args.out, result)
+    return 0

@@ -1,0 +1,97 @@
+"""Scripts that use a trained model (thin layers over inference.py) and the MI ablation.
+
+    python evaluate/style_transfer.py ...        # photo -> sketch -> image in another photo's style
+    python evaluate/generate_mix.py ...          # style mixing per scale
+    python evaluate/generate_image_matrix.py ... # sketches x styles
+
+Each runs from the repository root as a file or as a module (python -m evaluate.style_transfer).
+This package also holds their shared helpers: seeded choice of input files and picture tiles.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from datasets import IMAGE_EXTENSIONS, DataError, list_images, to_float, to_uint8_tensor  # noqa: E402
+from inference import InferenceError  # noqa: E402
+
+
+def image_files(path, what: str) -> list[Path]:
+    """A file -> [file]; a folder -> its images sorted by name. DataError if there are none."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.exists():
+        raise DataError(f"{what} not found: {path}")
+    files = list(list_images(path).values())
+    if not files:
+        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {what} folder {path}")
+    return files
+
+
+def choose(files: list[Path], n: int, seed: int, load: Callable, what: str = "image") -> list[tuple[Path, object]]:
+    """Up to n readable files with what `load(file)` made of them, in file-name order.
+
+    All of them when there are at most n (n <= 0: all); otherwise a sample drawn with `seed`.
+    Unreadable files (load raises DataError) are skipped with a warning and replaced by others.
+    """
+    files = sorted(files, key=lambda p: p.name)
+    if 0 < n < len(files):
+        order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).tolist()
+        candidates = [files[i] for i in order]
+    else:
+        candidates, n = files, len(files)
+    chosen = []
+    for path in candidates:
+        if len(chosen) == n:
+            break
+        try:
+            chosen.append((path, load(path)))
+        except DataError as e:
+            print(f"warning: skipping {e}", file=sys.stderr)
+    if not chosen:
+        raise InferenceError(f"no readable {what} among {len(files)} file(s)")
+    return sorted(chosen, key=lambda item: item[0].name)
+
+
+def blank(size: int, channels: int = 3) -> torch.Tensor:
+    """A white tile (1, C, size, size) in [-1, 1]."""
+    return torch.ones(1, channels, size, size)
+
+
+def pil_tile(img: Image.Image) -> torch.Tensor:
+    """A PIL "RGB" or "L" picture -> (1, 3, H, W) in [-1, 1]."""
+    t = to_float(to_uint8_tensor(img.convert("RGB")))
+    return t[None]
+
+
+def as_rgb(x: torch.Tensor) -> torch.Tensor:
+    """(B, 1 or 3, H, W) -> (B, 3, H, W), on the CPU."""
+    x = x.detach().float().cpu()
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+def label(tile: torch.Tensor, text: str, top: int = 0) -> torch.Tensor:
+    """Write `text` (black on a white box) at the top-left of a (1, 3, H, W) tile, `top` px down."""
+    from fileio import to_pil
+    img = to_pil(tile[0])
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    box = draw.textbbox((2, top + 1), text, font=font)
+    draw.rectangle((box[0] - 2, box[1] - 1, box[2] + 2, box[3] + 1), fill=(255, 255, 255))
+    draw.text((2, top + 1), text, fill=(0, 0, 0), font=font)
+    return pil_tile(img)
+
+
+def slug(text: str) -> str:
+    """A file-name-safe version of a label."""
+    out = "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
+    return "_".join(part for part in out.split("_") if part) or "x"

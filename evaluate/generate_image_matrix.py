@@ -1,0 +1,74 @@
+"""A sketch x style matrix: sketches down the left side, style images across the top, results inside.
+
+    python evaluate/generate_image_matrix.py --checkpoint RUN --sketches SKETCHES --styles STYLES --out matrix.png
+    python evaluate/generate_image_matrix.py ... --n-sketches 6 --n-styles 5 --seed 3
+
+--n-sketches and --n-styles files are chosen with --seed when a folder has more (0: all); the
+same seed gives the same picture. Cell (i, j) is sketch i drawn in style j.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from evaluate import as_rgb, blank, choose, image_files  # noqa: E402
+from datasets import DataError  # noqa: E402
+from fileio import CheckpointError, save_grid  # noqa: E402
+from inference import InferenceError, SketchToImage  # noqa: E402
+
+
+def image_matrix(model: SketchToImage, sketches: list[Path], styles: list[Path], out: Path, n_sketches: int = 4,
+                 n_styles: int = 4, seed: int = 0, batch_size: int = 16) -> tuple[int, int]:
+    """Write the matrix PNG; returns (rows, columns) of results."""
+    g = model.image_size
+    chosen_sketches = choose(sketches, n_sketches, seed, lambda p: model.prepare_sketch(p), "sketch")
+    chosen_styles = choose(styles, n_styles, seed + 1, lambda p: model.prepare_style(p), "style image")
+    vectors = model.style_vectors(torch.cat([t for _, t in chosen_styles]))
+    rows = [blank(g)] + [as_rgb(model.prepare_style(p, size=g)) for p, _ in chosen_styles]
+    for path, sketch in chosen_sketches:
+        rows.append(as_rgb(model.prepare_sketch(path, size=g)))
+        rows.append(model.generate_batched(sketch, style_vectors=vectors, seed=seed, batch_size=batch_size))
+    save_grid(torch.cat(rows), out, nrow=len(chosen_styles) + 1)
+    return len(chosen_sketches), len(chosen_styles)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Sketches x styles: one picture, inputs on the margins.")
+    p.add_argument("--checkpoint", required=True, help="run folder of train.py, or a GAN checkpoint file")
+    p.add_argument("--sketches", required=True, help="folder of sketches (or one sketch)")
+    p.add_argument("--styles", required=True, help="folder of style images (or one)")
+    p.add_argument("--n-sketches", type=int, default=4, help="rows (0: every sketch)")
+    p.add_argument("--n-styles", type=int, default=4, help="columns (0: every style image)")
+    p.add_argument("--out", default="matrix.png", help="output PNG")
+    p.add_argument("--seed", type=int, default=0, help="picks the files and the noise")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out)
+    if not out.suffix:
+        out = out.with_suffix(".png")
+    try:
+        if out.suffix.lower() != ".png":
+            raise InferenceError(f"--out {out}: the matrix is written as PNG: give a .png file name")
+        sketches, styles = image_files(args.sketches, "sketch"), image_files(args.styles, "style")
+        model = SketchToImage.from_checkpoint(args.checkpoint, args.device)
+        n_rows, n_cols = image_matrix(model, sketches, styles, out, args.n_sketches, args.n_styles, args.seed,
+                                      args.batch_size)
+    except (CheckpointError, DataError, InferenceError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}: {n_rows} sketch(es) x {n_cols} style(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,184 @@
+"""Style transfer: a content photo -> its line sketch (XDoG or a TOM checkpoint) -> an image in the
+style of other photos.
+
+    python evaluate/style_transfer.py --checkpoint RUN --photos PHOTOS --styles STYLES --out style_transfer
+    python evaluate/style_transfer.py ... --sketcher xdog:bold          # XDoG setting: thin, medium, bold
+    python evaluate/style_transfer.py ... --sketcher tom:TOM_CKPT       # TOM (needs VGG16 weights)
+
+Writes, per content photo P: <out>/sketches/P.png (its sketch), <out>/images/P__S.png (one image
+per style S) and <out>/P_grid.png: top row the style images, bottom row the photo, its sketch
+and the outputs under their styles. --n photos and --n-styles styles, chosen with --seed when a
+folder has more; the same seed gives the same files.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from evaluate import as_rgb, blank, choose, image_files  # noqa: E402
+from datasets import DataError, resize, to_float, to_uint8_tensor  # noqa: E402
+from fileio import CheckpointError, load_checkpoint, save_grid, save_png  # noqa: E402
+from inference import InferenceError, SketchToImage, open_image, pick_device  # noqa: E402
+from PIL import Image  # noqa: E402
+
+Sketcher = Callable[[Image.Image], Image.Image]  # RGB photo -> "L" sketch (dark strokes on white)
+XDOG_DEFAULT = "medium"
+TOM_SIZE = 256  # TOM was trained at 256 px
+
+
+# ----------------------------------------------------------------------------------------------
+# Sketchers
+# ----------------------------------------------------------------------------------------------
+
+def xdog_sketcher(spec: str = XDOG_DEFAULT, size: int | None = None) -> Sketcher:
+    """XDoG line extraction (sketch_styletransfer/xdog.py), run on the photo resized to `size` (the
+    model's output size: the scale its training sketches were drawn at).
+
+    spec: a built-in setting (thin, medium, bold), or name:key=value,... as xdog.py's --setting
+    (e.g. thin:sigma=0.5,width=2; keys not given come from the built-in `name`, else medium).
+    """
+    try:
+        from sketch_styletransfer.xdog import BUILTIN_SETTINGS, parse_setting, xdog
+    except ImportError as e:
+        raise InferenceError(f"the XDoG sketcher needs sketch_styletransfer/xdog.py ({e})") from None
+    name, _, body = spec.partition(":")
+    if not body and name not in BUILTIN_SETTINGS:
+        keys = ", ".join(f.name for f in dataclasses.fields(BUILTIN_SETTINGS[XDOG_DEFAULT]))
+        raise InferenceError(f"--sketcher xdog:{spec}: unknown setting; built-in: {', '.join(BUILTIN_SETTINGS)} "
+                             f"(or name:key=value,... with keys {keys})")
+    try:
+        _, setting = parse_setting(spec)
+    except ValueError as e:
+        raise InferenceError(f"--sketcher xdog:{spec}: {e}") from None
+    kwargs = dataclasses.asdict(setting)
+
+    def sketch(photo: Image.Image) -> Image.Image:
+        gray = photo.convert("L")
+        if size:
+            gray = resize(gray, size)
+        lines = xdog(np.asarray(gray, dtype=np.float64) / 255.0, **kwargs, binary=True)
+        return Image.fromarray(np.round(lines * 255).astype(np.uint8), mode="L")
+    return sketch
+
+
+def tom_sketcher(checkpoint, device, vgg_features: torch.nn.Module | None = None) -> Sketcher:
+    """A TOM checkpoint (sketch_styletransfer/train.py; file or run folder): photo -> binary sketch,
+    at the size TOM was trained at. VGG16 features come from weights.vgg16_features() unless given."""
+    try:
+        from sketch_styletransfer.tom_models import (VGGFeatures, generator_from_checkpoint, sketch_photos,
+                                                     to_sketch)
+        from sketch_styletransfer.train import KIND, resolve_checkpoint
+    except ImportError as e:
+        raise InferenceError(f"the TOM sketcher needs sketch_styletransfer/ ({e})") from None
+    path = resolve_checkpoint(checkpoint)
+    ckpt = load_checkpoint(path, kind=KIND)
+    try:
+        generator = generator_from_checkpoint(ckpt, path).to(device)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    size = int(ckpt.get("args", {}).get("im_size", TOM_SIZE))
+    if vgg_features is None:
+        import weights
+        try:
+            vgg_features = weights.vgg16_features()
+        except weights.WeightsError as e:
+            raise InferenceError(str(e)) from None
+    vgg = VGGFeatures(vgg_features).to(device)
+
+    @torch.no_grad()
+    def sketch(photo: Image.Image) -> Image.Image:
+        x = to_float(to_uint8_tensor(resize(photo.convert("RGB"), size)))[None].to(device)
+        grey = to_sketch(sketch_photos(generator, vgg, x))[0, 0]  # binary, white paper = 1
+        return Image.fromarray(np.round(grey.cpu().numpy() * 255).astype(np.uint8), mode="L")
+    return sketch
+
+
+def make_sketcher(spec: str, size: int, device) -> Sketcher:
+    """xdog[:setting] or tom:CHECKPOINT."""
+    kind, _, arg = spec.partition(":")
+    if kind == "xdog":
+        return xdog_sketcher(arg or XDOG_DEFAULT, size)
+    if kind == "tom":
+        if not arg:
+            raise InferenceError("--sketcher tom:CHECKPOINT needs the TOM checkpoint path")
+        if not Path(arg).exists():
+            raise CheckpointError(f"TOM checkpoint not found: {arg}")
+        return tom_sketcher(arg, device)
+    raise InferenceError(f"--sketcher {spec!r}: expected xdog[:setting] or tom:CHECKPOINT")
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------
+
+def style_transfer(model: SketchToImage, photos: list[Path], styles: list[Path], sketcher: Sketcher, out: Path,
+                   n: int = 4, n_styles: int = 4, seed: int = 0, batch_size: int = 16) -> list[Path]:
+    """Write sketches, single images and one grid per content photo; returns the grid paths."""
+    g = model.image_size
+    chosen_styles = choose(styles, n_styles, seed + 1, lambda p: model.prepare_style(p), "style image")
+    style_batch = torch.cat([t for _, t in chosen_styles])                        # (M, 3, S, S)
+    style_tiles = torch.cat([as_rgb(model.prepare_style(p, size=g)) for p, _ in chosen_styles])
+    vectors = model.style_vectors(style_batch)
+
+    def load_photo(path):
+        return open_image(path, "RGB")
+
+    grids = []
+    for photo_path, photo in choose(photos, n, seed, load_photo, "photo"):
+        stem = photo_path.stem
+        drawing = sketcher(photo)
+        save_png(drawing, out / "sketches" / f"{stem}.png")
+        sketch = model.prepare_sketch(drawing)                                     # (1, 1, S, S)
+        images = model.generate_batched(sketch, style_vectors=vectors, seed=seed, batch_size=batch_size)
+        for (style_path, _), image in zip(chosen_styles, images):
+            save_png(image, out / "images" / f"{stem}__{style_path.stem}.png")
+        rows = [blank(g), blank(g), style_tiles,
+                as_rgb(model.prepare_style(photo, size=g)), as_rgb(model.prepare_sketch(drawing, size=g)), images]
+        grid = out / f"{stem}_grid.png"
+        save_grid(torch.cat(rows), grid, nrow=len(chosen_styles) + 2)
+        grids.append(grid)
+    return grids
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Photo -> sketch -> image in the style of other photos.")
+    p.add_argument("--checkpoint", required=True, help="run folder of train.py, or a GAN checkpoint file")
+    p.add_argument("--photos", required=True, help="content photo, or a folder of them")
+    p.add_argument("--styles", required=True, help="style image, or a folder of them")
+    p.add_argument("--sketcher", default=f"xdog:{XDOG_DEFAULT}", help="xdog[:thin|medium|bold] or tom:CHECKPOINT")
+    p.add_argument("--out", default="style_transfer", help="output folder")
+    p.add_argument("--n", type=int, default=4, help="content photos (0: all)")
+    p.add_argument("--n-styles", type=int, default=4, help="style images (0: all)")
+    p.add_argument("--seed", type=int, default=0, help="picks the files and the noise")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        photos, styles = image_files(args.photos, "photo"), image_files(args.styles, "style")
+        model = SketchToImage.from_checkpoint(args.checkpoint, args.device)
+        sketcher = make_sketcher(args.sketcher, model.image_size, pick_device(args.device))
+        out = Path(args.out)
+        grids = style_transfer(model, photos, styles, sketcher, out, args.n, args.n_styles, args.seed,
+                               args.batch_size)
+    except (CheckpointError, DataError, InferenceError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(grids)} grid(s) to {out}: " + ", ".join(p.name for p in grids))
+    print(f"sketches in {out / 'sketches'}, single images in {out / 'images'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

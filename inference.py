@@ -1,0 +1,535 @@
+"""Use a trained model: a line sketch + a style image -> an image in the style image's style.
+
+    python inference.py --checkpoint RUN_OR_CKPT --sketch sketch.png --style photo.jpg --out results
+    python inference.py --checkpoint RUN_OR_CKPT --sketch sketches/ --style photos/ --out results          # pairs by name
+    python inference.py --checkpoint RUN_OR_CKPT --sketch sketches/ --style photos/ --out results --cross  # all x all
+
+RUN_OR_CKPT is a run folder of train.py (its newest GAN checkpoint is used) or a GAN checkpoint
+file (<run>/gan/checkpoints/ckpt_*.pt). Outputs are PNGs at the model's output size, named
+<sketch>__<style>.png (pairs by name: <name>.png).
+
+From Python:
+
+    from inference import SketchToImage
+    model = SketchToImage.from_checkpoint("train_results/demo-20250101-120000")
+    model.translate("sketch.png", "photo.jpg", seed=0).save("out.png")
+
+    sketches = torch.cat([model.prepare_sketch(p) for p in sketch_paths])   # (B, 1, S, S)
+    styles = torch.cat([model.prepare_style(p) for p in style_paths])       # (B, 3, S, S)
+    images = model.generate(sketches, styles, seed=0)                        # (B, 3, G, G) in [-1, 1]
+
+Inputs: any size and mode (RGBA and palette images are composited on white, 16-bit images
+scaled). A sketch is read as one channel; when it is light strokes on a dark background it is
+inverted (see `is_light_on_dark`), since the model was trained on dark strokes on white.
+
+Randomness: the refine generator draws noise. With `seed=<int>` every image gets the noise
+of that seed, so an output depends only on (sketch, style, seed, checkpoint): the same in a
+batch of 1 or of 64, at any position, on any device. `seed=None` draws fresh noise each call.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+from datasets import IMAGE_EXTENSIONS, DataError, _to_mode, list_images, load_image, resize, to_float, to_uint8_tensor
+from fileio import CheckpointDir, CheckpointError, load_checkpoint, save_png, to_pil
+from models import ContentEncoder, Decoder, NoiseInjection, StyleEncoder, build_generator
+
+ImageInput = Union[str, Path, Image.Image]
+
+BORDER_FRACTION = 0.05  # the background of a sketch is judged on its outer 5 % on every side
+DARK_BACKGROUND = 128   # a border median below mid-grey means light strokes on a dark background
+FITS = ("stretch", "crop", "pad")  # how a non-square input becomes square
+INVERT_CHOICES = ("auto", "always", "never")
+AE_NETWORKS = ("style_encoder", "content_encoder", "decoder")
+CACHE_SIZE = 256  # prepared inputs kept in memory during a folder run (a style reused across sketches)
+
+
+class InferenceError(Exception):
+    """A user's mistake in what to generate: no pairs, a device that is not there, a bad option."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints and devices
+# ----------------------------------------------------------------------------------------------
+
+def resolve_checkpoint(path) -> Path:
+    """A GAN checkpoint file from a file, a run folder, its gan/ folder or a checkpoints/ folder."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path} (give a run folder of train.py or a "
+                              f"GAN checkpoint file <run>/gan/checkpoints/ckpt_*.pt)")
+    for folder in (path / "gan" / "checkpoints", path / "checkpoints", path):
+        found = CheckpointDir(folder).last()
+        if found is not None:
+            return found
+    if CheckpointDir(path / "ae" / "checkpoints").last() is not None:
+        raise CheckpointError(f"{path}: this run has an AE-stage checkpoint but no GAN-stage one; inference "
+                              f"needs the GAN stage: train it (python train.py SAVE_FOLDER={path.parent} "
+                              f"TRIAL_NAME={path.name} RESUME=true)")
+    raise CheckpointError(f"{path}: no checkpoint in this folder (expected a run folder of train.py with "
+                          f"gan/checkpoints/, or a GAN checkpoint file)")
+
+
+def _wrong_kind(path: Path, kind) -> CheckpointError:
+    if kind == "ae":
+        what = "an AE-stage checkpoint ('ae'): it has no refine generator"
+    else:
+        what = f"a '{kind}' checkpoint"
+    return CheckpointError(f"{path}: is {what}; inference needs a GAN-stage checkpoint ('gan'): "
+                           f"<run>/gan/checkpoints/ckpt_*.pt, or the run folder itself")
+
+
+def pick_device(name: str | torch.device = "auto") -> torch.device:
+    """"auto" -> the first CUDA device if there is one, else the CPU; otherwise a torch device name."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InferenceError(f"--device {name!r}: not a device name (auto, cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InferenceError(f"--device {name}: CUDA is not available here (use --device cpu)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InferenceError(f"--device {name}: MPS is not available here (use --device cpu)")
+    return device
+
+
+# ----------------------------------------------------------------------------------------------
+# Input preparation
+# ----------------------------------------------------------------------------------------------
+
+def open_image(image: ImageInput, mode: str) -> Image.Image:
+    """A path or a PIL image -> 8-bit PIL image in `mode` ("L" or "RGB"), by the training loader's rules."""
+    if isinstance(image, Image.Image):
+        return _to_mode(image, mode)
+    return load_image(image, mode)
+
+
+def is_light_on_dark(gray: Image.Image) -> bool:
+    """True when a sketch has light strokes on a dark background.
+
+    Rule: the background is the median grey level of the outer 5 % of the picture on every side
+    (at least one pixel); strokes cross that border rarely, so the median is the paper. A median
+    below 128 (darker than mid-grey) means a dark background.
+    """
+    arr = np.asarray(gray.convert("L"))
+    h, w = arr.shape
+    b = max(1, round(BORDER_FRACTION * min(h, w)))
+    ring = np.concatenate([arr[:b].ravel(), arr[-b:].ravel(), arr[b:-b, :b].ravel(), arr[b:-b, -b:].ravel()])
+    return float(np.median(ring)) < DARK_BACKGROUND
+
+
+def fit_square(img: Image.Image, size: int, fit: str = "stretch") -> Image.Image:
+    """Resize to size x size (antialiased bicubic). A non-square picture is stretched (as in
+    training), centre-cropped, or padded with white (a sketch's background)."""
+    if fit not in FITS:
+        raise InferenceError(f"fit={fit!r}: must be one of {', '.join(FITS)}")
+    w, h = img.size
+    if w != h and fit == "crop":
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        img = img.crop((left, top, left + side, top + side))
+    elif w != h and fit == "pad":
+        side = max(w, h)
+        white = 255 if img.mode == "L" else (255, 255, 255)
+        canvas = Image.new(img.mode, (side, side), white)
+        canvas.paste(img, ((side - w) // 2, (side - h) // 2))
+        img = canvas
+    return img if img.size == (size, size) else resize(img, size)
+
+
+def _to_size(x: torch.Tensor, size: int) -> torch.Tensor:
+    if x.shape[-2:] == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Seeded noise
+# ----------------------------------------------------------------------------------------------
+
+class SeededNoise:
+    """Makes the generator's noise a function of a seed, the same for every item of a batch.
+
+    Hooks replace, while a seed is set, the latent of `from_noise` (art generator) and the noise of
+    every NoiseInjection layer by draws from a CPU generator seeded with (seed, layer): identical on
+    every device and independent of batch size and position. With no seed set the hooks do nothing.
+    """
+
+    def __init__(self, generator: nn.Module):
+        self.seed: int | None = None
+        self._cache: dict = {}
+        for index, module in enumerate(m for m in generator.modules() if isinstance(m, NoiseInjection)):
+            module.register_forward_hook(self._injection_hook(index + 1))
+        if isinstance(getattr(generator, "from_noise", None), nn.Module):
+            generator.from_noise.register_forward_pre_hook(self._latent_hook)
+
+    @contextlib.contextmanager
+    def seeded(self, seed: int | None):
+        if seed is not None and seed != self.seed:
+            self._cache.clear()
+        previous, self.seed = self.seed, seed
+        try:
+            yield
+        finally:
+            self.seed = previous
+
+    def draw(self, key: int, shape: tuple, like: torch.Tensor) -> torch.Tensor:
+        cache_key = (key, shape, like.device, like.dtype)
+        if cache_key not in self._cache:
+            g = torch.Generator().manual_seed((int(self.seed) * 1_000_003 + key) % (2 ** 63 - 1))
+            self._cache[cache_key] = torch.randn(shape, generator=g).to(like.device, like.dtype)
+        return self._cache[cache_key]
+
+    def _latent_hook(self, module, args):
+        if self.seed is None:
+            return None
+        z = args[0]
+        return (self.draw(0, (1, z.shape[1]), z).expand_as(z).contiguous(), *args[1:])
+
+    def _injection_hook(self, key: int):
+        def hook(module, args, output):
+            if self.seed is None:
+                return None
+            x = args[0]
+            return x + module.weight * self.draw(key, (1, 1, *x.shape[-2:]), x)
+        return hook
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------
+
+class SketchToImage:
+    """A trained model, loaded once: the AE (style encoder, content encoder, decoder) and the EMA
+    refine generator, in eval mode on one device.
+
+    image_size: output size G; ae_size: the size S at which sketches and styles are read;
+    preset: the generator preset ("art", "face", "shoe", "demo").
+    """
+
+    def __init__(self, style_encoder: StyleEncoder, content_encoder: ContentEncoder, decoder: Decoder,
+                 generator: nn.Module, arch: dict, device="cpu", source: Path | None = None, iteration=None):
+        self.device = pick_device(device)
+        self.style_encoder = style_encoder.to(self.device).eval().requires_grad_(False)
+        self.content_encoder = content_encoder.to(self.device).eval().requires_grad_(False)
+        self.decoder = decoder.to(self.device).eval().requires_grad_(False)
+        self.generator = generator.to(self.device).eval().requires_grad_(False)
+        self.noise = SeededNoise(self.generator)
+        self.arch = dict(arch)
+        self.preset = arch["preset"]
+        self.nfc = arch["nfc"]
+        self.ae_size = arch["im_size_ae"]
+        self.image_size = arch["im_size_gan"]
+        self.source, self.iteration = source, iteration
+
+    @classmethod
+    def from_checkpoint(cls, path, device="auto") -> "SketchToImage":
+        """Load a GAN-stage checkpoint (file, or run folder -> its newest); uses the EMA generator.
+
+        Raises fileio.CheckpointError for a missing, unreadable or wrong-kind checkpoint.
+        """
+        file = resolve_checkpoint(path)
+        ckpt = load_checkpoint(file)
+        if ckpt["kind"] != "gan":
+            raise _wrong_kind(file, ckpt["kind"])
+        try:
+            arch, nets = ckpt["state"]["arch"], ckpt["state"]["networks"]
+            missing = [k for k in ("generator_ema", *AE_NETWORKS) if k not in nets]
+            if missing:
+                raise CheckpointError(f"{file}: GAN checkpoint without {', '.join(missing)}")
+            nfc, ae_size = arch["nfc"], arch["im_size_ae"]
+            modules = (StyleEncoder(nfc, ae_size), ContentEncoder(nfc, ae_size), Decoder(nfc, ae_size))
+            for module, name in zip(modules, AE_NETWORKS):
+                module.load_state_dict(nets[name])
+            generator = build_generator(arch["preset"], nfc, ae_size, arch["im_size_gan"])
+            generator.load_state_dict(nets["generator_ema"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            if isinstance(e, CheckpointError):
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"{file}: a GAN checkpoint whose networks do not load ({first})") from None
+        return cls(*modules, generator, arch, device=device, source=file, iteration=ckpt.get("iteration"))
+
+    def __repr__(self) -> str:
+        return (f"SketchToImage(preset={self.preset!r}, nfc={self.nfc}, ae_size={self.ae_size}, "
+                f"image_size={self.image_size}, device={self.device}, source={self.source})")
+
+    # --- inputs ------------------------------------------------------------------------------
+    def prepare_sketch(self, sketch: ImageInput, size: int | None = None, invert: str = "auto",
+                       fit: str = "stretch") -> torch.Tensor:
+        """A sketch (path or PIL) -> (1, 1, size, size) in [-1, 1] on the device (size: ae_size).
+
+        One channel; inverted when `invert` is "always", or "auto" and `is_light_on_dark`.
+        """
+        if invert not in INVERT_CHOICES:
+            raise InferenceError(f"invert={invert!r}: must be one of {', '.join(INVERT_CHOICES)}")
+        gray = open_image(sketch, "L")
+        if invert == "always" or (invert == "auto" and is_light_on_dark(gray)):
+            gray = ImageOps.invert(gray)
+        gray = fit_square(gray, size or self.ae_size, fit)
+        return to_float(to_uint8_tensor(gray))[None].to(self.device)
+
+    def prepare_style(self, style: ImageInput, size: int | None = None, fit: str = "stretch") -> torch.Tensor:
+        """A style image (path or PIL) -> (1, 3, size, size) in [-1, 1] on the device (size: ae_size)."""
+        rgb = fit_square(open_image(style, "RGB"), size or self.ae_size, fit)
+        return to_float(to_uint8_tensor(rgb))[None].to(self.device)
+
+    # --- networks ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def style_vectors(self, styles: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, S, S) style images -> [v32 (B, 2nfc), v16 (B, 4nfc), v8 (B, 8nfc)]: fine, mid, coarse."""
+        return self.style_encoder(_to_size(styles.to(self.device, torch.float32), self.ae_size))
+
+    @torch.no_grad()
+    def generate(self, sketches: torch.Tensor, styles: torch.Tensor | None = None, *,
+                 style_vectors: Sequence[torch.Tensor] | None = None, seed: int | None = None,
+                 return_ae: bool = False):
+        """(B, 1, S, S) sketches + (B, 3, S, S) styles (or their `style_vectors`) -> (B, 3, G, G) in [-1, 1].
+
+        A batch of 1 on either side is repeated to the other's size. Other input sizes are resized
+        to S. `seed`: see the module docstring. return_ae=True also returns the AE output (B, 3, S, S).
+        """
+        if (styles is None) == (style_vectors is None):
+            raise ValueError("give either styles or style_vectors")
+        sketches = sketches.to(self.device, torch.float32)
+        if sketches.dim() != 4 or sketches.shape[1] not in (1, 3):
+            raise ValueError(f"sketches must be (B, 1, H, W), got {tuple(sketches.shape)}")
+        if sketches.shape[1] == 3:
+            sketches = sketches.mean(dim=1, keepdim=True)
+        vectors = list(self.style_vectors(styles) if styles is not None else style_vectors)
+        vectors = [v.to(self.device, torch.float32) for v in vectors]
+        b = max(sketches.shape[0], vectors[0].shape[0])
+        if sketches.shape[0] == 1:
+            sketches = sketches.expand(b, -1, -1, -1)
+        if vectors[0].shape[0] == 1:
+            vectors = [v.expand(b, -1) for v in vectors]
+        if sketches.shape[0] != vectors[0].shape[0]:
+            raise ValueError(f"batch sizes differ: {sketches.shape[0]} sketches, {vectors[0].shape[0]} styles")
+        content = self.content_encoder(_to_size(sketches, self.ae_size))
+        ae_image = self.decoder(content, vectors)
+        with self.noise.seeded(seed):
+            out = self.generator(ae_image, vectors)
+        return (out, ae_image) if return_ae else out
+
+    def generate_batched(self, sketches: torch.Tensor, styles: torch.Tensor | None = None, *,
+                         style_vectors: Sequence[torch.Tensor] | None = None, seed: int | None = None,
+                         batch_size: int = 16) -> torch.Tensor:
+        """`generate` over slices of `batch_size` items; the result is on the CPU."""
+        n = max(sketches.shape[0], (styles if styles is not None else style_vectors[0]).shape[0])
+        outs = []
+        for start in range(0, n, batch_size):
+            part = slice(start, start + batch_size)
+            sk = sketches if sketches.shape[0] == 1 else sketches[part]
+            if styles is not None:
+                st = styles if styles.shape[0] == 1 else styles[part]
+                outs.append(self.generate(sk, st, seed=seed).cpu())
+            else:
+                vs = [v if v.shape[0] == 1 else v[part] for v in style_vectors]
+                outs.append(self.generate(sk, style_vectors=vs, seed=seed).cpu())
+        return torch.cat(outs)
+
+    def translate(self, sketch: ImageInput, style: ImageInput, seed: int | None = 0, invert: str = "auto",
+                  fit: str = "stretch") -> Image.Image:
+        """One sketch + one style image (paths or PIL) -> one PIL RGB image of image_size."""
+        out = self.generate(self.prepare_sketch(sketch, invert=invert, fit=fit),
+                            self.prepare_style(style, fit=fit), seed=seed)
+        return to_pil(out[0])
+
+    # --- folders -----------------------------------------------------------------------------
+    def run(self, jobs: Sequence["Job"], batch_size: int = 16, seed: int | None = 0, invert: str = "auto",
+            fit: str = "stretch", progress: bool = True) -> "RunReport":
+        """Generate every job's image and write it (PNG, atomically). Unreadable inputs are skipped
+        and counted, never fatal."""
+        if batch_size < 1:
+            raise InferenceError(f"batch size {batch_size}: must be >= 1")
+        report = RunReport()
+        sketches = _Cache(lambda p: self.prepare_sketch(p, invert=invert, fit=fit))
+        styles = _Cache(lambda p: self.prepare_style(p, fit=fit))
+        with tqdm(total=len(jobs), unit="img", desc="generating", disable=not progress, dynamic_ncols=True) as bar:
+            for start in range(0, len(jobs), batch_size):
+                batch = jobs[start:start + batch_size]
+                ready, sk, st = [], [], []
+                for job in batch:
+                    try:
+                        s = sketches.get(job.sketch)
+                        t = styles.get(job.style)
+                    except _Unreadable as e:
+                        report.unreadable.setdefault(str(e.path), str(e.error))
+                        report.skipped += 1
+                        continue
+                    ready.append(job)
+                    sk.append(s)
+                    st.append(t)
+                if ready:
+                    images = self.generate(torch.cat(sk), torch.cat(st), seed=seed).cpu()
+                    for job, image in zip(ready, images):
+                        save_png(image, job.out)
+                        report.written.append(job.out)
+                bar.update(len(batch))
+        return report
+
+
+class _Unreadable(Exception):
+    def __init__(self, path, error: DataError):
+        super().__init__(str(error))
+        self.path, self.error = path, error
+
+
+class _Cache:
+    """Prepared inputs by path (LRU); a file that failed to load keeps failing without a re-read."""
+
+    def __init__(self, load, size: int = CACHE_SIZE):
+        self.load, self.size = load, size
+        self.items: OrderedDict = OrderedDict()
+
+    def get(self, path):
+        if path in self.items:
+            self.items.move_to_end(path)
+        else:
+            try:
+                self.items[path] = self.load(path)
+            except DataError as e:
+                self.items[path] = e
+            if len(self.items) > self.size:
+                self.items.popitem(last=False)
+        value = self.items[path]
+        if isinstance(value, DataError):
+            raise _Unreadable(path, value)
+        return value
+
+
+# ----------------------------------------------------------------------------------------------
+# Jobs: what to generate from which files
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Job:
+    sketch: Path
+    style: Path
+    out: Path
+
+
+@dataclass
+class RunReport:
+    written: list[Path] = field(default_factory=list)
+    skipped: int = 0                                       # outputs not made (an input was unreadable)
+    unreadable: dict[str, str] = field(default_factory=dict)  # file -> why
+
+    def summary(self) -> str:
+        lines = []
+        if self.unreadable:
+            shown = "; ".join(list(self.unreadable.values())[:5]) + ("; ..." if len(self.unreadable) > 5 else "")
+            lines.append(f"skipped {self.skipped} output(s): {len(self.unreadable)} unreadable input file(s): {shown}")
+        return "\n".join(lines)
+
+
+@dataclass
+class Plan:
+    jobs: list[Job]
+    notes: list[str] = field(default_factory=list)  # unmatched files and the like, for the user
+
+
+def _inputs(path: Path, what: str) -> dict[str, Path]:
+    """A file -> {stem: file}; a folder -> its images by stem. DataError if none."""
+    if path.is_file():
+        return {path.stem: path}
+    if not path.exists():
+        raise DataError(f"{what} not found: {path}")
+    found = list_images(path)
+    if not found:
+        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {what} folder {path}")
+    return found
+
+
+def plan_jobs(sketch, style, out, cross: bool = False) -> Plan:
+    """What to generate: file + file -> one image; one side a file -> it with every file of the other;
+    folder + folder -> pairs by file name (<name>.png), or every sketch x every style with `cross`."""
+    sketch, style, out = Path(sketch), Path(style), Path(out)
+    sketches, styles = _inputs(sketch, "sketch"), _inputs(style, "style")
+    if sketch.is_dir() and style.is_dir() and not cross:
+        common = [s for s in sketches if s in styles]
+        plan = Plan([Job(sketches[s], styles[s], out / f"{s}.png") for s in common])
+        lonely_sketches = len(sketches) - len(common)
+        lonely_styles = len(styles) - len(common)
+        if lonely_sketches or lonely_styles:
+            plan.notes.append(f"paired {len(common)} by file name; {lonely_sketches} sketch(es) without a style "
+                              f"image of the same name, {lonely_styles} style image(s) without a sketch "
+                              f"(--cross: every sketch with every style)")
+        if not common:
+            raise InferenceError(f"no sketch in {sketch} has a style image of the same file name in {style}; "
+                                 f"use --cross for every sketch with every style")
+        return plan
+    return Plan([Job(sk, st, out / f"{a}__{b}.png") for a, sk in sketches.items() for b, st in styles.items()])
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Sketch + style image -> image in that style, with a trained GAN checkpoint.",
+        epilog="file + file: one image <out>/<sketch>__<style>.png; folder + folder: pairs by file name "
+               "(<out>/<name>.png), or with --cross every sketch x every style.")
+    p.add_argument("--checkpoint", required=True, help="run folder of train.py, or a GAN checkpoint file")
+    p.add_argument("--sketch", required=True, help="a sketch image or a folder of sketches")
+    p.add_argument("--style", required=True, help="a style image or a folder of style images")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--cross", action="store_true", help="folders: every sketch with every style")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, mps")
+    p.add_argument("--seed", type=int, default=0, help="noise seed: same seed, same images")
+    p.add_argument("--invert", choices=INVERT_CHOICES, default="auto",
+                   help="invert sketches (auto: when light strokes on a dark background)")
+    p.add_argument("--fit", choices=FITS, default="stretch", help="how non-square inputs become square")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry: returns the exit code; a user's mistake is one `error: ...` line."""
+    args = build_parser().parse_args(argv)
+    try:
+        plan = plan_jobs(args.sketch, args.style, args.out, args.cross)
+        model = SketchToImage.from_checkpoint(args.checkpoint, args.device)
+        print(f"model: {model.preset}, {model.ae_size} px sketches -> {model.image_size} px images "
+              f"({model.source}, iteration {model.iteration}) on {model.device}")
+        for note in plan.notes:
+            print(note)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        report = model.run(plan.jobs, args.batch_size, args.seed, args.invert, args.fit, progress=not args.quiet)
+    except (CheckpointError, DataError, InferenceError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # e.g. an output folder that cannot be created
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if report.summary():
+        print(report.summary(), file=sys.stderr)
+    if not report.written:
+        print("error: no image written: every sketch or style image was unreadable", file=sys.stderr)
+        return 1
+    print(f"wrote {len(report.written)} image(s) to {Path(args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,36 @@
+"""Shared fixtures: a small copy of the built-in demo data and tiny training configs."""
+from pathlib import Path
+
+import pytest
+
+import config as C
+from datasets import pair_folders
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """32 training + 8 held-out demo images at 128 px with their exact line drawings."""
+    from demo_data import make_demo_data
+    root = tmp_path_factory.mktemp("demo")
+    make_demo_data(root, n_train=32, n_test=8, size=128, seed=0, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_pairs(demo_root):
+    return pair_folders(demo_root / "train" / "images", [demo_root / "train" / "sketches"])
+
+
+def tiny_config(demo_root: Path, tmp_path: Path, **overrides) -> C.Config:
+    """The demo preset shrunk to seconds: 64 px AE, narrow widths, small batches, no workers."""
+    values = dict(
+        IMAGE_DIR=str(demo_root / "train" / "images"),
+        SKETCH_DIRS=(str(demo_root / "train" / "sketches"),),
+        TEST_IMAGE_DIR=str(demo_root / "test" / "images"),
+        TEST_SKETCH_DIR=str(demo_root / "test" / "sketches"),
+        NFC=8, IM_SIZE_AE=64, IM_SIZE_GAN=64, IM_SIZE_D=64, NBR_CLS=8, SUBSET_PASSES=1,
+        BATCH_SIZE_AE=4, BATCH_SIZE_GAN=4, ITERATION_AE=4, ITERATION_GAN=3, GRID_N=4,
+        LOG_INTERVAL=2, SAVE_IMAGE_INTERVAL=2, SAVE_MODEL_INTERVAL=2, DATALOADER_WORKERS=0,
+        SAVE_FOLDER=str(tmp_path / "runs"), DEVICE="cpu", MI_HIDDEN=16)
+    values.update(overrides)
+    return C.preset("demo", **values)

@@ -1,0 +1,71 @@
+"""torchrun with 2 CPU processes (gloo): identical weights on every rank, train.py, resume."""
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import tiny_config
+from fileio import CheckpointDir, load_checkpoint
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def _torchrun(*args, timeout=300):
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), *map(str, args)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def test_ranks_keep_identical_weights(demo_root, tmp_path):
+    out = _torchrun(HERE / "ddp_worker.py", demo_root, tmp_path)
+    assert "identical on 2 ranks" in out
+
+
+def test_sync_batchnorm_conversion_keeps_parametrization_and_keys():
+    """SYNC_BN swaps every BatchNorm (spectral-normed ones included) for SyncBatchNorm with the same
+    state-dict keys and the same eval outputs (the multi-GPU run itself needs CUDA)."""
+    import torch
+    from models import ResBlkG
+    from training import to_sync_batchnorm
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(ResBlkG(8), torch.nn.BatchNorm2d(8)).eval()
+    x = torch.randn(2, 8, 4, 4)
+    keys, expected = set(net.state_dict()), net(x)
+    converted = to_sync_batchnorm(net).eval()
+    kinds = {type(m).__name__ for m in converted.modules() if "BatchNorm" in type(m).__name__}
+    assert kinds == {"ParametrizedSyncBatchNorm", "SyncBatchNorm"}
+    assert set(converted.state_dict()) == keys and torch.allclose(converted(x), expected)
+
+
+def test_sync_batchnorm_on_cpu_is_a_clear_error(demo_root, tmp_path):
+    import pytest
+    from config import ConfigError
+    from training import setup_runtime
+    with pytest.raises(ConfigError, match="SYNC_BN=true needs CUDA"):
+        setup_runtime(tiny_config(demo_root, tmp_path, SYNC_BN=True))
+
+
+def test_train_py_under_torchrun_writes_once_and_resumes(demo_root, tmp_path):
+    cfg = tiny_config(demo_root, tmp_path)
+    args = [f"{k}={getattr(cfg, k)}" for k in ("IMAGE_DIR", "NFC", "IM_SIZE_AE", "IM_SIZE_GAN", "IM_SIZE_D",
+                                               "NBR_CLS", "BATCH_SIZE_AE", "BATCH_SIZE_GAN", "GRID_N",
+                                               "LOG_INTERVAL", "SAVE_IMAGE_INTERVAL", "SAVE_MODEL_INTERVAL",
+                                               "DATALOADER_WORKERS", "SAVE_FOLDER", "DEVICE")]
+    args += [f"SKETCH_DIRS={cfg.SKETCH_DIRS[0]}", "TEST_IMAGE_DIR=none", "ITERATION_AE=2", "ITERATION_GAN=2",
+             "TRIAL_NAME=ddp"]
+    out = _torchrun(ROOT / "train.py", "DATA_NAME=demo", *args)
+    assert out.count("run folder:") == 1  # rank 0 prints and writes
+    run = tmp_path / "runs" / "ddp"
+    assert load_checkpoint(CheckpointDir(run / "gan" / "checkpoints").last())["iteration"] == 2
+    _torchrun(ROOT / "train.py", f"SAVE_FOLDER={tmp_path / 'runs'}", "TRIAL_NAME=ddp", "RESUME=true",
+              "ITERATION_AE=4", "ITERATION_GAN=3")
+    assert load_checkpoint(CheckpointDir(run / "ae" / "checkpoints").last())["iteration"] == 4
+    assert load_checkpoint(CheckpointDir(run / "gan" / "checkpoints").last())["iteration"] == 3

@@ -1,6 +1,7 @@
 """FID and KID with the standard pytorch-fid Inception protocol; a statistics cache; a speed benchmark.
 
     python benchmark.py fid --real DIR_OR_NPZ --fake DIR_OR_NPZ [--size N] [--kid] [--out results.json]
+    python benchmark.py fid --real DIR_OR_NPZ --checkpoint RUN --sketch DIR --style DIR [--pairing shifted]
     python benchmark.py stats --folder DIR --out stats.npz [--features]
     python benchmark.py speed [--device cuda] [--out results/benchmark_speed.json]
 
@@ -35,7 +36,7 @@ from tqdm import tqdm
 
 import weights
 from datasets import DataError, list_images, load_image, resize, to_float, to_uint8_tensor
-from fileio import atomic_path, save_png, write_json
+from fileio import CheckpointError, atomic_path, save_png, write_json
 
 INCEPTION_SIZE = 299
 MIN_SAMPLES = 2048          # below this many samples the 2048-d covariance is singular
@@ -340,6 +341,83 @@ def folder_stats(folder, model_fn: Callable[[], nn.Module], device, size: int | 
     return stats
 
 
+# --------------------------------------------------------------------------- FID of a model
+
+def held_out_generate(data, generate: Callable, device, shift: int) -> Callable[[int], torch.Tensor]:
+    """generate_fn(k) for generated_features: the next k held-out sketches, each drawn in the style
+    of the held-out image `shift` places further on (0: its own image, 1: another image's)."""
+    position = 0
+
+    def generate_fn(k: int) -> torch.Tensor:
+        nonlocal position
+        idx = range(position, position + k)
+        position += k
+        sketch = torch.stack([data[i]["sketch"] for i in idx])
+        style = torch.stack([data[(i + shift) % len(data)]["image"] for i in idx])
+        return generate(to_float(sketch).to(device), to_float(style).to(device))
+
+    return generate_fn
+
+
+def training_fid(cfg, runtime, model: nn.Module | None = None, cache_dir=DEFAULT_CACHE) -> Callable:
+    """The GAN stage's metric: callable(generate) -> {"fid", "fid_mismatched", "fid_n"}.
+
+    `generate(sketch, style_image)` -> (AE output, EMA generator output). FID is measured on the
+    held-out pairs (TEST_IMAGE_DIR/TEST_SKETCH_DIR, resized to IM_SIZE_GAN, never augmented):
+    "fid" draws each sketch in its own image's style, "fid_mismatched" in the next image's
+    style. Real statistics are of the whole held-out image folder at IM_SIZE_GAN (cached).
+    The Inception loads now, so missing weights stop the run before training. Under torchrun
+    rank 0 measures alone; the other ranks return {} and wait at the next collective.
+    """
+    if not runtime.is_main:
+        return lambda generate: {}
+    from datasets import PairedDataset, pair_folders
+    model = (InceptionFeatures() if model is None else model).to(runtime.device)
+    pairs = pair_folders(cfg.TEST_IMAGE_DIR, [cfg.TEST_SKETCH_DIR])
+    data = PairedDataset(pairs, cfg.IM_SIZE_GAN, crop=False)
+    n = min(cfg.FID_N_SAMPLES, len(data))
+
+    def measure(generate) -> dict[str, float]:
+        real = folder_stats(cfg.TEST_IMAGE_DIR, lambda: model, runtime.device, size=cfg.IM_SIZE_GAN,
+                            cache_dir=cache_dir, extractor_id=model.extractor_id)
+        result = {}
+        for name, shift in (("fid", 0), ("fid_mismatched", 1)):
+            fn = held_out_generate(data, lambda s, x: generate(s, x)[1], runtime.device, shift)
+            fake = Stats.of(generated_features(fn, n, cfg.BATCH_SIZE_GAN, runtime.device, model=model))
+            result[name] = frechet_distance(real.mu, real.sigma, fake.mu, fake.sigma)
+        return {**result, "fid_n": n}
+
+    return measure
+
+
+def checkpoint_stats(args, model_fn) -> Stats:
+    """Statistics of images a GAN checkpoint draws from --sketch and --style (saved as PNG first)."""
+    import inference
+    sketches = folder_files(args.sketch)
+    styles = list_images(args.style)
+    if not styles:
+        raise DataError(f"no images in style folder {args.style}")
+    style_paths = [styles[s.stem] for s in sketches if s.stem in styles] if args.pairing == "name" else []
+    if args.pairing == "name" and not style_paths:
+        raise DataError(f"no sketch in {args.sketch} has a style image of the same name in {args.style}")
+    if args.pairing == "shifted":  # every sketch in the style of the next image (file-name order)
+        ordered = list(styles.values())
+        style_paths = [ordered[(i + 1) % len(ordered)] for i in range(len(sketches))]
+    sketches = [s for s in sketches if args.pairing == "shifted" or s.stem in styles][:args.max_samples or None]
+    save_dir = Path(args.save_dir)
+    jobs = [inference.Job(sk, st, save_dir / f"{i:06d}.png") for i, (sk, st) in enumerate(zip(sketches, style_paths))]
+    generator = inference.SketchToImage.from_checkpoint(args.checkpoint, args.device)
+    report = generator.run(jobs, args.batch_size, args.seed)
+    if report.summary():
+        print(report.summary(), file=sys.stderr)
+    if not report.written:
+        raise DataError("no image generated: every sketch or style image was unreadable")
+    features = extract_features(DataLoader(ImageFiles(report.written), batch_size=args.batch_size),
+                                model_fn(), args.device, desc="generated")
+    return Stats.of(features, keep_features=args.kid, info={"source": str(args.checkpoint),
+                                                          "image_size": generator.image_size})
+
+
 # --------------------------------------------------------------------------- command line
 
 def format_table(rows: list[tuple[str, object]]) -> str:
@@ -375,8 +453,13 @@ def _model_factory(device) -> Callable[[], nn.Module]:
 def cmd_fid(args) -> dict:
     """FID (and KID) of --fake against --real."""
     model_fn = _model_factory(args.device)
+    if args.checkpoint:
+        fake = checkpoint_stats(args, model_fn)
+        args.size = args.size or fake.info["image_size"]  # real images at the model's resolution
+        args.fake = f"{args.checkpoint} ({args.pairing} pairs of {args.sketch} and {args.style}, PNGs in {args.save_dir})"
     real = _source_stats(args.real, args, model_fn, args.kid)
-    fake = _source_stats(args.fake, args, model_fn, args.kid)
+    if not args.checkpoint:
+        fake = _source_stats(args.fake, args, model_fn, args.kid)
     if real.mu.shape != fake.mu.shape:
         raise StatsError(f"feature dimensions differ: {args.real} has {real.mu.shape[0]}, "
                          f"{args.fake} has {fake.mu.shape[0]}")
@@ -500,12 +583,22 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     q = sub.add_parser("fid", help="FID (and KID) between two image folders or .npz statistics")
     q.add_argument("--real", required=True, help="image folder or .npz statistics")
-    q.add_argument("--fake", required=True, help="image folder or .npz statistics")
+    fake = q.add_mutually_exclusive_group(required=True)
+    fake.add_argument("--fake", help="image folder or .npz statistics")
+    fake.add_argument("--checkpoint", help="instead of --fake: a GAN checkpoint or run folder; it draws the "
+                                           "--sketch images in the style of the --style images")
+    q.add_argument("--sketch", help="with --checkpoint: sketch folder")
+    q.add_argument("--style", help="with --checkpoint: style image folder")
+    q.add_argument("--pairing", choices=("name", "shifted"), default="name",
+                   help="with --checkpoint: each sketch with the style image of its own name (name), or of "
+                        "the next name in file-name order (shifted: unseen styles)")
+    q.add_argument("--save-dir", default="results/fid_images",
+                   help="with --checkpoint: where the generated PNGs go (000000.png, ...)")
     extraction_options(q)
     q.add_argument("--kid", action="store_true", help="also KID (needs features: folders, or stats --features)")
     q.add_argument("--kid-subsets", type=int, default=100)
     q.add_argument("--kid-subset-size", type=int, default=1000)
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=int, default=0, help="KID subsets and, with --checkpoint, the generator noise")
     q.add_argument("--out", help="write the results as JSON here")
 
     q = sub.add_parser("stats", help="write a folder's FID statistics (.npz)")
@@ -524,6 +617,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", default="results/benchmark_speed.json", help="write the results as JSON here")
     args = p.parse_args(argv)
+    if getattr(args, "checkpoint", None) and not (args.sketch and args.style):
+        p.error("--checkpoint needs --sketch and --style folders")
     if getattr(args, "workers", 0) is None:
         args.workers = 4 if torch.device(args.device).type == "cuda" else 0
     return args
@@ -535,7 +630,7 @@ def main(argv=None) -> int:
     command = {"fid": cmd_fid, "stats": cmd_stats, "speed": cmd_speed}[args.command]
     try:
         result = command(args)
-    except (DataError, StatsError, weights.WeightsError) as e:
+    except (DataError, StatsError, weights.WeightsError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if getattr(args, "out", None) and args.command != "stats":

@@ -68,13 +68,14 @@ def train(cfg: Config) -> int:
     if cfg.FID_INTERVAL and not cfg.TRAIN_AE_ONLY and not (cfg.TEST_IMAGE_DIR and cfg.TEST_SKETCH_DIR):
         raise ConfigError("FID_INTERVAL > 0 needs a held-out set: set TEST_IMAGE_DIR and TEST_SKETCH_DIR "
                           "(FID on augmented training crops is not a valid number), or FID_INTERVAL=0")
+    # pretrained weights load before the run folder exists: a missing file costs no empty run folder
+    lpips = build_lpips(max(cfg.W_REC_LPIPS, cfg.W_GAN_LPIPS), runtime)
+    fid = _fid_callback(cfg, runtime) if cfg.FID_INTERVAL and not cfg.TRAIN_AE_ONLY else None
     run_dir = prepare_run_dir(cfg, runtime)
     if runtime.is_main:
         print(f"run folder: {run_dir}\n{len(pairs)} training pairs, {len(pairs.sketches[0])} sketch set(s) each")
         if pairs.missing:
             print(pairs.report())
-    lpips = build_lpips(max(cfg.W_REC_LPIPS, cfg.W_GAN_LPIPS), runtime)
-    fid = _fid_callback(cfg, runtime) if cfg.FID_INTERVAL and not cfg.TRAIN_AE_ONLY else None
 
     ae_checkpoint = None
     if not cfg.TRAIN_GAN_ONLY:

@@ -26,6 +26,7 @@ from train_step_2_gan import GANStage
 from training import NonFiniteLoss, Runtime, print_resume_hint, run_stage, setup_runtime
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLoss)
+ARCH_KEYS = ("DATA_NAME", "NFC", "IM_SIZE_AE", "IM_SIZE_GAN", "IM_SIZE_D")  # fixed for the life of a run
 
 
 def main(argv: list[str]) -> int:
@@ -52,8 +53,10 @@ def load_config(argv: list[str]) -> Config:
     if not overrides.get("TRIAL_NAME") or not (run_dir / "config.json").is_file():
         raise ConfigError(f"RESUME=true needs TRIAL_NAME of an existing run (no {run_dir / 'config.json'})")
     saved = Config.from_dict(json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
-    if "DATA_NAME" in overrides and overrides["DATA_NAME"] != saved.DATA_NAME:
-        raise ConfigError(f"run {run_dir} was trained with DATA_NAME={saved.DATA_NAME}")
+    changed = [k for k in ARCH_KEYS if k in overrides and overrides[k] != getattr(saved, k)]
+    if changed:  # refused before config.json is rewritten: a failed resume must not change the run
+        raise ConfigError(f"run {run_dir} was trained with " + ", ".join(f"{k}={getattr(saved, k)}" for k in changed)
+                          + "; RESUME=true cannot change " + ", ".join(f"{k}={overrides[k]}" for k in changed))
     return saved.replace(**overrides)
 
 

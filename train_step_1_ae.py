@@ -77,11 +77,15 @@ class AEStage:
                 "decoder": self.decoder, "head": self.head}
         return nets | ({"club": self.club} if self.club is not None else {})
 
+    def arch(self) -> dict:
+        return {"preset": self.cfg.DATA_NAME, "nfc": self.cfg.NFC, "im_size": self.cfg.IM_SIZE_AE,
+                "mi_estimator": self.club is not None}
+
     def state_dict(self) -> dict:
         return {"networks": {k: n.state_dict() for k, n in self.networks().items()},
                 "optimizers": {k: o.state_dict() for k, o in self.opt.items()},
                 "subset": self.ss_data.subset, "nbr_cls": self.nbr_cls,  # for readers; resume derives it
-                "arch": {"nfc": self.cfg.NFC, "im_size": self.cfg.IM_SIZE_AE}}
+                "arch": self.arch()}
 
     def load_state_dict(self, state: dict) -> None:
         for k, net in self.networks().items():

@@ -62,14 +62,17 @@ class GANStage:
         self.skipped_files = 0
 
     # --- the scaffold's interface ------------------------------------------------------------
+    def arch(self) -> dict:
+        return {"preset": self.cfg.DATA_NAME, "nfc": self.cfg.NFC, "im_size_ae": self.cfg.IM_SIZE_AE,
+                "im_size_gan": self.cfg.IM_SIZE_GAN, "im_size_d": self.cfg.IM_SIZE_D}
+
     def state_dict(self) -> dict:
         ae_nets = {name: getattr(self.ae, name).state_dict() for name in AE_NETWORKS}
         return {"networks": {"generator": self.generator.state_dict(),
                              "discriminator": self.discriminator.state_dict(),
                              "generator_ema": self.ema.state_dict(), **ae_nets},
                 "optimizers": {k: o.state_dict() for k, o in self.opt.items()},
-                "arch": {"preset": self.cfg.DATA_NAME, "nfc": self.cfg.NFC, "im_size_ae": self.cfg.IM_SIZE_AE,
-                         "im_size_gan": self.cfg.IM_SIZE_GAN, "im_size_d": self.cfg.IM_SIZE_D}}
+                "arch": self.arch()}
 
     def load_state_dict(self, state: dict) -> None:
         nets = state["networks"]

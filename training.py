@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from config import Config, ConfigError
 from datasets import InfiniteSampler
-from fileio import CHECKPOINT_FORMAT, CheckpointDir, JsonlLog, load_checkpoint, save_grid
+from fileio import CHECKPOINT_FORMAT, CheckpointDir, CheckpointError, JsonlLog, load_checkpoint, save_grid
 
 
 # --------------------------------------------------------------------------- runtime
@@ -288,6 +288,7 @@ class Stage(Protocol):
     """What a training stage provides to `run_stage`."""
     kind: str                  # checkpoint kind: "ae" or "gan"
 
+    def arch(self) -> dict: ...                                  # preset and sizes: what must match to resume
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
     def restart_data(self, iteration: int) -> None: ...          # data iterators at this iteration
@@ -377,12 +378,22 @@ def _resume(stage: Stage, ckpts: CheckpointDir, log: JsonlLog, runtime: Runtime)
     if path is None:
         return 0
     ckpt = load_checkpoint(path, map_location=runtime.device, kind=stage.kind)
+    check_arch(ckpt["state"].get("arch", {}), stage.arch(), path)
     stage.load_state_dict(ckpt["state"])
     set_rng_state({k: (v.cpu() if torch.is_tensor(v) else [t.cpu() for t in v]) for k, v in ckpt["rng"].items()})
     if runtime.is_main:
         log.truncate_after(ckpt["iteration"] - 1)
         tqdm.write(f"[{stage.kind}] resumed from {path} at iteration {ckpt['iteration']}")
     return ckpt["iteration"]
+
+
+def check_arch(saved: dict, current: dict, path) -> None:
+    """Resuming needs the same preset and sizes: one line naming what differs, not a shape dump."""
+    differ = [k for k in current if saved.get(k) != current[k]]
+    if differ:
+        raise CheckpointError(f"{path} was trained with " + ", ".join(f"{k}={saved.get(k)}" for k in differ)
+                              + "; this run has " + ", ".join(f"{k}={current[k]}" for k in differ)
+                              + ": resume with the run's own settings (see its config.json)")
 
 
 def _log_record(it, sums, count, seconds, stage: Stage, guard: NanGuard) -> dict:

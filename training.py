@@ -15,6 +15,7 @@ import random
 import signal
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -80,32 +81,37 @@ class Runtime:
 
 def setup_runtime(cfg: Config) -> Runtime:
     """Pick the device, join a torchrun process group if there is one, seed, set kernels."""
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if cfg.DEVICE == "auto":
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.DEVICE)
-        if device.type == "cuda" and world > 1:
-            device = torch.device(f"cuda:{local_rank}")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"DEVICE={cfg.DEVICE} but CUDA is not available (use DEVICE=cpu)")
-        torch.cuda.set_device(device)
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if cfg.DEVICE == "auto" else cfg.DEVICE)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"DEVICE={cfg.DEVICE} but CUDA is not available (use DEVICE=cpu)")
+    if cfg.SYNC_BN and device.type != "cuda":
+        raise ConfigError("SYNC_BN=true needs CUDA devices (torch's SyncBatchNorm runs on GPUs only)")
+    runtime = join_torchrun(device)
+    if runtime.device.type == "cuda":
         torch.backends.cudnn.benchmark = not cfg.DETERMINISTIC
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    if cfg.SYNC_BN and device.type != "cuda":
-        raise ConfigError("SYNC_BN=true needs CUDA devices (torch's SyncBatchNorm runs on GPUs only)")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if cfg.DETERMINISTIC:
         torch.use_deterministic_algorithms(True, warn_only=True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     seed_everything(cfg.SEED)  # same seed on every rank: identical initial weights
-    cuda = device.type == "cuda"
-    return Runtime(device=device, bf16=cfg.BF16 and cuda, channels_last=cfg.CHANNELS_LAST and cuda,
-                   rank=rank, world_size=world, sync_bn=cfg.SYNC_BN, compile=cfg.COMPILE)
+    cuda = runtime.device.type == "cuda"
+    return dataclasses.replace(runtime, bf16=cfg.BF16 and cuda, channels_last=cfg.CHANNELS_LAST and cuda,
+                               sync_bn=cfg.SYNC_BN, compile=cfg.COMPILE)
+
+
+def join_torchrun(device: torch.device) -> Runtime:
+    """Under torchrun: this rank's GPU (LOCAL_RANK) and the process group (nccl, or gloo on CPU).
+    Without torchrun: one process on `device`."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if device.type == "cuda":
+        if world > 1:
+            device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Runtime(device=device, rank=rank, world_size=world)
 
 
 def to_sync_batchnorm(net: nn.Module) -> nn.Module:

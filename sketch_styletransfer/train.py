@@ -3,6 +3,7 @@
     python sketch_styletransfer/train.py --path_a PHOTOS --path_b SKETCHES          # or, inside this folder:
     cd sketch_styletransfer && python train.py --path_a ../PHOTOS --path_b ../SKETCHES
     python sketch_styletransfer/train.py --checkpoint train_results/tom-<time>      # continue a run
+    torchrun --nproc_per_node 4 sketch_styletransfer/train.py --path_a PHOTOS --path_b SKETCHES  # 4 GPUs
 
 Both folders are read flat (every .jpg .jpeg .png .webp .bmp directly inside). A run folder
 (--out, default train_results/tom-<time>) holds args.json, log.jsonl (JSON lines), images/
@@ -10,7 +11,8 @@ Both folders are read flat (every .jpg .jpeg .png .webp .bmp directly inside). A
 --keep, last.txt points at the newest). --checkpoint takes a checkpoint file or a run folder and
 restores weights, optimizers and the iteration count; unspecified options keep the run's values.
 Ctrl-C finishes the current step, saves a checkpoint and stops. Then make sketches with
-evaluate.py.
+evaluate.py. Under torchrun --batch_size is per process, every rank reads its own share of the
+photos and sketches, gradients are averaged (identical weights), and rank 0 alone writes.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ if ROOT not in sys.path:  # run as a script: the repository's top-level modules 
     sys.path.insert(0, ROOT)
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -34,7 +37,7 @@ from datasets import DataError, FolderDataset, InfiniteSampler, iteration_genera
 from fileio import CheckpointDir, CheckpointError, JsonlLog, load_checkpoint, save_grid, write_json
 from sketch_styletransfer.tom_models import (THRESHOLD, StyleDiscriminator, TOMGenerator, VGGFeatures, check_size,
                                              content_loss, d_hinge, gram_input, gram_loss, sketch_photos, to_sketch)
-from training import StopRequest, rng_state, seed_everything, set_rng_state
+from training import Runtime, StopRequest, join_torchrun, rng_state, seed_everything, set_rng_state, sync_gradients
 
 KIND, FORMAT = "tom", 1
 CROP_SCALE = 292 / 256   # the reference resizes 256 px training images to 292, then crops 256
@@ -54,8 +57,9 @@ class TOMTrainer:
     """TOM's networks and optimizers, and one training iteration (D step, then G step)."""
 
     def __init__(self, vgg_features: nn.Sequential, nfc: int = 128, lr: float = 2e-4, mse_weight: float = 0.2,
-                 gram_weight: float = 1.0, device: torch.device | str = "cpu"):
-        self.device = torch.device(device)
+                 gram_weight: float = 1.0, device: torch.device | str = "cpu", runtime: Runtime | None = None):
+        self.rt = runtime or Runtime(device=torch.device(device))  # under torchrun: gradients averaged over ranks
+        self.device = self.rt.device
         self.vgg = VGGFeatures(vgg_features).to(self.device)
         self.g = TOMGenerator(nfc=nfc).to(self.device)
         self.d = StyleDiscriminator().to(self.device)
@@ -74,6 +78,7 @@ class TOMTrainer:
         self.opt_d.zero_grad(set_to_none=True)
         loss_d = d_hinge(self.d(real_grams), self.d(fake_grams.detach()))
         loss_d.backward()
+        sync_gradients(self.d.parameters(), self.rt)
         self.opt_d.step()
 
         self.opt_g.zero_grad(set_to_none=True)
@@ -81,6 +86,7 @@ class TOMTrainer:
         mse = content_loss(fake[1], photo_pool3, real[1])
         style = gram_loss(fake, real)
         (adv + self.mse_weight * mse + self.gram_weight * style).backward()
+        sync_gradients(self.g.parameters(), self.rt)
         self.opt_g.step()
         return {"d_hinge": loss_d.detach(), "g_adv": adv.detach(), "mse": mse.detach(), "gram": style.detach()}
 
@@ -120,16 +126,18 @@ class _ByPosition(Dataset):
 
 
 class Stream:
-    """Endless augmented batches of one folder: resize to 1.14x, random crop and flip (per-iteration seeds)."""
+    """Endless augmented batches of one folder: resize to 1.14x, random crop and flip (per-iteration seeds).
+    Under torchrun each rank reads its own share of the folder and draws its own crops."""
 
     def __init__(self, folder, size: int, batch_size: int, seed: int, stream: int, start: int, workers: int,
-                 device: torch.device):
+                 runtime: Runtime):
         data = FolderDataset(folder, round(size * CROP_SCALE), "RGB")
         self.n = len(data)
-        sampler = InfiniteSampler(self.n, seed=seed * 7919 + stream, start=start * batch_size)
+        sampler = InfiniteSampler(self.n, seed=seed * 7919 + stream, start=start * batch_size, rank=runtime.rank,
+                                  world_size=runtime.world_size)
         self.loader = iter(DataLoader(_ByPosition(data), batch_size=batch_size, sampler=sampler, num_workers=workers,
-                                      pin_memory=device.type == "cuda", persistent_workers=workers > 0))
-        self.size, self.seed, self.stream, self.device = size, seed, stream, device
+                                      pin_memory=runtime.device.type == "cuda", persistent_workers=workers > 0))
+        self.size, self.seed, self.stream, self.rt = size, seed, stream, runtime
         self.skipped = 0
 
     def batch(self, it: int) -> torch.Tensor:
@@ -140,8 +148,9 @@ class Stream:
             self.skipped += int((~ok).sum())
             if ok.any():
                 break
-        images = to_float(batch["image"][ok].to(self.device, non_blocking=True))
-        return paired_crop_flip([images], self.size, iteration_generator(self.seed, self.stream, it))[0]
+        images = to_float(batch["image"][ok].to(self.rt.device, non_blocking=True))
+        g = iteration_generator(self.seed, self.stream, it, self.rt.rank)
+        return paired_crop_flip([images], self.size, g)[0]
 
 
 def fixed_photos(folder, size: int, n: int) -> torch.Tensor:
@@ -235,12 +244,15 @@ def checkpoint_dict(trainer: TOMTrainer, iteration: int, args: dict) -> dict:
 
 # --------------------------------------------------------------------------- the loop
 
-def train(plan: Plan, vgg_features: nn.Sequential, device: torch.device | str = "cpu", progress: bool = True) -> Path:
-    """Train (or resume) the run `plan_run` planned; returns the run folder."""
+def train(plan: Plan, vgg_features: nn.Sequential, device: torch.device | str = "cpu", progress: bool = True,
+          runtime: Runtime | None = None) -> Path:
+    """Train (or resume) the run `plan_run` planned; returns the run folder. Under torchrun (`runtime`
+    from join_torchrun) every rank trains on its share of the data and rank 0 alone writes."""
     args, out, ckpt = plan.args, plan.out, plan.checkpoint
-    device = torch.device(device)
-    seed_everything(args["seed"])
-    trainer = TOMTrainer(vgg_features, args["nfc"], args["lr"], args["mse_weight"], args["gram_weight"], device)
+    rt = runtime or Runtime(device=torch.device(device))
+    device, progress = rt.device, progress and rt.is_main
+    seed_everything(args["seed"])  # the same on every rank: identical initial weights
+    trainer = TOMTrainer(vgg_features, args["nfc"], args["lr"], args["mse_weight"], args["gram_weight"], runtime=rt)
     start = 0
     if ckpt is not None:
         trainer.load_state_dict(ckpt)
@@ -249,13 +261,14 @@ def train(plan: Plan, vgg_features: nn.Sequential, device: torch.device | str = 
         tqdm.write(f"resumed from {plan.checkpoint_path} at iteration {start}")
     total = args["total_iter"]
     photos = Stream(args["path_a"], args["im_size"], args["batch_size"], args["seed"], PHOTO_STREAM, start,
-                    args["workers"], device)
+                    args["workers"], rt)
     sketches = Stream(args["path_b"], args["im_size"], args["batch_size"], args["seed"], SKETCH_STREAM, start,
-                      args["workers"], device)
+                      args["workers"], rt)
     grid_photos = fixed_photos(args["path_a"], args["im_size"], args["grid_n"]).to(device)
-    write_json(out / "args.json", args)
     log = JsonlLog(out / "log.jsonl")
-    log.truncate_after(start - 1)
+    if rt.is_main:
+        write_json(out / "args.json", args)
+        log.truncate_after(start - 1)
     ckpts = CheckpointDir(out / "checkpoints", keep=args["keep"])
     if progress:
         print(f"run folder: {out}\n{photos.n} photos, {sketches.n} sketches, {total} iterations on {device}")
@@ -273,20 +286,23 @@ def train(plan: Plan, vgg_features: nn.Sequential, device: torch.device | str = 
                           "img_per_s": round(count * args["batch_size"] / max(time.perf_counter() - t0, 1e-9), 3),
                           "skipped": photos.skipped + sketches.skipped}
                 _check_finite(sums, it, last or ckpts.last())
-                log.write(record)
+                if rt.is_main:
+                    log.write(record)
                 bar.set_postfix({k: f"{record[k]:.3g}" for k in sums})
                 sums, count, t0 = {}, 0, time.perf_counter()
-            if it % args["image_interval"] == 0 or done == total:
+            if rt.is_main and (it % args["image_interval"] == 0 or done == total):
                 save_sample_grid(trainer, grid_photos, out / "images" / f"iter_{it:08d}.png")
             if done % args["save_interval"] == 0 or done == total or stop.requested:
                 _check_finite(sums, it, last or ckpts.last())  # never save weights that saw a NaN
-                last = ckpts.save(checkpoint_dict(trainer, done, args), done)
+                if rt.is_main:
+                    last = ckpts.save(checkpoint_dict(trainer, done, args), done)
                 if stop.requested:
                     bar.close()
-                    print(f"stopped at iteration {done}; resume with:\n  python sketch_styletransfer/train.py "
-                          f"--checkpoint {out}", file=sys.stderr)
+                    if rt.is_main:
+                        print(f"stopped at iteration {done}; resume with:\n  python sketch_styletransfer/train.py "
+                              f"--checkpoint {out}", file=sys.stderr)
                     return out
-    if start >= total and ckpts.last() is None:
+    if rt.is_main and start >= total and ckpts.last() is None:
         ckpts.save(checkpoint_dict(trainer, start, args), start)  # nothing to train: still leave a checkpoint
     return out
 
@@ -346,18 +362,25 @@ def main(argv: list[str] | None = None, vgg_features: nn.Module | None = None) -
     args = parse_args(argv)
     options = {k: v for k, v in vars(args).items() if k != "device"}
     try:
-        device = resolve_device(args.device)
+        runtime = join_torchrun(resolve_device(args.device))
         plan = plan_run(options)  # refuse early, before loading VGG weights, if the run cannot start
+        if runtime.distributed:  # every rank has planned before rank 0 writes; all use rank 0's folder
+            dist.barrier()
+            holder = [plan.out]
+            dist.broadcast_object_list(holder, src=0)
+            plan.out = holder[0]
         if vgg_features is None:
             import weights  # only the command line needs the pretrained weights
             try:
                 vgg_features = weights.vgg16_features()
             except weights.WeightsError as e:
                 raise RunError(str(e)) from None
-        out = train(plan, vgg_features, device)
+        out = train(plan, vgg_features, runtime=runtime)
     except (RunError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if not runtime.is_main:
+        return 0
     print(f"done: {out}\nmake sketches with:\n  python sketch_styletransfer/evaluate.py --path_content PHOTOS "
           f"--path_result SKETCHES --checkpoint {out}/checkpoints/ckpt_*.pt")
     return 0

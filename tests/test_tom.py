@@ -171,3 +171,16 @@ def test_scripts_run_from_their_own_folder():
     result = subprocess.run([sys.executable, "evaluate.py", "--help"], cwd=REPO / "sketch_styletransfer",
                             capture_output=True, text=True)
     assert result.returncode == 0 and "--path_content" in result.stdout, result.stderr
+
+
+def test_tom_under_torchrun_keeps_ranks_identical_and_writes_once(demo_root, tmp_path):
+    from test_distributed import _torchrun
+    out = tmp_path / "run"
+    printed = _torchrun(REPO / "tests" / "tom_ddp_worker.py", demo_root / "train" / "images",
+                        demo_root / "test" / "sketches", out)
+    assert "identical on 2 ranks" in printed and printed.count("run folder:") == 1
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records] == [0, 1, 2, 3]  # one log, written by rank 0 only
+    assert load_checkpoint(CheckpointDir(out / "checkpoints").last())["iteration"] == 4
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["iter_00000000.png", "iter_00000002.png",
+                                                                  "iter_00000003.png"]

@@ -34,3 +34,15 @@ def tiny_config(demo_root: Path, tmp_path: Path, **overrides) -> C.Config:
         SAVE_FOLDER=str(tmp_path / "runs"), DEVICE="cpu", MI_HIDDEN=16)
     values.update(overrides)
     return C.preset("demo", **values)
+
+
+def tiny_train_args(demo_root: Path, tmp_path: Path, **overrides) -> list[str]:
+    """train.py's command line for tiny_config(...): DATA_NAME=demo and every KEY=value that differs."""
+    cfg, demo = tiny_config(demo_root, tmp_path, **overrides), C.preset("demo")
+
+    def text(value) -> str:
+        if isinstance(value, bool):
+            return str(value).lower()
+        return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+    return ["DATA_NAME=demo", *(f"{k}={text(v)}" for k, v in cfg.to_dict().items() if v != getattr(demo, k))]

@@ -20,7 +20,7 @@ import benchmark as B
 import inference
 import train
 import weights
-from conftest import tiny_config
+from conftest import tiny_config, tiny_train_args
 from training import check_arch
 from datasets import DataError, PairedDataset, load_image, pair_folders
 from fileio import CheckpointError, load_checkpoint, save_checkpoint
@@ -194,14 +194,7 @@ def test_tom_skips_and_counts_unreadable_photos(folders, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def run_dir(demo_root, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("bad_input_run")
-    cfg = tiny_config(demo_root, folder, ITERATION_AE=2, ITERATION_GAN=2)
-    keys = ("IMAGE_DIR", "TEST_IMAGE_DIR", "TEST_SKETCH_DIR", "NFC", "IM_SIZE_AE", "IM_SIZE_GAN", "IM_SIZE_D",
-            "NBR_CLS", "SUBSET_PASSES", "BATCH_SIZE_AE", "BATCH_SIZE_GAN", "ITERATION_AE", "ITERATION_GAN",
-            "GRID_N", "LOG_INTERVAL", "SAVE_IMAGE_INTERVAL", "SAVE_MODEL_INTERVAL", "DATALOADER_WORKERS",
-            "SAVE_FOLDER", "DEVICE")
-    args = ["DATA_NAME=demo", f"SKETCH_DIRS={cfg.SKETCH_DIRS[0]}", "TRIAL_NAME=run",
-            *(f"{k}={getattr(cfg, k)}" for k in keys)]
-    assert train.main(args) == 0
+    assert train.main(tiny_train_args(demo_root, folder, ITERATION_AE=2, ITERATION_GAN=2, TRIAL_NAME="run")) == 0
     return folder / "runs" / "run"
 
 

@@ -12,7 +12,7 @@ from PIL import Image, ImageFilter, ImageOps
 
 import inference
 import train
-from conftest import tiny_config
+from conftest import tiny_train_args
 from evaluate import generate_image_matrix, generate_mix, style_transfer
 from fileio import CheckpointDir, CheckpointError, load_checkpoint
 from inference import SketchToImage
@@ -31,13 +31,8 @@ def _grid_size(rows: int, cols: int) -> tuple[int, int]:
 def run_dir(demo_root, tmp_path_factory) -> Path:
     """A run folder with AE and GAN checkpoints, two iterations each."""
     folder = tmp_path_factory.mktemp("inference")
-    cfg = tiny_config(demo_root, folder, IM_SIZE_GAN=G, ITERATION_AE=2, ITERATION_GAN=2, EMA_DECAY=0.5)
-    keys = ("IMAGE_DIR", "TEST_IMAGE_DIR", "TEST_SKETCH_DIR", "NFC", "IM_SIZE_AE", "IM_SIZE_GAN", "IM_SIZE_D",
-            "NBR_CLS", "SUBSET_PASSES", "BATCH_SIZE_AE", "BATCH_SIZE_GAN", "ITERATION_AE", "ITERATION_GAN",
-            "GRID_N", "LOG_INTERVAL", "SAVE_IMAGE_INTERVAL", "SAVE_MODEL_INTERVAL", "DATALOADER_WORKERS",
-            "SAVE_FOLDER", "DEVICE", "EMA_DECAY")
-    args = ["DATA_NAME=demo", f"SKETCH_DIRS={cfg.SKETCH_DIRS[0]}", "TRIAL_NAME=run",
-            *(f"{k}={getattr(cfg, k)}" for k in keys)]
+    args = tiny_train_args(demo_root, folder, IM_SIZE_GAN=G, ITERATION_AE=2, ITERATION_GAN=2, EMA_DECAY=0.5,
+                           TRIAL_NAME="run")
     assert train.main(args) == 0
     return folder / "runs" / "run"
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import train
-from conftest import tiny_config
+from conftest import tiny_config, tiny_train_args
 from fileio import CheckpointDir, JsonlLog, load_checkpoint, save_checkpoint
 from train_step_1_ae import AEStage
 from train_step_2_gan import GANStage
@@ -98,13 +98,8 @@ def test_gan_resume_continues_exactly(demo_root, demo_pairs, tmp_path, ae_state)
 # --------------------------------------------------------------------------- train.py
 
 def _args(demo_root, tmp_path, *extra):
-    cfg = tiny_config(demo_root, tmp_path)
-    keys = ("IMAGE_DIR", "TEST_IMAGE_DIR", "TEST_SKETCH_DIR", "NFC", "IM_SIZE_AE", "IM_SIZE_GAN", "IM_SIZE_D",
-            "NBR_CLS", "SUBSET_PASSES", "BATCH_SIZE_AE", "BATCH_SIZE_GAN", "ITERATION_AE", "ITERATION_GAN",
-            "GRID_N", "LOG_INTERVAL", "SAVE_IMAGE_INTERVAL", "SAVE_MODEL_INTERVAL", "DATALOADER_WORKERS",
-            "SAVE_FOLDER", "DEVICE")
-    return ["DATA_NAME=demo", f"SKETCH_DIRS={cfg.SKETCH_DIRS[0]},{cfg.SKETCH_DIRS[0]}",
-            *(f"{k}={getattr(cfg, k)}" for k in keys), *extra]
+    sketches = str(demo_root / "train" / "sketches")
+    return [*tiny_train_args(demo_root, tmp_path, SKETCH_DIRS=(sketches, sketches)), *extra]
 
 
 def test_train_py_end_to_end(demo_root, tmp_path):

@@ -10,7 +10,7 @@ from PIL import Image
 import benchmark as B
 import train
 import weights
-from conftest import tiny_config
+from conftest import tiny_config, tiny_train_args
 from training import Runtime
 
 G = 64  # the tiny model's output size
@@ -31,13 +31,7 @@ def cheap_inception(monkeypatch, tmp_path):
 
 
 def _train_args(demo_root, tmp_path, **overrides) -> list[str]:
-    cfg = tiny_config(demo_root, tmp_path, **overrides)
-    keys = ("IMAGE_DIR", "TEST_IMAGE_DIR", "TEST_SKETCH_DIR", "NFC", "IM_SIZE_AE", "IM_SIZE_GAN", "IM_SIZE_D",
-            "NBR_CLS", "SUBSET_PASSES", "BATCH_SIZE_AE", "BATCH_SIZE_GAN", "ITERATION_AE", "ITERATION_GAN",
-            "GRID_N", "LOG_INTERVAL", "SAVE_IMAGE_INTERVAL", "SAVE_MODEL_INTERVAL", "DATALOADER_WORKERS",
-            "SAVE_FOLDER", "DEVICE", "FID_INTERVAL", "FID_N_SAMPLES")
-    return ["DATA_NAME=demo", f"SKETCH_DIRS={cfg.SKETCH_DIRS[0]}", "TRIAL_NAME=run",
-            *(f"{k}={getattr(cfg, k)}" for k in keys)]
+    return tiny_train_args(demo_root, tmp_path, TRIAL_NAME="run", **overrides)
 
 
 def test_training_fid_compares_with_the_unaugmented_held_out_images(demo_root, tmp_path):

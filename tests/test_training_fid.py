@@ -14,6 +14,7 @@ from conftest import tiny_config, tiny_train_args
 from training import Runtime
 
 G = 64  # the tiny model's output size
+pytestmark = pytest.mark.filterwarnings("ignore:FID statistics from only")  # tiny sets on purpose
 
 
 class Pooled(torch.nn.Module):

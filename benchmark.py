@@ -390,22 +390,28 @@ def training_fid(cfg, runtime, model: nn.Module | None = None, cache_dir=DEFAULT
     return measure
 
 
+def checkpoint_pairs(sketch_dir, style_dir, pairing: str) -> list[tuple[Path, Path]]:
+    """(sketch, style image) pairs: by file name ("name"), or every sketch with the style image
+    after its own position in file-name order ("shifted": styles the sketch was not drawn from)."""
+    sketches = folder_files(sketch_dir)
+    styles = list_images(style_dir)
+    if not styles:
+        raise DataError(f"no images in style folder {style_dir}")
+    if pairing == "shifted":
+        ordered = list(styles.values())
+        return [(sketch, ordered[(i + 1) % len(ordered)]) for i, sketch in enumerate(sketches)]
+    pairs = [(sketch, styles[sketch.stem]) for sketch in sketches if sketch.stem in styles]
+    if not pairs:
+        raise DataError(f"no sketch in {sketch_dir} has a style image of the same name in {style_dir}")
+    return pairs
+
+
 def checkpoint_stats(args, model_fn) -> Stats:
     """Statistics of images a GAN checkpoint draws from --sketch and --style (saved as PNG first)."""
     import inference
-    sketches = folder_files(args.sketch)
-    styles = list_images(args.style)
-    if not styles:
-        raise DataError(f"no images in style folder {args.style}")
-    style_paths = [styles[s.stem] for s in sketches if s.stem in styles] if args.pairing == "name" else []
-    if args.pairing == "name" and not style_paths:
-        raise DataError(f"no sketch in {args.sketch} has a style image of the same name in {args.style}")
-    if args.pairing == "shifted":  # every sketch in the style of the next image (file-name order)
-        ordered = list(styles.values())
-        style_paths = [ordered[(i + 1) % len(ordered)] for i in range(len(sketches))]
-    sketches = [s for s in sketches if args.pairing == "shifted" or s.stem in styles][:args.max_samples or None]
+    pairs = checkpoint_pairs(args.sketch, args.style, args.pairing)[:args.max_samples or None]
     save_dir = Path(args.save_dir)
-    jobs = [inference.Job(sk, st, save_dir / f"{i:06d}.png") for i, (sk, st) in enumerate(zip(sketches, style_paths))]
+    jobs = [inference.Job(sketch, style, save_dir / f"{i:06d}.png") for i, (sketch, style) in enumerate(pairs)]
     generator = inference.SketchToImage.from_checkpoint(args.checkpoint, args.device)
     report = generator.run(jobs, args.batch_size, args.seed)
     if report.summary():

@@ -106,3 +106,20 @@ def test_fid_of_a_checkpoint_needs_both_folders(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         B.main(["fid", "--real", str(tmp_path), "--checkpoint", str(tmp_path), "--sketch", str(tmp_path)])
     assert e.value.code == 2 and "--sketch and --style" in capsys.readouterr().err
+
+
+def test_checkpoint_pairs_by_name_or_shifted(tmp_path):
+    sketches, styles = tmp_path / "sketches", tmp_path / "styles"
+    for folder, stems in ((sketches, "abcx"), (styles, "abc")):
+        folder.mkdir()
+        for stem in stems:
+            Image.new("RGB", (8, 8)).save(folder / f"{stem}.png")
+    names = lambda pairs: [(s.stem, x.stem) for s, x in pairs]  # noqa: E731
+    assert names(B.checkpoint_pairs(sketches, styles, "name")) == [("a", "a"), ("b", "b"), ("c", "c")]
+    assert names(B.checkpoint_pairs(sketches, styles, "shifted")) == [("a", "b"), ("b", "c"), ("c", "a"), ("x", "b")]
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.new("RGB", (8, 8)).save(other / "z.png")
+    with pytest.raises(B.DataError, match="same name"):
+        B.checkpoint_pairs(sketches, other, "name")
+    assert names(B.checkpoint_pairs(sketches, other, "shifted")) == [(s, "z") for s in "abcx"]

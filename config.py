@@ -119,6 +119,9 @@ class Config:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be >= 0")
         if self.BATCH_SIZE_AE < 2 or self.BATCH_SIZE_GAN < 2:
             raise ConfigError("batch sizes must be >= 2 (negatives are other items of the batch)")
+        if bool(self.TEST_IMAGE_DIR) != bool(self.TEST_SKETCH_DIR):
+            raise ConfigError("TEST_IMAGE_DIR and TEST_SKETCH_DIR go together (held-out images and their "
+                              "sketches): set both, or neither")
         if self.TRAIN_AE_ONLY and self.TRAIN_GAN_ONLY:
             raise ConfigError("TRAIN_AE_ONLY and TRAIN_GAN_ONLY are both set: choose one")
         if not 0.0 <= self.EMA_DECAY < 1.0:

@@ -41,7 +41,7 @@ def tiny_train_args(demo_root: Path, tmp_path: Path, **overrides) -> list[str]:
     cfg, demo = tiny_config(demo_root, tmp_path, **overrides), C.preset("demo")
 
     def text(value) -> str:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or value is None:
             return str(value).lower()
         return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 

@@ -138,7 +138,7 @@ def test_pairing_and_the_dataset_count_what_they_leave_out(folders, capsys):
 
 @pytest.mark.parametrize("which", ["empty", "missing"])
 def test_training_on_an_empty_or_missing_folder_is_one_line(folders, tmp_path, capsys, which):
-    args = [f"IMAGE_DIR={folders[which]}", f"SKETCH_DIRS={folders['sketches']}", "TEST_IMAGE_DIR=",
+    args = [f"IMAGE_DIR={folders[which]}", f"SKETCH_DIRS={folders['sketches']}", "TEST_IMAGE_DIR=", "TEST_SKETCH_DIR=",
             f"SAVE_FOLDER={tmp_path}", "DEVICE=cpu"]
     assert train.main(args) == 1
     _one_error_line(capsys.readouterr().err, str(folders[which]))
@@ -147,7 +147,8 @@ def test_training_on_an_empty_or_missing_folder_is_one_line(folders, tmp_path, c
 
 @pytest.mark.parametrize("arg,needle", [("BATCH_SIZE_AE=eight", "BATCH_SIZE_AE"), ("NFC=12", "NFC=12"),
                                         ("BATCHSIZE_AE=8", "did you mean BATCH_SIZE_AE"),
-                                        ("TRAIN_AE_ONLY=maybe", "TRAIN_AE_ONLY")])
+                                        ("TRAIN_AE_ONLY=maybe", "TRAIN_AE_ONLY"),
+                                        ("TEST_SKETCH_DIR=", "TEST_IMAGE_DIR and TEST_SKETCH_DIR")])
 def test_a_config_value_of_the_wrong_type_is_one_line(capsys, arg, needle):
     assert train.main([arg]) == 1
     _one_error_line(capsys.readouterr().err, needle)

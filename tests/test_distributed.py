@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import tiny_config
+from conftest import tiny_config, tiny_train_args
 from fileio import CheckpointDir, load_checkpoint
 
 HERE = Path(__file__).resolve().parent
@@ -54,14 +54,9 @@ def test_sync_batchnorm_on_cpu_is_a_clear_error(demo_root, tmp_path):
 
 
 def test_train_py_under_torchrun_writes_once_and_resumes(demo_root, tmp_path):
-    cfg = tiny_config(demo_root, tmp_path)
-    args = [f"{k}={getattr(cfg, k)}" for k in ("IMAGE_DIR", "NFC", "IM_SIZE_AE", "IM_SIZE_GAN", "IM_SIZE_D",
-                                               "NBR_CLS", "BATCH_SIZE_AE", "BATCH_SIZE_GAN", "GRID_N",
-                                               "LOG_INTERVAL", "SAVE_IMAGE_INTERVAL", "SAVE_MODEL_INTERVAL",
-                                               "DATALOADER_WORKERS", "SAVE_FOLDER", "DEVICE")]
-    args += [f"SKETCH_DIRS={cfg.SKETCH_DIRS[0]}", "TEST_IMAGE_DIR=none", "ITERATION_AE=2", "ITERATION_GAN=2",
-             "TRIAL_NAME=ddp"]
-    out = _torchrun(ROOT / "train.py", "DATA_NAME=demo", *args)
+    args = tiny_train_args(demo_root, tmp_path, TEST_IMAGE_DIR=None, TEST_SKETCH_DIR=None, ITERATION_AE=2,
+                           ITERATION_GAN=2, TRIAL_NAME="ddp")
+    out = _torchrun(ROOT / "train.py", *args)
     assert out.count("run folder:") == 1  # rank 0 prints and writes
     run = tmp_path / "runs" / "ddp"
     assert load_checkpoint(CheckpointDir(run / "gan" / "checkpoints").last())["iteration"] == 2

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_config
+from conftest import tiny_train_args
 from fileio import CheckpointDir, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,15 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_and_prints_resume_command(demo_root, tmp_path, sig):
-    cfg = tiny_config(demo_root, tmp_path)
-    args = [f"{k}={getattr(cfg, k)}" for k in ("IMAGE_DIR", "NFC", "IM_SIZE_AE", "IM_SIZE_GAN", "IM_SIZE_D",
-                                               "NBR_CLS", "BATCH_SIZE_AE", "GRID_N", "DATALOADER_WORKERS",
-                                               "SAVE_FOLDER", "DEVICE")]
-    args += [f"SKETCH_DIRS={cfg.SKETCH_DIRS[0]}", "TEST_IMAGE_DIR=none", "ITERATION_AE=100000",
-             "LOG_INTERVAL=1", "SAVE_MODEL_INTERVAL=100000", "SAVE_IMAGE_INTERVAL=100000",
-             "TRAIN_AE_ONLY=true", "TRIAL_NAME=stop"]
+    args = tiny_train_args(demo_root, tmp_path, TEST_IMAGE_DIR=None, TEST_SKETCH_DIR=None, ITERATION_AE=100000,
+                           LOG_INTERVAL=1, SAVE_MODEL_INTERVAL=100000, SAVE_IMAGE_INTERVAL=100000,
+                           TRAIN_AE_ONLY=True, TRIAL_NAME="stop")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "train.py", "DATA_NAME=demo", *args], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = tmp_path / "runs" / "stop" / "ae" / "log.jsonl"
     deadline = time.time() + 120

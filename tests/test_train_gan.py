@@ -154,5 +154,6 @@ def test_gan_only_with_pretrained_ae_and_its_errors(demo_root, tmp_path, capsys)
 
 
 def test_fid_interval_without_held_out_set_is_refused(demo_root, tmp_path, capsys):
-    assert train.main(_args(demo_root, tmp_path, "TRIAL_NAME=f", "TEST_IMAGE_DIR=none", "FID_INTERVAL=2")) == 1
+    no_held_out = ("TEST_IMAGE_DIR=none", "TEST_SKETCH_DIR=none")
+    assert train.main(_args(demo_root, tmp_path, "TRIAL_NAME=f", *no_held_out, "FID_INTERVAL=2")) == 1
     assert "FID_INTERVAL > 0 needs a held-out set" in capsys.readouterr().err

@@ -54,7 +54,6 @@ import argparse
 import contextlib
 import gc
 import itertools
-import json
 import math
 import os
 import platform
@@ -73,8 +72,10 @@ from PIL import Image, ImageDraw, ImageFilter
 from torch.utils.data import DataLoader, Dataset
 
 import config as C
-from datasets import (PairedDataset, Pairs, iteration_generator, pair_folders, paired_crop_flip,
+from config import ConfigError
+from datasets import (DataError, PairedDataset, Pairs, iteration_generator, pair_folders, paired_crop_flip,
                       sketch_variants, style_view, to_float)
+from fileio import write_json
 from training import NanGuard, seed_everything, setup_runtime
 
 MODES = ("reference", "fast")
@@ -734,12 +735,13 @@ def main(argv: list[str] | None = None) -> int:
                 results["loader"][kind] = bench_loader(kind, args, pairs, device)
         checks = [st["loss_check"]["passed"] for st in results["stages"].values() if "loss_check" in st]
         results["all_loss_checks_passed"] = all(checks) if checks else None
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        write_json(args.out, results)
         print(report(results))
-        print(f"wrote {out}")
+        print(f"wrote {args.out}")
         return 0 if all(checks) else 1
+    except (DataError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     finally:
         torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
         import shutil

@@ -84,7 +84,7 @@ def setup_runtime(cfg: Config) -> Runtime:
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if cfg.DEVICE == "auto" else cfg.DEVICE)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"DEVICE={cfg.DEVICE} but CUDA is not available (use DEVICE=cpu)")
+        raise ConfigError(f"DEVICE={cfg.DEVICE} but CUDA is not available (use DEVICE=cpu or auto)")
     if cfg.SYNC_BN and device.type != "cuda":
         raise ConfigError("SYNC_BN=true needs CUDA devices (torch's SyncBatchNorm runs on GPUs only)")
     runtime = join_torchrun(device)

@@ -33,7 +33,8 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from datasets import DataError, FolderDataset, InfiniteSampler, iteration_generator, paired_crop_flip, to_float
+from datasets import (IMAGE_EXTENSIONS, DataError, FolderDataset, InfiniteSampler, iteration_generator, list_images,
+                      paired_crop_flip, to_float)
 from fileio import CheckpointDir, CheckpointError, JsonlLog, load_checkpoint, save_grid, write_json
 from sketch_styletransfer.tom_models import (THRESHOLD, StyleDiscriminator, TOMGenerator, VGGFeatures, check_size,
                                              content_loss, d_hinge, gram_input, gram_loss, sketch_photos, to_sketch)
@@ -173,6 +174,8 @@ def resolve_checkpoint(path) -> Path:
         if last is None:
             raise CheckpointError(f"no checkpoint in {path}")
         return last
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
     return path
 
 
@@ -218,6 +221,8 @@ def plan_run(options: dict) -> Plan:
         if not args[key]:
             raise RunError(f"--{key} is required ({'photos' if key == 'path_a' else 'real sketches'} folder)")
         args[key] = str(Path(args[key]).resolve())  # absolute: a resume may start from another folder
+        if not list_images(args[key]):
+            raise DataError(f"--{key}: no images ({', '.join(IMAGE_EXTENSIONS)}) in {args[key]}")
     try:
         check_size(args["im_size"])
     except ValueError as e:

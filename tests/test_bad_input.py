@@ -292,3 +292,30 @@ def test_benchmark_on_an_empty_or_missing_folder_is_one_line(folders, tmp_path, 
     argv = ["stats", "--folder", str(folders[which]), "--out", str(tmp_path / "s.npz"), "--device", "cpu"]
     assert B.main(argv) == 2
     _one_error_line(capsys.readouterr().err, str(folders[which]))
+
+
+# --------------------------------------------------------------------------- every command line
+
+def test_every_command_refuses_a_missing_folder_in_one_line_before_loading_weights(folders, tmp_path, capsys,
+                                                                                    monkeypatch):
+    import bench_speed
+    monkeypatch.setattr(weights, "locate", lambda *a, **k: pytest.fail("weights needed before the inputs were checked"))
+    missing, out = str(folders["missing"]), str(tmp_path / "out")
+    commands = [
+        (bench_speed.main, ["--data", missing, "--device", "cpu"], 2),
+        (tom_train.main, ["--path_a", missing, "--path_b", str(folders["sketches"]), "--device", "cpu"], 1),
+        (tom_train.main, ["--path_a", str(folders["images"]), "--path_b", str(folders["empty"]), "--device", "cpu"], 1),
+        (tom_evaluate.main, ["--path_content", missing, "--path_result", out, "--checkpoint", str(tmp_path)], 1),
+        (tom_evaluate.main, ["--path_content", str(folders["images"]), "--path_result", out, "--checkpoint",
+                             str(tmp_path / "nope.pt")], 1),
+    ]
+    for main, argv, code in commands:
+        assert main(argv) == code, argv
+        _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_asking_for_cuda_without_it_is_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert train.main(["DEVICE=cuda"]) == 1
+    _one_error_line(capsys.readouterr().err, "CUDA is not available")

@@ -22,6 +22,7 @@ import statistics as pystats
 import sys
 import time
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -273,6 +274,8 @@ def save_stats(path, stats: Stats) -> None:
 
 def load_stats(path) -> Stats:
     """Read statistics written by save_stats or by pytorch-fid (mu, sigma); never unpickles."""
+    if Path(path).is_file() and not zipfile.is_zipfile(path):  # np.load would call any other file "pickled"
+        raise StatsError(f"{path}: not an image folder or .npz statistics file")
     try:
         with np.load(path, allow_pickle=False) as f:
             data = {k: f[k] for k in f.files}
@@ -459,6 +462,9 @@ def _model_factory(device) -> Callable[[], nn.Module]:
 def cmd_fid(args) -> dict:
     """FID (and KID) of --fake against --real."""
     model_fn = _model_factory(args.device)
+    for source in (args.real, args.fake):  # a bad statistics file fails before any slow extraction
+        if source and Path(source).is_file():
+            load_stats(source)
     if args.checkpoint:
         fake = checkpoint_stats(args, model_fn)
         args.size = args.size or fake.info["image_size"]  # real images at the model's resolution

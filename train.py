@@ -109,7 +109,10 @@ def prepare_run_dir(cfg: Config, runtime: Runtime) -> Path:
         if not cfg.RESUME and run_dir.exists() and any(run_dir.iterdir()):
             raise ConfigError(f"run folder {run_dir} already exists: continue it with RESUME=true, or choose "
                               f"another TRIAL_NAME")
-        write_json(run_dir / "config.json", cfg.replace(TRIAL_NAME=name).to_dict())
+        try:
+            write_json(run_dir / "config.json", cfg.replace(TRIAL_NAME=name).to_dict())
+        except OSError as e:
+            raise ConfigError(f"cannot write the run folder {run_dir} ({e.strerror}): set SAVE_FOLDER") from None
     if runtime.distributed:  # every rank must use rank 0's folder name
         holder = [str(run_dir)]
         dist.broadcast_object_list(holder, src=0)

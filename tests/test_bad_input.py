@@ -319,3 +319,18 @@ def test_asking_for_cuda_without_it_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert train.main(["DEVICE=cuda"]) == 1
     _one_error_line(capsys.readouterr().err, "CUDA is not available")
+
+
+def test_benchmark_refuses_a_file_that_is_not_statistics_before_extracting(folders, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(weights, "fid_inception", lambda allow_download=True: pytest.fail("extraction started"))
+    (tmp_path / "notes.md").write_text("# not statistics\n")
+    argv = ["fid", "--real", str(folders["images"]), "--fake", str(tmp_path / "notes.md"), "--device", "cpu"]
+    assert B.main(argv) == 2
+    _one_error_line(capsys.readouterr().err, "notes.md: not an image folder or .npz statistics file")
+
+
+def test_an_unwritable_save_folder_is_one_line(demo_root, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the run folder's parent should be")
+    assert train.main(tiny_train_args(demo_root, tmp_path, SAVE_FOLDER=str(blocker / "runs"))) == 1
+    _one_error_line(capsys.readouterr().err, "cannot write the run folder")

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import weights
-from datasets import DataError, list_images, load_image, resize, to_float, to_uint8_tensor
+from datasets import DataError, load_image, require_images, resize, to_float, to_uint8_tensor
 from fileio import CheckpointError, atomic_path, save_png, write_json
 
 INCEPTION_SIZE = 299
@@ -230,9 +230,7 @@ class ImageFiles(Dataset):
 
 def folder_files(folder, max_samples: int | None = None) -> list[Path]:
     """The folder's images in file-name order, the first `max_samples` of them if given."""
-    paths = list(list_images(folder).values())
-    if not paths:
-        raise DataError(f"no images in {folder}")
+    paths = list(require_images(folder).values())
     return paths[:max_samples] if max_samples else paths
 
 
@@ -362,27 +360,29 @@ def held_out_generate(data, generate: Callable, device, shift: int) -> Callable[
     return generate_fn
 
 
-def training_fid(cfg, runtime, model: nn.Module | None = None, cache_dir=DEFAULT_CACHE) -> Callable:
+def training_fid(cfg, runtime, held_out, model: nn.Module | None = None, cache_dir=DEFAULT_CACHE) -> Callable:
     """The GAN stage's metric: callable(generate) -> {"fid", "fid_mismatched", "fid_n"}.
 
     `generate(sketch, style_image)` -> (AE output, EMA generator output). FID is measured on the
-    held-out pairs (TEST_IMAGE_DIR/TEST_SKETCH_DIR, resized to IM_SIZE_GAN, never augmented):
+    `held_out` pairs (of TEST_IMAGE_DIR/TEST_SKETCH_DIR, resized to IM_SIZE_GAN, never augmented):
     "fid" draws each sketch in its own image's style, "fid_mismatched" in the next image's
-    style. Real statistics are of the whole held-out image folder at IM_SIZE_GAN (cached).
-    The Inception loads now, so missing weights stop the run before training. Under torchrun
-    rank 0 measures alone; the other ranks return {} and wait at the next collective.
+    style. Real statistics are of the whole held-out image folder at IM_SIZE_GAN (cached on disk,
+    read once per run). The Inception loads now, so missing weights stop the run before training.
+    Under torchrun rank 0 measures alone; the other ranks return {} and wait at the next collective.
     """
     if not runtime.is_main:
         return lambda generate: {}
-    from datasets import PairedDataset, pair_folders
+    from datasets import PairedDataset
     model = (InceptionFeatures() if model is None else model).to(runtime.device)
-    pairs = pair_folders(cfg.TEST_IMAGE_DIR, [cfg.TEST_SKETCH_DIR])
-    data = PairedDataset(pairs, cfg.IM_SIZE_GAN, crop=False)
+    data = PairedDataset(held_out, cfg.IM_SIZE_GAN, crop=False)
     n = min(cfg.FID_N_SAMPLES, len(data))
+    real = None
 
     def measure(generate) -> dict[str, float]:
-        real = folder_stats(cfg.TEST_IMAGE_DIR, lambda: model, runtime.device, size=cfg.IM_SIZE_GAN,
-                            cache_dir=cache_dir, extractor_id=model.extractor_id)
+        nonlocal real
+        if real is None:
+            real = folder_stats(cfg.TEST_IMAGE_DIR, lambda: model, runtime.device, size=cfg.IM_SIZE_GAN,
+                                cache_dir=cache_dir, extractor_id=model.extractor_id)
         result = {}
         for name, shift in (("fid", 0), ("fid_mismatched", 1)):
             fn = held_out_generate(data, lambda s, x: generate(s, x)[1], runtime.device, shift)
@@ -397,9 +397,7 @@ def checkpoint_pairs(sketch_dir, style_dir, pairing: str) -> list[tuple[Path, Pa
     """(sketch, style image) pairs: by file name ("name"), or every sketch with the style image
     after its own position in file-name order ("shifted": styles the sketch was not drawn from)."""
     sketches = folder_files(sketch_dir)
-    styles = list_images(style_dir)
-    if not styles:
-        raise DataError(f"no images in style folder {style_dir}")
+    styles = require_images(style_dir, "style")
     if pairing == "shifted":
         ordered = list(styles.values())
         return [(sketch, ordered[(i + 1) % len(ordered)]) for i, sketch in enumerate(sketches)]
@@ -462,16 +460,19 @@ def _model_factory(device) -> Callable[[], nn.Module]:
 def cmd_fid(args) -> dict:
     """FID (and KID) of --fake against --real."""
     model_fn = _model_factory(args.device)
-    for source in (args.real, args.fake):  # a bad statistics file fails before any slow extraction
+    stats = {}
+    for side in ("real", "fake"):  # .npz files first: a bad one fails before any slow extraction
+        source = getattr(args, side)
         if source and Path(source).is_file():
-            load_stats(source)
+            stats[side] = _source_stats(source, args, model_fn, args.kid)
     if args.checkpoint:
-        fake = checkpoint_stats(args, model_fn)
-        args.size = args.size or fake.info["image_size"]  # real images at the model's resolution
+        stats["fake"] = checkpoint_stats(args, model_fn)
+        args.size = args.size or stats["fake"].info["image_size"]  # real images at the model's resolution
         args.fake = f"{args.checkpoint} ({args.pairing} pairs of {args.sketch} and {args.style}, PNGs in {args.save_dir})"
-    real = _source_stats(args.real, args, model_fn, args.kid)
-    if not args.checkpoint:
-        fake = _source_stats(args.fake, args, model_fn, args.kid)
+    for side in ("real", "fake"):
+        if side not in stats:
+            stats[side] = _source_stats(getattr(args, side), args, model_fn, args.kid)
+    real, fake = stats["real"], stats["fake"]
     if real.mu.shape != fake.mu.shape:
         raise StatsError(f"feature dimensions differ: {args.real} has {real.mu.shape[0]}, "
                          f"{args.fake} has {fake.mu.shape[0]}")

@@ -94,6 +94,15 @@ def list_images(folder) -> dict[str, Path]:
     return found
 
 
+def require_images(folder, what: str = "") -> dict[str, Path]:
+    """list_images, or a DataError naming the folder when it holds no image."""
+    found = list_images(folder)
+    if not found:
+        where = f"{what} folder {folder}" if what else str(folder)
+        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {where}")
+    return found
+
+
 @dataclass
 class Pairs:
     """Images with one sketch in each of K folders, and what could not be paired."""
@@ -119,10 +128,8 @@ def pair_folders(image_dir, sketch_dirs) -> Pairs:
         raise DataError("no image folder configured (set IMAGE_DIR=...)")
     if not sketch_dirs:
         raise DataError("no sketch folders configured (set SKETCH_DIRS=folder1,folder2,...)")
-    images = list_images(image_dir)
+    images = require_images(image_dir)
     sketch_maps = [list_images(d) for d in sketch_dirs]
-    if not images:
-        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {image_dir}")
     missing = {str(d): sorted(set(images) - set(m)) for d, m in zip(sketch_dirs, sketch_maps)}
     stems = [s for s in images if all(s in m for m in sketch_maps)]
     if not stems:
@@ -232,9 +239,7 @@ class FolderDataset(Dataset):
     """Every image of one folder, resized, as (C,H,W) uint8; unreadable files are dropped and counted."""
 
     def __init__(self, folder, size: int, mode: str = "RGB"):
-        self.paths = list(list_images(folder).values())
-        if not self.paths:
-            raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+        self.paths = list(require_images(folder).values())
         self.size, self.mode = size, mode
 
     def __len__(self):

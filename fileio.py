@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pickle
+import pickle  # only for the exception type torch.load(weights_only=True) raises on a pickled object
 import re
 import tempfile
 import zipfile

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from datasets import IMAGE_EXTENSIONS, DataError, _to_mode, list_images, load_image, resize, to_float, to_uint8_tensor
+from datasets import DataError, _to_mode, load_image, require_images, resize, to_float, to_uint8_tensor
 from fileio import CheckpointDir, CheckpointError, load_checkpoint, save_png, to_pil
 from models import ContentEncoder, Decoder, NoiseInjection, StyleEncoder, build_generator
 
@@ -453,10 +453,7 @@ def _inputs(path: Path, what: str) -> dict[str, Path]:
         return {path.stem: path}
     if not path.exists():
         raise DataError(f"{what} not found: {path}")
-    found = list_images(path)
-    if not found:
-        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {what} folder {path}")
-    return found
+    return require_images(path, what)
 
 
 def plan_jobs(sketch, style, out, cross: bool = False) -> Plan:

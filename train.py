@@ -23,7 +23,7 @@ from datasets import DataError, pair_folders
 from fileio import CheckpointError, load_checkpoint, write_json
 from train_step_1_ae import AEStage, build_lpips
 from train_step_2_gan import GANStage
-from training import NonFiniteLoss, Runtime, print_resume_hint, run_stage, setup_runtime
+from training import NonFiniteLoss, Runtime, from_rank0, print_resume_hint, run_stage, setup_runtime
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLoss)
 ARCH_KEYS = ("DATA_NAME", "NFC", "IM_SIZE_AE", "IM_SIZE_GAN", "IM_SIZE_D")  # fixed for the life of a run
@@ -68,12 +68,12 @@ def train(cfg: Config) -> int:
     _barrier(runtime)
     pairs = pair_folders(cfg.IMAGE_DIR, cfg.SKETCH_DIRS)
     grid_pairs = pair_folders(cfg.TEST_IMAGE_DIR, [cfg.TEST_SKETCH_DIR]) if cfg.TEST_IMAGE_DIR else pairs
-    if cfg.FID_INTERVAL and not cfg.TRAIN_AE_ONLY and not (cfg.TEST_IMAGE_DIR and cfg.TEST_SKETCH_DIR):
+    if cfg.FID_INTERVAL and not cfg.TRAIN_AE_ONLY and not cfg.TEST_IMAGE_DIR:  # Config pairs it with TEST_SKETCH_DIR
         raise ConfigError("FID_INTERVAL > 0 needs a held-out set: set TEST_IMAGE_DIR and TEST_SKETCH_DIR "
                           "(FID on augmented training crops is not a valid number), or FID_INTERVAL=0")
     # pretrained weights load before the run folder exists: a missing file costs no empty run folder
     lpips = build_lpips(max(cfg.W_REC_LPIPS, cfg.W_GAN_LPIPS), runtime)
-    fid = _fid_callback(cfg, runtime) if cfg.FID_INTERVAL and not cfg.TRAIN_AE_ONLY else None
+    fid = _fid_callback(cfg, runtime, grid_pairs) if cfg.FID_INTERVAL and not cfg.TRAIN_AE_ONLY else None
     run_dir = prepare_run_dir(cfg, runtime)
     if runtime.is_main:
         print(f"run folder: {run_dir}\n{len(pairs)} training pairs, {len(pairs.sketches[0])} sketch set(s) each")
@@ -113,11 +113,7 @@ def prepare_run_dir(cfg: Config, runtime: Runtime) -> Path:
             write_json(run_dir / "config.json", cfg.replace(TRIAL_NAME=name).to_dict())
         except OSError as e:
             raise ConfigError(f"cannot write the run folder {run_dir} ({e.strerror}): set SAVE_FOLDER") from None
-    if runtime.distributed:  # every rank must use rank 0's folder name
-        holder = [str(run_dir)]
-        dist.broadcast_object_list(holder, src=0)
-        run_dir = Path(holder[0])
-    return run_dir
+    return from_rank0(run_dir, runtime)  # every rank uses rank 0's folder name
 
 
 def find_ae_checkpoint(cfg: Config, run_dir: Path, just_trained: Path | None) -> Path:
@@ -148,10 +144,10 @@ def _check_preset(ae_ckpt: dict, cfg: Config) -> None:
         raise CheckpointError(f"the AE checkpoint belongs to preset '{trained}', this run is '{cfg.DATA_NAME}'")
 
 
-def _fid_callback(cfg: Config, runtime: Runtime):
-    """FID of the EMA generator on the held-out set, through benchmark.py."""
+def _fid_callback(cfg: Config, runtime: Runtime, held_out):
+    """FID of the EMA generator on the held-out pairs, through benchmark.py."""
     import benchmark
-    return benchmark.training_fid(cfg, runtime)
+    return benchmark.training_fid(cfg, runtime, held_out)
 
 
 def _stopped(cfg: Config, run_dir: Path, runtime: Runtime) -> int:

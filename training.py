@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import os
 import random
 import signal
 import sys
 import time
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -112,6 +112,15 @@ def join_torchrun(device: torch.device) -> Runtime:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Runtime(device=device, rank=rank, world_size=world)
+
+
+def from_rank0(value, runtime: Runtime):
+    """Rank 0's `value` on every rank (e.g. a run folder named after the clock)."""
+    if not runtime.distributed:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
 
 
 def to_sync_batchnorm(net: nn.Module) -> nn.Module:

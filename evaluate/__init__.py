@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from datasets import IMAGE_EXTENSIONS, DataError, list_images, to_float, to_uint8_tensor  # noqa: E402
+from datasets import DataError, require_images, to_float, to_uint8_tensor  # noqa: E402
 from inference import InferenceError  # noqa: E402
 
 
@@ -31,10 +31,7 @@ def image_files(path, what: str) -> list[Path]:
         return [path]
     if not path.exists():
         raise DataError(f"{what} not found: {path}")
-    files = list(list_images(path).values())
-    if not files:
-        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {what} folder {path}")
-    return files
+    return list(require_images(path, what).values())
 
 
 def choose(files: list[Path], n: int, seed: int, load: Callable, what: str = "image") -> list[tuple[Path, object]]:

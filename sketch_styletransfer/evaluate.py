@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from datasets import IMAGE_EXTENSIONS, DataError, FolderDataset, list_images, to_float
+from datasets import DataError, FolderDataset, require_images, to_float
 from fileio import CheckpointError, load_checkpoint
 from sketch_styletransfer.tom_models import (VGGFeatures, check_size, generator_from_checkpoint, sketch_photos,
                                              to_sketch)
@@ -149,8 +149,7 @@ def main(argv: list[str] | None = None, vgg_features: nn.Module | None = None) -
         device = resolve_device(args.device)
         for checkpoint in args.checkpoint:  # refuse bad inputs before loading the VGG weights
             resolve_checkpoint(checkpoint)
-        if not list_images(args.path_content):
-            raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {args.path_content}")
+        require_images(args.path_content)
         if vgg_features is None:
             import weights  # only the command line needs the pretrained weights
             try:

@@ -33,12 +33,13 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from datasets import (IMAGE_EXTENSIONS, DataError, FolderDataset, InfiniteSampler, iteration_generator, list_images,
-                      paired_crop_flip, to_float)
+from datasets import (DataError, FolderDataset, InfiniteSampler, iteration_generator, paired_crop_flip,
+                      require_images, to_float)
 from fileio import CheckpointDir, CheckpointError, JsonlLog, load_checkpoint, save_grid, write_json
 from sketch_styletransfer.tom_models import (THRESHOLD, StyleDiscriminator, TOMGenerator, VGGFeatures, check_size,
                                              content_loss, d_hinge, gram_input, gram_loss, sketch_photos, to_sketch)
-from training import Runtime, StopRequest, join_torchrun, rng_state, seed_everything, set_rng_state, sync_gradients
+from training import (Runtime, StopRequest, from_rank0, join_torchrun, rng_state, seed_everything, set_rng_state,
+                      sync_gradients)
 
 KIND, FORMAT = "tom", 1
 CROP_SCALE = 292 / 256   # the reference resizes 256 px training images to 292, then crops 256
@@ -221,8 +222,7 @@ def plan_run(options: dict) -> Plan:
         if not args[key]:
             raise RunError(f"--{key} is required ({'photos' if key == 'path_a' else 'real sketches'} folder)")
         args[key] = str(Path(args[key]).resolve())  # absolute: a resume may start from another folder
-        if not list_images(args[key]):
-            raise DataError(f"--{key}: no images ({', '.join(IMAGE_EXTENSIONS)}) in {args[key]}")
+        require_images(args[key], f"--{key}")
     try:
         check_size(args["im_size"])
     except ValueError as e:
@@ -371,9 +371,7 @@ def main(argv: list[str] | None = None, vgg_features: nn.Module | None = None) -
         plan = plan_run(options)  # refuse early, before loading VGG weights, if the run cannot start
         if runtime.distributed:  # every rank has planned before rank 0 writes; all use rank 0's folder
             dist.barrier()
-            holder = [plan.out]
-            dist.broadcast_object_list(holder, src=0)
-            plan.out = holder[0]
+            plan.out = from_rank0(plan.out, runtime)
         if vgg_features is None:
             import weights  # only the command line needs the pretrained weights
             try:

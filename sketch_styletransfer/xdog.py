@@ -34,7 +34,7 @@ from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
 
-from datasets import IMAGE_EXTENSIONS, DataError, list_images, load_image, resize
+from datasets import DataError, load_image, require_images, resize
 
 
 @dataclass(frozen=True)
@@ -141,9 +141,7 @@ def make_sketch_folders(input_dir, output_dir, settings: dict[str, Setting], siz
     Summary keys: folders (name -> path), images, written, kept (outputs already there),
     unreadable (list of error lines).
     """
-    images = list_images(input_dir)
-    if not images:
-        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {input_dir}")
+    images = require_images(input_dir)
     output_dir = Path(output_dir)
     folders = {name: output_dir / f"xdog_{name}" for name in settings}
     tasks, kept = [], 0

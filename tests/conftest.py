@@ -1,10 +1,25 @@
-"""Shared fixtures: a small copy of the built-in demo data and tiny training configs."""
+"""Shared fixtures: a small copy of the built-in demo data, tiny training configs, a cheap FID extractor."""
 from pathlib import Path
 
 import pytest
+import torch
 
 import config as C
+import weights
 from datasets import pair_folders
+
+
+class Pooled(torch.nn.Module):
+    """A cheap stand-in for the FID Inception: 2x2 average pool of the 299 input -> 12 features."""
+
+    def forward(self, x):
+        return torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1)
+
+
+@pytest.fixture
+def cheap_inception(monkeypatch):
+    """weights.fid_inception() -> Pooled (no weights file, fast 12-d Frechet distances)."""
+    monkeypatch.setattr(weights, "fid_inception", lambda allow_download=True: Pooled())
 
 
 @pytest.fixture(scope="session")

@@ -259,12 +259,6 @@ def test_a_gan_stage_on_an_ae_of_another_size_is_one_line(demo_root, run_dir, tm
 
 # --------------------------------------------------------------------------- the benchmark
 
-@pytest.fixture
-def cheap_inception(monkeypatch):
-    monkeypatch.setattr(weights, "fid_inception",
-                        lambda allow_download=True: torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2),
-                                                                        torch.nn.Flatten()))
-
 
 def test_benchmark_stops_on_an_unreadable_file_with_its_name(folders, tmp_path, capsys, cheap_inception):
     out = tmp_path / "stats.npz"

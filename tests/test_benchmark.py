@@ -11,6 +11,7 @@ from PIL import Image
 
 import benchmark as B
 import weights
+from conftest import Pooled
 from datasets import DataError
 
 
@@ -41,13 +42,6 @@ def features_model(inception_state) -> B.InceptionFeatures:
     net = weights.build_fid_inception()
     net.load_state_dict(inception_state)
     return B.InceptionFeatures(weights.FIDInceptionPool3(net), "random-test").eval()
-
-
-class Pooled(nn.Module):
-    """A cheap stand-in extractor: 2x2 average pool of the 299 input -> 12 features."""
-
-    def forward(self, x):
-        return nn.functional.adaptive_avg_pool2d(x, 2).flatten(1)
 
 
 def write_pngs(folder: Path, n: int, seed: int, size: int = 32) -> list[Path]:

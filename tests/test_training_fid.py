@@ -9,25 +9,17 @@ from PIL import Image
 
 import benchmark as B
 import train
-import weights
-from conftest import tiny_config, tiny_train_args
+from conftest import Pooled, tiny_config, tiny_train_args
+from datasets import pair_folders
 from training import Runtime
 
 G = 64  # the tiny model's output size
 pytestmark = pytest.mark.filterwarnings("ignore:FID statistics from only")  # tiny sets on purpose
 
 
-class Pooled(torch.nn.Module):
-    """A cheap stand-in for the Inception: 2x2 average pool of the 299 input -> 12 features."""
-
-    def forward(self, x):
-        return torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1)
-
-
 @pytest.fixture
-def cheap_inception(monkeypatch, tmp_path):
-    """weights.fid_inception() -> Pooled, and the working directory (default FID cache) in tmp_path."""
-    monkeypatch.setattr(weights, "fid_inception", lambda allow_download=True: Pooled())
+def cheap_inception(cheap_inception, monkeypatch, tmp_path):
+    """conftest's cheap_inception, with the working directory (the default FID cache) in tmp_path."""
     monkeypatch.chdir(tmp_path)
 
 
@@ -38,7 +30,8 @@ def _train_args(demo_root, tmp_path, **overrides) -> list[str]:
 def test_training_fid_compares_with_the_unaugmented_held_out_images(demo_root, tmp_path):
     cfg = tiny_config(demo_root, tmp_path, FID_N_SAMPLES=100)
     model = B.InceptionFeatures(Pooled(), "pooled")
-    measure = B.training_fid(cfg, Runtime(device=torch.device("cpu")), model, cache_dir=tmp_path / "cache")
+    held_out = pair_folders(cfg.TEST_IMAGE_DIR, [cfg.TEST_SKETCH_DIR])
+    measure = B.training_fid(cfg, Runtime(device=torch.device("cpu")), held_out, model, cache_dir=tmp_path / "cache")
 
     copy_style = measure(lambda sketch, style: (None, style))  # a "generator" that returns its exemplar
     assert copy_style["fid_n"] == 8  # capped at the held-out set's size
@@ -53,7 +46,7 @@ def test_training_fid_compares_with_the_unaugmented_held_out_images(demo_root, t
 
 def test_training_fid_only_on_rank_0(demo_root, tmp_path):
     rank1 = Runtime(device=torch.device("cpu"), rank=1, world_size=2)
-    measure = B.training_fid(tiny_config(demo_root, tmp_path), rank1, model=None)  # never loads weights
+    measure = B.training_fid(tiny_config(demo_root, tmp_path), rank1, held_out=None)  # never loads weights
     assert measure(lambda s, x: pytest.fail("rank 1 generated")) == {}
 
 

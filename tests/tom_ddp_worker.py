@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ddp_worker import assert_identical  # noqa: E402
 from sketch_styletransfer import train as T  # noqa: E402
+from test_tom import TINY  # noqa: E402
 from training import join_torchrun, seed_everything  # noqa: E402
 
 
@@ -31,9 +32,7 @@ def main():
     for it in range(3):
         trainer.step(*(s.batch(it) for s in streams))
     n = assert_identical({"g": trainer.g, "d": trainer.d}, rt.rank)
-    argv = ["--path_a", photos, "--path_b", sketches, "--out", out, "--im_size", "32", "--batch_size", "2",
-            "--nfc", "8", "--workers", "0", "--device", "cpu", "--log_interval", "1", "--image_interval", "2",
-            "--save_interval", "2", "--grid_n", "2", "--total_iter", "4"]
+    argv = ["--path_a", photos, "--path_b", sketches, "--out", out, *TINY, "--total_iter", "4"]
     assert T.main(argv, vgg_features=vgg) == 0
     if rt.rank == 0:
         print(f"identical on 2 ranks: {n} parameters", flush=True)

@@ -145,6 +145,15 @@ class CheckpointDir:
         return sorted(found, key=lambda p: int(self.PATTERN.match(p.name).group(1)))
 
 
+def newest_checkpoint(folder, subfolders: tuple[str, ...] = ()) -> Path | None:
+    """The newest checkpoint in the first of folder/<subfolder>..., then folder itself, that holds one."""
+    for sub in (*subfolders, "."):
+        found = CheckpointDir(Path(folder) / sub).last()
+        if found is not None:
+            return found
+    return None
+
+
 # --------------------------------------------------------------------------- logs
 
 class JsonlLog:

@@ -44,7 +44,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from datasets import DataError, _to_mode, load_image, require_images, resize, to_float, to_uint8_tensor
-from fileio import CheckpointDir, CheckpointError, load_checkpoint, save_png, to_pil
+from fileio import CheckpointError, load_checkpoint, newest_checkpoint, save_png, to_pil
 from models import ContentEncoder, Decoder, NoiseInjection, StyleEncoder, build_generator
 
 ImageInput = Union[str, Path, Image.Image]
@@ -73,11 +73,10 @@ def resolve_checkpoint(path) -> Path:
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path} (give a run folder of train.py or a "
                               f"GAN checkpoint file <run>/gan/checkpoints/ckpt_*.pt)")
-    for folder in (path / "gan" / "checkpoints", path / "checkpoints", path):
-        found = CheckpointDir(folder).last()
-        if found is not None:
-            return found
-    if CheckpointDir(path / "ae" / "checkpoints").last() is not None:
+    found = newest_checkpoint(path, ("gan/checkpoints", "checkpoints"))
+    if found is not None:
+        return found
+    if newest_checkpoint(path / "ae" / "checkpoints") is not None:
         raise CheckpointError(f"{path}: this run has an AE-stage checkpoint but no GAN-stage one; inference "
                               f"needs the GAN stage: train it (python train.py SAVE_FOLDER={path.parent} "
                               f"TRIAL_NAME={path.name} RESUME=true)")

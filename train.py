@@ -20,7 +20,7 @@ import torch.distributed as dist
 import config as C
 from config import Config, ConfigError
 from datasets import DataError, pair_folders
-from fileio import CheckpointError, load_checkpoint, write_json
+from fileio import CheckpointError, load_checkpoint, newest_checkpoint, write_json
 from train_step_1_ae import AEStage, build_lpips
 from train_step_2_gan import GANStage
 from training import NonFiniteLoss, Runtime, from_rank0, print_resume_hint, run_stage, setup_runtime
@@ -120,18 +120,17 @@ def find_ae_checkpoint(cfg: Config, run_dir: Path, just_trained: Path | None) ->
     """The AE checkpoint for the GAN stage: this run's, or PRETRAINED_AE_PATH (file or run folder)."""
     if just_trained is not None:
         return just_trained
-    from fileio import CheckpointDir
     if cfg.PRETRAINED_AE_PATH:
         path = Path(cfg.PRETRAINED_AE_PATH)
         if path.is_dir():
-            found = CheckpointDir(path / "ae" / "checkpoints").last() or CheckpointDir(path).last()
+            found = newest_checkpoint(path, ("ae/checkpoints",))
             if found is None:
                 raise CheckpointError(f"PRETRAINED_AE_PATH={path}: no AE checkpoint in this folder")
             return found
         if not path.is_file():
             raise CheckpointError(f"PRETRAINED_AE_PATH={path}: no such file or folder")
         return path
-    found = CheckpointDir(run_dir / "ae" / "checkpoints").last()
+    found = newest_checkpoint(run_dir / "ae" / "checkpoints")
     if found is None:
         raise CheckpointError("TRAIN_GAN_ONLY needs an AE: set PRETRAINED_AE_PATH to an AE checkpoint or run "
                               "folder, or resume a run that trained its AE")

@@ -35,7 +35,8 @@ from tqdm import tqdm
 
 from datasets import (DataError, FolderDataset, InfiniteSampler, iteration_generator, paired_crop_flip,
                       require_images, to_float)
-from fileio import CheckpointDir, CheckpointError, JsonlLog, load_checkpoint, save_grid, write_json
+from fileio import (CheckpointDir, CheckpointError, JsonlLog, load_checkpoint, newest_checkpoint, save_grid,
+                    write_json)
 from sketch_styletransfer.tom_models import (THRESHOLD, StyleDiscriminator, TOMGenerator, VGGFeatures, check_size,
                                              content_loss, d_hinge, gram_input, gram_loss, sketch_photos, to_sketch)
 from training import (Runtime, StopRequest, from_rank0, join_torchrun, rng_state, seed_everything, set_rng_state,
@@ -171,7 +172,7 @@ def resolve_checkpoint(path) -> Path:
     """A checkpoint file, or a run folder (or its checkpoints/ folder) -> its newest checkpoint."""
     path = Path(path)
     if path.is_dir():
-        last = CheckpointDir(path / "checkpoints").last() or CheckpointDir(path).last()
+        last = newest_checkpoint(path, ("checkpoints",))
         if last is None:
             raise CheckpointError(f"no checkpoint in {path}")
         return last

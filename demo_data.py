@@ -4,8 +4,12 @@
     python demo_data.py --root DIR --n-train 500 --n-test 50 --seed 1 --overwrite
 
 Each image holds 1 to 3 filled shapes over a background. The shapes and their layout are the
-content; the palette (background + 3 fills) and a soft texture are the style, so the same shapes
-in another palette are another style and the same palette on other shapes is another content.
+content; the palette (a background and three shades of one hue) and a soft texture are the
+style. A shape's fill follows from its kind (round shapes take the darkest shade, angular ones
+the middle one, concave ones the lightest), so the sketch and the exemplar's palette together
+fix every colour of the answer: `restyle(scene_i, scene_j)` is the exact ground truth of "sketch i in the style of
+image j" (evaluate/quality.py scores models against it). The palettes' backgrounds all differ,
+so an exemplar names its palette even when it shows only some of the fills.
 The images have no drawn outlines: edges come from colour contrast only. Beside each image
 is its exact line drawing (the visible shape outlines, in z-order), and `ensure_demo_data`
 adds two XDoG sketch sets, so every image has three sketches:
@@ -36,34 +40,38 @@ from tqdm import tqdm
 from fileio import write_json
 from sketch_styletransfer.xdog import BUILTIN_SETTINGS, make_sketch_folders, write_png
 
-FORMAT = 1
+FORMAT = 2           # 2: fills follow the shape kind (1: fills drawn at random)
 SUPERSAMPLE = 4          # shapes are rasterised at 4x and averaged down: antialiased edges
 STROKE_WIDTH = 2.0       # sketch stroke width in pixels at 128 px (scales with the image size)
 MIN_VISIBLE = 0.3        # a scene is redrawn if a shape shows less than this share of its area
+RADIUS = {1: (0.26, 0.40), 2: (0.19, 0.32), 3: (0.15, 0.26)}  # shape radius range by shape count
 SPLITS = {"train": 0, "test": 1}   # the split number enters the seed: disjoint random streams
 XDOG_SETS = ("thin", "bold")       # the XDoG sketch sets ensure_demo_data adds
 STEM = re.compile(r"^\d{5}\.png$")
 
-# name: background, fill 1, fill 2, fill 3 (sRGB 0-255). Light backgrounds carry darker fills
-# and dark backgrounds lighter ones; every fill differs from the background and from the other
-# fills in luma (checked by tests), so every outline is also an edge in a grey image.
+# name: background, then three shades of one hue, darkest first: round shapes take the darkest,
+# angular ones the middle and concave ones the lightest (sRGB 0-255). On light backgrounds the
+# shades lie at luma 0.12 / 0.33 / 0.54, on dark ones at 0.46 / 0.67 / 0.88, so every fill differs
+# from the background and from the other fills in luma (every outline is also an edge in a grey
+# image), and the backgrounds differ from each other in hue or lightness (checked by tests).
 PALETTES = {
-    "paper":    ((246, 241, 229), (40, 62, 110), (196, 70, 58), (130, 175, 110)),
-    "sunset":   ((252, 236, 210), (96, 24, 64), (190, 60, 50), (196, 156, 40)),
-    "ocean":    ((226, 240, 246), (14, 60, 110), (30, 130, 160), (110, 176, 170)),
-    "forest":   ((236, 242, 222), (34, 72, 40), (96, 124, 44), (210, 150, 80)),
-    "candy":    ((255, 238, 246), (100, 20, 110), (210, 60, 130), (90, 180, 200)),
-    "desert":   ((244, 226, 190), (80, 36, 20), (200, 124, 60), (40, 110, 120)),
-    "slate":    ((232, 234, 238), (40, 44, 56), (100, 108, 124), (176, 140, 196)),
-    "night":    ((22, 26, 48), (236, 210, 110), (110, 170, 230), (190, 80, 150)),
-    "ember":    ((40, 20, 18), (250, 200, 90), (200, 80, 40), (160, 150, 140)),
-    "mint":     ((18, 52, 50), (230, 250, 240), (120, 220, 180), (220, 120, 100)),
-    "royal":    ((44, 28, 84), (250, 226, 150), (150, 190, 250), (210, 90, 110)),
-    "charcoal": ((34, 34, 36), (240, 240, 236), (205, 78, 60), (110, 190, 110)),
+    "paper":   ((246, 240, 226), (72, 13, 13), (197, 36, 36), (230, 99, 99)),
+    "sky":     ((200, 226, 250), (52, 25, 5), (143, 68, 12), (230, 113, 24)),
+    "blossom": ((252, 214, 230), (6, 42, 39), (15, 115, 107), (65, 170, 162)),
+    "meadow":  ((210, 238, 190), (47, 16, 63), (130, 43, 174), (177, 103, 214)),
+    "sand":    ((238, 206, 140), (14, 31, 75), (37, 84, 206), (102, 138, 230)),
+    "night":   ((18, 24, 72), (150, 120, 18), (218, 175, 26), (252, 227, 139)),
+    "wine":    ((92, 14, 36), (41, 159, 103), (62, 230, 151), (185, 246, 217)),
+    "forest":  ((12, 66, 36), (196, 86, 71), (251, 139, 123), (254, 213, 207)),
+    "plum":    ((66, 20, 96), (29, 153, 167), (62, 215, 233), (185, 240, 247)),
+    "coal":    ((44, 44, 44), (68, 128, 189), (116, 183, 251), (204, 229, 253)),
 }
 TEXTURES = ("flat", "gradient", "stripes", "dots", "noise")
-SHAPES = ("circle", "ellipse", "square", "rectangle", "triangle", "pentagon", "hexagon", "star", "ring", "blob")
-POLYGON_SIDES = {"triangle": 3, "square": 4, "pentagon": 5, "hexagon": 6}
+# shape classes, in fill order: a shape's kind fixes which of the palette's fills it takes
+SHAPE_CLASSES = (("circle", "ellipse", "ring", "blob"), ("triangle", "square", "rectangle"), ("star", "cross"))
+SHAPES = tuple(kind for kinds in SHAPE_CLASSES for kind in kinds)
+FILL_OF_KIND = {kind: fill for fill, kinds in enumerate(SHAPE_CLASSES) for kind in kinds}
+POLYGON_SIDES = {"triangle": 3, "square": 4}
 
 
 def luma(rgb) -> float:
@@ -78,21 +86,28 @@ def random_scene(rng: np.random.Generator) -> dict:
     """Draw one image's labels: palette, texture and 1-3 shapes (all floats rounded for the manifest)."""
     palette = str(rng.choice(list(PALETTES)))
     n = int(rng.integers(1, 4))
-    radius = {1: (0.22, 0.36), 2: (0.15, 0.28), 3: (0.12, 0.22)}[n]
-    fills = rng.permutation(3)[:n]   # distinct fills: overlapping shapes always differ in colour
-    shapes = [_random_shape(rng, radius, int(fill)) for fill in fills]
+    radius = RADIUS[n]
+    classes = rng.permutation(len(SHAPE_CLASSES))[:n]  # distinct classes: overlapping shapes differ in colour
+    shapes = [_random_shape(rng, radius, str(rng.choice(SHAPE_CLASSES[c]))) for c in classes]
     return {"palette": palette, "texture": _random_texture(rng), "shapes": shapes}
 
 
-def _random_shape(rng: np.random.Generator, radius: tuple[float, float], fill: int) -> dict:
-    kind = str(rng.choice(SHAPES))
+def restyle(scene: dict, style: dict) -> dict:
+    """`scene`'s shapes in `style`'s palette and texture: render(restyle(i, j)) is sketch i drawn in
+    the style of image j, exactly (the fills follow from the shape kinds)."""
+    return {**scene, "palette": style["palette"], "texture": style["texture"]}
+
+
+def _random_shape(rng: np.random.Generator, radius: tuple[float, float], kind: str) -> dict:
     shape = {"kind": kind, "cx": rng.uniform(0.22, 0.78), "cy": rng.uniform(0.22, 0.78),
-             "r": rng.uniform(*radius), "rotation": rng.uniform(0, 360), "fill": fill}
+             "r": rng.uniform(*radius), "rotation": rng.uniform(0, 360), "fill": FILL_OF_KIND[kind]}
     if kind in ("ellipse", "rectangle"):
         shape["aspect"] = rng.uniform(0.45, 0.75)
     elif kind == "star":
         shape["points"] = int(rng.integers(5, 7))
         shape["inner"] = rng.uniform(0.42, 0.55)
+    elif kind == "cross":
+        shape["arm"] = rng.uniform(0.3, 0.42)
     elif kind == "ring":
         shape["inner"] = rng.uniform(0.5, 0.65)
     elif kind == "blob":
@@ -105,7 +120,7 @@ def _random_texture(rng: np.random.Generator) -> dict:
     kind = str(rng.choice(TEXTURES))
     texture = {"kind": kind}
     if kind == "gradient":
-        texture.update(angle=rng.uniform(0, 360), amplitude=rng.uniform(0.06, 0.1))
+        texture.update(angle=rng.uniform(0, 360), amplitude=rng.uniform(0.04, 0.07))
     elif kind == "stripes":
         texture.update(angle=rng.uniform(0, 180), period=rng.uniform(10, 18), amplitude=rng.uniform(0.02, 0.035),
                        phase=rng.uniform(0, 2 * math.pi))
@@ -148,6 +163,11 @@ def outline(shape: dict, n_curve: int = 192) -> list[np.ndarray]:
     elif kind == "star":
         n = 2 * shape["points"]
         loops = [(np.tile([r, r * shape["inner"]], n // 2), np.arange(n) * 2 * math.pi / n)]
+    elif kind == "cross":  # a plus sign: arms of half-width arm * r
+        a = r * shape["arm"]
+        corners = np.array([[r, a], [a, a], [a, r], [-a, r], [-a, a], [-r, a],
+                            [-r, -a], [-a, -a], [-a, -r], [a, -r], [a, -a], [r, -a]])
+        loops = [(np.hypot(*corners.T), np.arctan2(corners[:, 1], corners[:, 0]))]
     elif kind == "ring":
         loops = [(np.full_like(theta, r), theta), (np.full_like(theta, r * shape["inner"]), theta)]
     elif kind == "blob":

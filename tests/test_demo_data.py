@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 import demo_data as D
+from evaluate.quality import srgb_to_lab
 
 FLAT = {"kind": "flat"}
 SQUARE = {"kind": "rectangle", "cx": 0.5, "cy": 0.5, "r": 0.3, "rotation": 0.0, "fill": 1, "aspect": 1.0}
@@ -63,6 +64,40 @@ def test_palettes_contrast_in_luma():
         lumas = [D.luma(c) for c in fills]
         assert min(abs(D.luma(bg) - v) for v in lumas) >= 0.25, name
         assert min(abs(a - b) for i, a in enumerate(lumas) for b in lumas[i + 1:]) >= 0.12, name
+        assert lumas == sorted(lumas), name  # darkest shade first: round shapes are always the darkest
+
+
+def test_backgrounds_name_their_palette():
+    """Every background differs from every other by a visible colour distance (CIE76 > 20), so an
+    exemplar names its palette even when it shows only some of the fills."""
+    backgrounds = srgb_to_lab(np.array([bg for bg, *_ in D.PALETTES.values()], dtype=np.float64) / 255)
+    distances = np.linalg.norm(backgrounds[:, None] - backgrounds[None], axis=-1)
+    assert distances[~np.eye(len(D.PALETTES), dtype=bool)].min() > 20
+
+
+def test_a_shapes_fill_follows_from_its_kind(demo_root):
+    manifest = json.loads((demo_root / "manifest.json").read_text())
+    scenes = [scene for split in manifest["images"].values() for scene in split.values()]
+    for scene in scenes:
+        fills = [shape["fill"] for shape in scene["shapes"]]
+        assert fills == [D.FILL_OF_KIND[shape["kind"]] for shape in scene["shapes"]]
+        assert len(set(fills)) == len(fills)  # one shape per class: overlapping shapes differ in colour
+    assert {shape["kind"] for scene in scenes for shape in scene["shapes"]} >= set(D.SHAPES) - {"cross"}
+
+
+def test_restyle_is_the_ground_truth_of_a_style_swap():
+    scene, style = D.scene_for(0, "test", 0), D.scene_for(0, "test", 1)
+    assert scene["palette"] != style["palette"]
+    (image, sketch), (swapped, swapped_sketch) = D.render(scene), D.render(D.restyle(scene, style))
+    assert np.array_equal(np.asarray(sketch), np.asarray(swapped_sketch))  # the same drawing
+    assert D.restyle(scene, scene) == scene and D.restyle(scene, style)["shapes"] == scene["shapes"]
+    flat = D.render(D.restyle(scene, {"palette": style["palette"], "texture": FLAT}))[0]
+    labels = D.label_map(scene["shapes"], 128)
+    bg, *fills = D.PALETTES[style["palette"]]
+    colours = np.asarray(flat)
+    assert np.array_equal(np.median(colours[labels == 0], axis=0), bg)
+    for i, shape in enumerate(scene["shapes"], start=1):
+        assert np.array_equal(np.median(colours[labels == i], axis=0), fills[shape["fill"]])
 
 
 def test_sketch_depends_on_the_shapes_only():
@@ -97,12 +132,8 @@ def test_strokes_are_two_pixels_and_the_image_has_no_outlines():
 
 def test_every_shape_kind_renders_and_shows():
     for kind in D.SHAPES:
-        rng = np.random.default_rng(0)
-        while True:
-            shape = D._random_shape(rng, (0.2, 0.3), 0)
-            if shape["kind"] == kind:
-                break
-        image, sketch = D.render({"palette": "ocean", "texture": FLAT, "shapes": [shape]})
+        shape = D._random_shape(np.random.default_rng(0), (0.2, 0.3), kind)
+        image, sketch = D.render({"palette": "sky", "texture": FLAT, "shapes": [shape]})
         assert _ink(sketch).sum() > 50, kind
         assert D.visible_fractions([shape], 128) == [1.0]
 

@@ -75,6 +75,7 @@ import config as C
 from config import ConfigError
 from datasets import (DataError, PairedDataset, Pairs, iteration_generator, pair_folders, paired_crop_flip,
                       sketch_variants, style_view, to_float)
+from benchmark import markdown_table
 from fileio import write_json
 from training import NanGuard, seed_everything, setup_runtime
 
@@ -601,12 +602,6 @@ def _fmt_pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.1f} %"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
-    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
-
-
 def report(results: dict) -> str:
     rows = []
     for kind, st in results["stages"].items():
@@ -625,7 +620,7 @@ def report(results: dict) -> str:
             if r.get("achieved_tflops") is not None:
                 mfu += f" ({r['achieved_tflops']:.3g} TFLOP/s)"
             rows.append([label, mode, f"{r['img_per_s']:.2f}", ratio, _fmt_bytes(r["peak_mem_bytes"]), mfu, check])
-    text = [_table(["stage", "mode", "img/s", "fast/reference", "peak mem", "MFU", "loss check"], rows)]
+    text = [markdown_table(["stage", "mode", "img/s", "fast/reference", "peak mem", "MFU", "loss check"], rows)]
     for kind, st in results["stages"].items():
         if "loss_check" in st:
             tol = st["loss_check"]["tolerance"]
@@ -646,7 +641,7 @@ def report(results: dict) -> str:
                       f"{ld['ours_device_augmentation']['img_per_s']:.1f}", ""],
                      [label, "ours: both, serial", f"{ld['ours_total_serial']['img_per_s']:.1f}",
                       f"{ld['ratio_ours_over_reference']:.2f}x"]]
-        text.append("\n" + _table(["loader", "what", "img/s", "ours/reference"], rows))
+        text.append("\n" + markdown_table(["loader", "what", "img/s", "ours/reference"], rows))
     s = results["settings"]
     text.append(f"\nLPIPS {'on' if s['lpips'] else 'off (reconstruction: AE MSE + L1, GAN 10 MSE + 10 L1; --lpips to include it)'}"
                 f"; {s['steps']} timed steps after {s['warmup']} warm-up steps; step time includes H2D copy and our "

@@ -7,7 +7,7 @@
 
 Protocol (pytorch-fid): RGB images in [-1, 1], bilinear resize to 299x299 without antialiasing,
 pytorch-fid's FID Inception (weights through weights.py), 2048-d pool3 features, float64
-statistics. `--size N` first resizes every image to NxN (PIL bicubic, antialiased), e.g. real
+statistics. `--size N` first resizes every image to NxN (PIL bilinear, antialiased), e.g. real
 images to the generator's resolution. Statistics are saved as .npz and read without pickle
 (pytorch-fid's own .npz files load too). Folder statistics are cached in `fid_stats/`, keyed by
 the folder's content, the resolution, the resize mode, the extractor and the sample count.
@@ -306,7 +306,7 @@ def content_digest(paths: list[Path]) -> str:
 def resize_mode(size: int | None) -> str:
     """How images reach 299x299, as recorded in the cache key."""
     bilinear = f"torch-bilinear-{INCEPTION_SIZE}-no-antialias"
-    return bilinear if not size else f"pil-bicubic-{size}+{bilinear}"
+    return bilinear if not size else f"pil-bilinear-{size}+{bilinear}"
 
 
 def cache_key(paths: list[Path], size: int | None, extractor_id: str) -> dict:
@@ -584,7 +584,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     def extraction_options(q):
         q.add_argument("--size", type=int, default=None,
-                       help="resize images to size x size (PIL bicubic) before the 299 resize; "
+                       help="resize images to size x size (PIL bilinear) before the 299 resize; "
                             "default: as they are (the pytorch-fid protocol)")
         q.add_argument("--device", default=_default_device())
         q.add_argument("--batch-size", type=int, default=50)

@@ -136,7 +136,7 @@ def is_light_on_dark(gray: Image.Image) -> bool:
 
 
 def fit_square(img: Image.Image, size: int, fit: str = "stretch") -> Image.Image:
-    """Resize to size x size (antialiased bicubic). A non-square picture is stretched (as in
+    """Resize to size x size (antialiased bilinear). A non-square picture is stretched (as in
     training), centre-cropped, or padded with white (a sketch's background)."""
     if fit not in FITS:
         raise InferenceError(f"fit={fit!r}: must be one of {', '.join(FITS)}")

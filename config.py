@@ -70,6 +70,10 @@ class Config:
     W_GAN_GREY: float = 0.0                  # GAN grey-level loss under another image's style
     EMA_DECAY: float = 0.999                 # generator EMA; grids and FID use the EMA weights
 
+    # --- sampling and augmentation of the paired data (defaults: the reference's) ------------
+    PAIRED_FLIP: bool = False                # random horizontal flip in AE step B and the GAN stage (reference:
+                                             # none; the self-supervised step A always flips, as the reference)
+
     # --- logging, evaluation, checkpoints ---------------------------------------------------
     LOG_INTERVAL: int = 100                  # iterations between JSON-lines log records
     SAVE_IMAGE_INTERVAL: int = 500           # iterations between PNG sample grids

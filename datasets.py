@@ -315,12 +315,13 @@ def _uniform(g: torch.Generator, n: int, low: float, high: float) -> torch.Tenso
     return torch.rand(n, generator=g) * (high - low) + low
 
 
-def paired_crop_flip(tensors: list[torch.Tensor], size: int, g: torch.Generator) -> list[torch.Tensor]:
-    """Crop every tensor of the list at the same random offset per item, then flip them together."""
+def paired_crop_flip(tensors: list[torch.Tensor], size: int, g: torch.Generator, flip: bool = True) -> list[torch.Tensor]:
+    """Crop every tensor of the list at the same random offset per item, then (if `flip`) flip
+    them together with probability 1/2."""
     b, _, h, w = tensors[0].shape
     top = torch.randint(h - size + 1, (b,), generator=g)
     left = torch.randint(w - size + 1, (b,), generator=g)
-    flip = torch.rand(b, generator=g) < 0.5
+    flip = torch.rand(b, generator=g) < 0.5 if flip else torch.zeros(b, dtype=torch.bool)
     ar = torch.arange(size)
     cols = left[:, None] + ar
     cols = torch.where(flip[:, None], cols.flip(1), cols)                  # flip = read columns backwards

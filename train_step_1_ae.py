@@ -173,7 +173,7 @@ class AEStage:
         cfg = self.cfg
         batch = self._batch(self.paired_batches)
         g = iteration_generator(cfg.SEED, STREAM_AUG_B, it, self.rt.rank)
-        x, sketch = paired_crop_flip([batch["image"], batch["sketch"]], cfg.IM_SIZE_AE, g)
+        x, sketch = paired_crop_flip([batch["image"], batch["sketch"]], cfg.IM_SIZE_AE, g, flip=cfg.PAIRED_FLIP)
         with self.rt.autocast():
             v = self.style_encoder(x)
             c = self.content_encoder(sketch)

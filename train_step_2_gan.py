@@ -104,7 +104,7 @@ class GANStage:
         self.skipped_files += int(batch["skipped"].sum())
         g = iteration_generator(cfg.SEED, STREAM_AUG_GAN, it, self.rt.rank)
         image, sketch = (to_float(self.rt.to_device(batch[k])) for k in ("image", "sketch"))
-        x, sketch = paired_crop_flip([image, sketch], cfg.IM_SIZE_GAN, g)
+        x, sketch = paired_crop_flip([image, sketch], cfg.IM_SIZE_GAN, g, flip=cfg.PAIRED_FLIP)
 
         with torch.no_grad(), self.rt.autocast():
             ae_image, style = self.ae(sketch, x)

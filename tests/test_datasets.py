@@ -145,16 +145,6 @@ def test_bad_files_are_skipped_and_counted(tmp_path, capsys):
     assert err.count("warning: skipping") == 3  # each bad file reported once
 
 
-def test_resize_is_torchvision_default_resize(tmp_path):
-    """Fidelity: the reference resizes with torchvision's Resize((s, s)) (bilinear, antialiased)."""
-    from torchvision import transforms as T
-    rng = np.random.default_rng(0)
-    for mode, shape in (("RGB", (50, 70, 3)), ("L", (90, 40))):
-        img = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode)
-        for size in (32, 64, 97):
-            assert np.array_equal(np.asarray(D.resize(img, size)), np.asarray(T.Resize((size, size))(img)))
-
-
 # --------------------------------------------------------------------------- augmentations
 
 def _stroke_batch(b=4, size=72):

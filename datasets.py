@@ -322,6 +322,13 @@ def paired_crop_flip(tensors: list[torch.Tensor], size: int, g: torch.Generator,
     top = torch.randint(h - size + 1, (b,), generator=g)
     left = torch.randint(w - size + 1, (b,), generator=g)
     flip = torch.rand(b, generator=g) < 0.5 if flip else torch.zeros(b, dtype=torch.bool)
+    return _crop(tensors, size, top, left, flip)
+
+
+def _crop(tensors: list[torch.Tensor], size: int, top: torch.Tensor, left: torch.Tensor,
+          flip: torch.Tensor) -> list[torch.Tensor]:
+    """Per-item size x size crops at (top, left), mirrored where `flip`: one gather per tensor."""
+    b = tensors[0].shape[0]
     ar = torch.arange(size)
     cols = left[:, None] + ar
     cols = torch.where(flip[:, None], cols.flip(1), cols)                  # flip = read columns backwards
@@ -338,24 +345,34 @@ def _like(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def style_view(src: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
-    """x~: random crop of the 1.3x image, rotation up to 30 degrees, random flip (one resampling).
+def style_view_params(g: torch.Generator, b: int, source: int, size: int):
+    """The random draws of `style_view` for b items: crop (top, left), angle in degrees, mirror."""
+    top = torch.randint(source - size + 1, (b,), generator=g)
+    left = torch.randint(source - size + 1, (b,), generator=g)
+    angle = _uniform(g, b, -MAX_ROTATION, MAX_ROTATION)
+    mirror = torch.rand(b, generator=g) < 0.5
+    return top, left, angle, mirror
 
-    The three steps compose into one affine map per item (output -> source, in grid_sample's
-    normalised coordinates), so only a (B, 2, 3) matrix travels to the device. Corners uncovered
-    by the rotation are black, as in the reference (torchvision fill 0).
+
+def style_view(src: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
+    """x~ as the reference makes it from the 1.3x image (torchvision RandomCrop, RandomRotation(30),
+    RandomHorizontalFlip): a random size x size crop, rotated about its centre by up to 30 degrees
+    with nearest-neighbour sampling, the corners the rotation uncovers black (torchvision's fill 0:
+    about 10 % of the pixels), then mirrored with probability 1/2.
+
+    The rotation and the mirror are one (B, 2, 3) affine map per item (output -> crop, in
+    grid_sample's normalised coordinates), so only that matrix travels to the device.
     """
     b, c, r, _ = src.shape
-    top = torch.randint(r - size + 1, (b,), generator=g).float()
-    left = torch.randint(r - size + 1, (b,), generator=g).float()
-    angle = _uniform(g, b, -MAX_ROTATION, MAX_ROTATION) * math.pi / 180
-    mirror = 1 - 2 * (torch.rand(b, generator=g) < 0.5).float()  # -1: flip horizontally
-    k, cos, sin = size / r, angle.cos(), angle.sin()
-    theta = torch.stack([torch.stack([k * cos * mirror, -k * sin, (size + 2 * left) / r - 1], dim=1),
-                         torch.stack([k * sin * mirror, k * cos, (size + 2 * top) / r - 1], dim=1)], dim=1)
+    top, left, angle, mirror = style_view_params(g, b, r, size)
+    (crop,) = _crop([src], size, top, left, torch.zeros(b, dtype=torch.bool))
+    rad = angle * math.pi / 180
+    cos, sin, m, zero = rad.cos(), rad.sin(), 1 - 2 * mirror.float(), torch.zeros(b)
+    theta = torch.stack([torch.stack([m * cos, -sin, zero], dim=1),
+                         torch.stack([m * sin, cos, zero], dim=1)], dim=1)  # +angle, counter-clockwise as PIL
     grid = F.affine_grid(async_to(theta, src.device).to(src.dtype), [b, c, size, size], align_corners=False)
-    out = F.grid_sample(src + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out - 1
+    out = F.grid_sample(crop + 1, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return out - 1  # outside the crop: 0 - 1 = black
 
 
 def bold(sketch: torch.Tensor) -> torch.Tensor:

@@ -68,6 +68,33 @@ def test_flip_only_in_step_a_unless_paired_flip(demo_root, demo_pairs, tmp_path,
     assert flips == [True, paired_flip, paired_flip]  # step A, step B, GAN
 
 
+# --------------------------------------------------------------------------- 6. the style view x~
+
+def test_style_view_is_torchvision_crop_rotation_flip():
+    """Item 6. x~ = RandomCrop, RandomRotation(30) (nearest, fill 0: black corners), RandomHorizontalFlip
+    of the 1.3x image, as in the reference: equal to torchvision on the same draws, up to rounding
+    ties of the nearest-neighbour sampling."""
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+    b, source, size = 16, 83, 64
+    src = torch.randint(0, 256, (b, 3, source, source), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    top, left, angle, mirror = D.style_view_params(torch.Generator().manual_seed(1), b, source, size)
+    ours = D.style_view(D.to_float(src), size, g).add(1).mul(127.5).round().to(torch.uint8)
+    for i in range(b):
+        crop = TF.crop(Image.fromarray(src[i].permute(1, 2, 0).numpy()), int(top[i]), int(left[i]), size, size)
+        ref = TF.rotate(crop, float(angle[i]), InterpolationMode.NEAREST, fill=0)
+        ref = torch.from_numpy(np.asarray(TF.hflip(ref) if mirror[i] else ref).copy()).permute(2, 0, 1)
+        assert (ref == ours[i]).all(0).float().mean() > 0.995, i
+    assert angle.abs().max() <= 30 and 0 < mirror.sum() < b
+
+
+def test_style_view_leaves_about_ten_percent_black():
+    """Item 6: the uncovered corners of a rotation up to 30 degrees, within the crop."""
+    view = D.style_view(torch.ones(400, 1, 83, 83), 64, torch.Generator().manual_seed(0))
+    assert 0.08 < (view == -1).float().mean() < 0.12
+
+
 # --------------------------------------------------------------------------- 8. resizing
 
 def test_resize_is_torchvision_default_resize():

@@ -2,10 +2,11 @@
 
 Split of work (so augmentation can run batched on any device, and resume is exact):
 - the loader (worker processes) only decodes and resizes: uint8 tensors at 1.1x (paired crop
-  source) and 1.3x (style-view source) of the training size;
-- the reference's augmentations are batched tensor functions below (`paired_crop_flip`,
-  `style_view`, `bold`, `erase`), run by the training step on its device, their random
-  parameters drawn from a CPU generator seeded per iteration;
+  source) and 1.3x (style-view source) of the training size; for the self-supervised step it
+  also thickens the sketch (`BOLD`) at the file's resolution, before resizing, as the reference;
+- the reference's random augmentations are batched tensor functions below (`paired_crop_flip`,
+  `style_view`, `erase`), run by the training step on its device, their random parameters
+  drawn from a CPU generator seeded per iteration;
 - `InfiniteSampler` is addressed by position, so a resumed run sees the same batches.
 """
 from __future__ import annotations
@@ -19,13 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 CROP_SCALE = 1.1    # paired crop: resize to 1.1x, crop back at a random offset
 STYLE_SCALE = 1.3   # style view: resize to 1.3x, random crop, rotation, flip
 MAX_ROTATION = 30.0  # degrees, style view
+BOLD = ImageFilter.MinFilter(3)  # the bold sketch variant: dark strokes one file pixel thicker per side
 ERASE_P, ERASE_AREA, ERASE_RATIO, ERASE_PASSES = 0.8, (0.02, 0.1), (0.3, 3.3), 2
 
 
@@ -160,12 +162,14 @@ class PairedDataset(Dataset):
     """Items (index, sketch_set) -> image and one of its sketches, decoded and resized (uint8).
 
     image/sketch are at int(1.1 * size) (the paired crop source); with `style_view=True` the
-    item also holds `style_src`, the image at int(1.3 * size). `skipped` counts unreadable
-    files replaced to build this item (the training loop sums and reports them).
+    item also holds `style_src`, the image at int(1.3 * size), and with `bold=True`
+    `sketch_bold`, the sketch thickened by `BOLD` at the file's resolution, then resized (the
+    reference's order: the thickening is one pixel of the file, whatever its size). `skipped`
+    counts unreadable files replaced to build this item (the training loop sums and reports them).
     """
 
-    def __init__(self, pairs: Pairs, size: int, style_view: bool = False, crop: bool = True):
-        self.pairs, self.size, self.style_view = pairs, size, style_view
+    def __init__(self, pairs: Pairs, size: int, style_view: bool = False, crop: bool = True, bold: bool = False):
+        self.pairs, self.size, self.style_view, self.bold = pairs, size, style_view, bold
         self.load_size = int(size * CROP_SCALE) if crop else size
         self.style_size = int(size * STYLE_SCALE)
         self.skips = _SkipCounter()
@@ -194,6 +198,8 @@ class PairedDataset(Dataset):
                "index": i}
         if self.style_view:
             out["style_src"] = to_uint8_tensor(resize(image, self.style_size))
+        if self.bold:
+            out["sketch_bold"] = to_uint8_tensor(resize(sketch.filter(BOLD), self.load_size))
         return out
 
 
@@ -208,7 +214,7 @@ class SelfSupervisedDataset(Dataset):
         if nbr_cls > len(pairs):
             raise DataError(f"NBR_CLS={nbr_cls} is larger than the data set ({len(pairs)} pairs): "
                             f"set NBR_CLS to at most {len(pairs)}")
-        self.data = PairedDataset(pairs, size, style_view=True)
+        self.data = PairedDataset(pairs, size, style_view=True, bold=True)
         self.nbr_cls, self.seed, self.subset = nbr_cls, seed, subset
         self.members = self._members()
 
@@ -375,11 +381,6 @@ def style_view(src: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor
     return out - 1  # outside the crop: 0 - 1 = black
 
 
-def bold(sketch: torch.Tensor) -> torch.Tensor:
-    """3x3 minimum filter: dark strokes get one pixel thicker on each side."""
-    return -F.max_pool2d(-sketch, kernel_size=3, stride=1, padding=1)
-
-
 def erase(sketch: torch.Tensor, g: torch.Generator, passes: int = ERASE_PASSES, p: float = ERASE_P,
           area=ERASE_AREA, ratio=ERASE_RATIO) -> torch.Tensor:
     """Random erasing (torchvision's rule), `passes` times, filling with white (+1)."""
@@ -413,9 +414,10 @@ def _erase_box(h: int, w: int, g: torch.Generator, area, ratio) -> torch.Tensor:
     return torch.zeros(4, dtype=torch.long)
 
 
-def sketch_variants(sketch: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The reference's three variants of a sketch batch: bold, erased, bold + erased."""
-    thick = bold(sketch)
+def sketch_variants(sketch: torch.Tensor, thick: torch.Tensor,
+                    g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The reference's three variants of a sketch batch, given its bold version (the loader's
+    `sketch_bold`, cropped with it): bold, erased, bold + erased."""
     return thick, erase(sketch, g), erase(thick, g)
 
 

@@ -146,9 +146,9 @@ class AEStage:
         cfg, size = self.cfg, self.cfg.IM_SIZE_AE
         batch = self._batch(self.ss_batches)
         g = iteration_generator(cfg.SEED, STREAM_AUG_A, it, self.rt.rank)
-        x, sketch = paired_crop_flip([batch["image"], batch["sketch"]], size, g)
+        x, sketch, thick = paired_crop_flip([batch["image"], batch["sketch"], batch["sketch_bold"]], size, g)
         x_aug = style_view(batch["style_src"], size, g)
-        variants = sketch_variants(sketch, g)
+        variants = sketch_variants(sketch, thick, g)
         n = x.shape[0]
         style_perm = L.derangement(n, g, self.rt.device)
         content_perms = [L.derangement(n, g, self.rt.device) for _ in range(3)]

@@ -95,6 +95,29 @@ def test_style_view_leaves_about_ten_percent_black():
     assert 0.08 < (view == -1).float().mean() < 0.12
 
 
+# --------------------------------------------------------------------------- 7. bold sketches
+
+def test_bold_sketch_is_thickened_at_the_file_resolution(tmp_path):
+    """Item 7. The reference applies MinFilter(3) to the sketch file, then resizes: with files at
+    twice the training size the strokes grow by one file pixel (half a training pixel) per side."""
+    from PIL import ImageFilter
+    from torchvision import transforms as T
+    size, file_size = 32, 70
+    sketch = np.full((file_size, file_size), 255, np.uint8)
+    sketch[file_size // 2, :] = 0
+    sketch[:, file_size // 3] = 0
+    Image.fromarray(sketch, "L").save(tmp_path / "s.png")
+    Image.new("RGB", (file_size, file_size), (90, 20, 200)).save(tmp_path / "s.jpg")
+    pairs = D.Pairs(images=[tmp_path / "s.jpg"], sketches=[(tmp_path / "s.png",)])
+    item = D.PairedDataset(pairs, size, bold=True)[0]
+    load = int(1.1 * size)
+    reference = T.Resize((load, load))(Image.open(tmp_path / "s.png").filter(ImageFilter.MinFilter(3)))
+    assert np.array_equal(item["sketch_bold"][0].numpy(), np.asarray(reference))
+    ink = [(1 - D.to_float(item[k])).sum() for k in ("sketch", "sketch_bold")]
+    after = (1 + torch.nn.functional.max_pool2d(-D.to_float(item["sketch"])[None], 3, 1, 1)).sum()  # bold after resizing
+    assert ink[0] < ink[1] and abs(after - ink[1]) > 0.1 * ink[1]  # not the same thickening
+
+
 # --------------------------------------------------------------------------- 8. resizing
 
 def test_resize_is_torchvision_default_resize():

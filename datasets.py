@@ -16,6 +16,7 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -273,30 +274,56 @@ def _generator(*seeds: int) -> torch.Generator:
     return torch.Generator().manual_seed(mixed)
 
 
+def sketch_set_weights(k: int, weights: Sequence[float] = ()) -> torch.Tensor:
+    """Odds of the k sketch sets: `weights` if given, else the reference's rule for any k: 1 for
+    each set and 2 for the last (k = 3: 1/4, 1/4, 1/2, its randint(0, 3) over sets 1, 2, 3, 3; the
+    last set is the one its self-supervised step reads)."""
+    weights = list(weights) or [1.0] * (k - 1) + [2.0]
+    if len(weights) != k or not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"sketch set weights {weights}: need {k} finite, non-negative values, not all 0")
+    return torch.tensor(weights, dtype=torch.float64)
+
+
+def only_last_set(k: int) -> torch.Tensor:
+    """Odds that always pick the last of k sketch sets."""
+    return sketch_set_weights(k, [0.0] * (k - 1) + [1.0])
+
+
 class InfiniteSampler(Sampler):
     """Endless shuffled stream of (index, sketch_set) items, addressable by position.
 
     Item p of the global stream comes from epoch p // n of a seeded reshuffle, so starting at
     `start` reproduces a stopped run exactly. Under DDP each rank takes every world_size-th
-    item, so ranks see disjoint data.
+    item, so ranks see disjoint data. The sketch set is drawn with the odds `set_weights`, once
+    per `set_group` consecutive items of this rank (the batch size: one set per batch, as the
+    reference; 1: one per item).
     """
 
-    def __init__(self, n: int, n_sets: int = 1, seed: int = 0, start: int = 0, rank: int = 0, world_size: int = 1):
-        self.n, self.n_sets, self.seed, self.start = n, n_sets, seed, start
+    SET_BLOCK = 1024  # sketch sets are drawn for this many groups at a time
+
+    def __init__(self, n: int, set_weights: Sequence[float] = (1.0,), set_group: int = 1, seed: int = 0,
+                 start: int = 0, rank: int = 0, world_size: int = 1):
+        self.n, self.seed, self.start = n, seed, start
+        self.set_weights, self.set_group = torch.as_tensor(set_weights, dtype=torch.float64), set_group
         self.rank, self.world_size = rank, world_size
 
-    def _epoch(self, epoch: int):
-        g = _generator(self.seed, 104729, epoch)
-        return torch.randperm(self.n, generator=g).tolist(), torch.randint(self.n_sets, (self.n,), generator=g).tolist()
+    def _epoch(self, epoch: int) -> list[int]:
+        return torch.randperm(self.n, generator=_generator(self.seed, 104729, epoch)).tolist()
+
+    def _sets(self, block: int) -> list[int]:
+        g = _generator(self.seed, 15485863, block, self.rank)
+        return torch.multinomial(self.set_weights, self.SET_BLOCK, replacement=True, generator=g).tolist()
 
     def __iter__(self):
-        position, cached_epoch, order, sets = self.start, None, None, None
+        position, cached_epoch, cached_block = self.start, None, None
         while True:
             epoch, offset = divmod(position * self.world_size + self.rank, self.n)
             if epoch != cached_epoch:
-                order, sets = self._epoch(epoch)
-                cached_epoch = epoch
-            yield order[offset], sets[offset]
+                order, cached_epoch = self._epoch(epoch), epoch
+            block, group = divmod(position // self.set_group, self.SET_BLOCK)
+            if block != cached_block:
+                sets, cached_block = self._sets(block), block
+            yield order[offset], sets[group]
             position += 1
 
 

@@ -3,7 +3,7 @@
 Each iteration makes two optimizer steps (reference):
   A. self-supervised, on a rotating subset of NBR_CLS images (each its own class): instance
      classification, style consistency, content consistency, reconstruction from x~'s style;
-  B. plain autoencoder on all pairs (one of the K sketch sets per image), + grey-level and
+  B. plain autoencoder on all pairs (one of the K sketch sets per batch), + grey-level and
      content/style mutual-information terms when their weights are set.
 Every NBR_CLS * SUBSET_PASSES // BATCH_SIZE_AE iterations the subset moves on, the classifier
 head and its optimizer are re-initialised and the style encoder and decoder lr drops.
@@ -18,8 +18,8 @@ import torch
 
 import losses as L
 from config import Config
-from datasets import (Pairs, PairedDataset, SelfSupervisedDataset, iteration_generator, paired_crop_flip,
-                      sketch_variants, style_view, to_float)
+from datasets import (Pairs, PairedDataset, SelfSupervisedDataset, iteration_generator, only_last_set,
+                      paired_crop_flip, sketch_set_weights, sketch_variants, style_view, to_float)
 from models import ContentEncoder, Decoder, InstanceClassifier, StyleEncoder
 from training import NanGuard, Runtime, adam, infinite_batches, sync_gradients
 
@@ -67,7 +67,10 @@ class AEStage:
         self.reconstruction = L.Reconstruction(cfg.W_REC_MSE, cfg.W_REC_L1, cfg.W_REC_LPIPS, lpips, cfg.LPIPS_SIZE)
         self.ss_data = SelfSupervisedDataset(pairs, size, self.nbr_cls, seed=cfg.SEED)
         self.paired_data = PairedDataset(pairs, size)
-        self.n_sets = len(pairs.sketches[0])
+        n_sets = len(pairs.sketches[0])
+        self.set_weights = sketch_set_weights(n_sets, cfg.SKETCH_SET_WEIGHTS)  # step B
+        # step A reads the last sketch set only, as the reference (its 3rd), unless SS_SKETCH_SETS=all
+        self.ss_set_weights = self.set_weights if cfg.SS_SKETCH_SETS == "all" else only_last_set(n_sets)
         self.grid = fixed_batch(grid_pairs, cfg.GRID_N, size)
         self.skipped_files = 0
 
@@ -101,11 +104,12 @@ class AEStage:
         self.ss_data.set_subset(subset)
         self.ss_batches = self._ss_batches(iteration - subset * self.switch_every)
         self.paired_batches = infinite_batches(self.paired_data, self.cfg.BATCH_SIZE_AE, self.cfg, self.rt,
-                                               self.n_sets, STREAM_PAIRED, start=iteration)
+                                               self.set_weights, STREAM_PAIRED, start=iteration)
 
     def _ss_batches(self, start: int):
         stream = STREAM_SS * 100_003 + self.ss_data.subset  # a fresh order for every subset
-        return infinite_batches(self.ss_data, self.cfg.BATCH_SIZE_AE, self.cfg, self.rt, self.n_sets, stream, start)
+        return infinite_batches(self.ss_data, self.cfg.BATCH_SIZE_AE, self.cfg, self.rt, self.ss_set_weights,
+                                stream, start)
 
     def items_per_step(self) -> int:
         return 2 * self.cfg.BATCH_SIZE_AE * self.rt.world_size  # steps A and B each see one batch

@@ -16,7 +16,7 @@ import torch
 
 import losses as L
 from config import Config
-from datasets import Pairs, PairedDataset, iteration_generator, paired_crop_flip, to_float
+from datasets import Pairs, PairedDataset, iteration_generator, paired_crop_flip, sketch_set_weights, to_float
 from fileio import CheckpointError
 from models import AutoEncoder, Discriminator, build_generator
 from train_step_1_ae import fixed_batch
@@ -56,7 +56,7 @@ class GANStage:
                     "discriminator": adam(self.discriminator.parameters(), cfg.LR_GAN, cfg, runtime)}
         self.reconstruction = L.Reconstruction(cfg.W_GAN_MSE, cfg.W_GAN_L1, cfg.W_GAN_LPIPS, lpips, cfg.LPIPS_SIZE)
         self.data = PairedDataset(pairs, cfg.IM_SIZE_GAN)
-        self.n_sets = len(pairs.sketches[0])
+        self.set_weights = sketch_set_weights(len(pairs.sketches[0]), cfg.SKETCH_SET_WEIGHTS)
         self.grid = fixed_batch(grid_pairs, cfg.GRID_N, cfg.IM_SIZE_GAN)
         self.fid = fid  # callable(generate_fn) -> dict of metrics, or None
         self.skipped_files = 0
@@ -85,7 +85,7 @@ class GANStage:
             opt.load_state_dict(state["optimizers"][k])
 
     def restart_data(self, iteration: int) -> None:
-        self.batches = infinite_batches(self.data, self.cfg.BATCH_SIZE_GAN, self.cfg, self.rt, self.n_sets,
+        self.batches = infinite_batches(self.data, self.cfg.BATCH_SIZE_GAN, self.cfg, self.rt, self.set_weights,
                                         STREAM_GAN, start=iteration)
 
     def items_per_step(self) -> int:

@@ -212,9 +212,9 @@ def test_augmentations_are_device_and_generator_deterministic():
 # --------------------------------------------------------------------------- samplers
 
 def test_infinite_sampler_resumes_at_any_position():
-    full = iter(D.InfiniteSampler(7, n_sets=3, seed=4))
+    full = iter(D.InfiniteSampler(7, set_weights=(1, 1, 1), seed=4))
     stream = [next(full) for _ in range(40)]
-    later = iter(D.InfiniteSampler(7, n_sets=3, seed=4, start=23))
+    later = iter(D.InfiniteSampler(7, set_weights=(1, 1, 1), seed=4, start=23))
     assert [next(later) for _ in range(17)] == stream[23:]
     assert sorted(i for i, _ in stream[:7]) == list(range(7))  # each epoch is a permutation
     assert {k for _, k in stream} == {0, 1, 2}

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 import datasets as D
+import losses as L
 from conftest import tiny_config
 from models import AutoEncoder
 from train_step_1_ae import AEStage
@@ -44,6 +45,78 @@ def _spy(monkeypatch, module, name):
         return real(*args, **kwargs)
     monkeypatch.setattr(module, name, wrapper)
     return calls
+
+
+# --------------------------------------------------------------------------- 3, 4. sketch sets
+
+def _set_stream(sampler, n):
+    it = iter(sampler)
+    return torch.tensor([next(it)[1] for _ in range(n)])
+
+
+def test_sketch_set_odds_generalise_the_reference():
+    """Item 3. The reference picks set 1, 2, 3, 3 with randint(0, 3): odds 1, 1, 2; for K sets we
+    give each set 1 and the last 2."""
+    assert D.sketch_set_weights(3).tolist() == [1, 1, 2]
+    assert D.sketch_set_weights(1).tolist() == [2] and D.sketch_set_weights(4).tolist() == [1, 1, 1, 2]
+    assert D.sketch_set_weights(2, (0.5, 3)).tolist() == [0.5, 3]
+    assert D.only_last_set(3).tolist() == [0, 0, 1]
+    for bad in ((1, 1), (1, -1, 1), (0, 0, 0), (1, float("nan"), 1)):
+        with pytest.raises(ValueError):
+            D.sketch_set_weights(3, bad)
+
+
+@pytest.mark.parametrize("group", [1, 8])
+def test_sampler_draws_sets_with_the_odds_per_batch_or_item(group):
+    """Item 3: frequencies 1/4, 1/4, 1/2; one set per batch of `group` items (reference) or per item."""
+    n = 8 * 1200
+    sets = _set_stream(D.InfiniteSampler(50, D.sketch_set_weights(3), set_group=group, seed=3), n)
+    freq = torch.bincount(sets, minlength=3).double() / n
+    assert torch.allclose(freq, torch.tensor([0.25, 0.25, 0.5], dtype=torch.float64), atol=0.035), freq
+    per_batch = sets.view(-1, 8)
+    constant = (per_batch == per_batch[:, :1]).all(1)
+    assert constant.all() if group == 8 else constant.float().mean() < 0.05
+    resumed = _set_stream(D.InfiniteSampler(50, D.sketch_set_weights(3), set_group=group, seed=3, start=8 * 1100), 800)
+    assert torch.equal(resumed, sets[8 * 1100:])  # addressable by position (exact resume)
+
+
+def _samplers(monkeypatch):
+    """The (set_weights, set_group) of every InfiniteSampler the training loaders build."""
+    import training
+    real, made = training.InfiniteSampler, []
+
+    def spy(n, set_weights, set_group, **kwargs):
+        made.append((torch.as_tensor(set_weights).tolist(), set_group))
+        return real(n, set_weights, set_group, **kwargs)
+    monkeypatch.setattr(training, "InfiniteSampler", spy)
+    return made
+
+
+@pytest.mark.parametrize("ss_sets, per", [("last", "batch"), ("all", "item")])
+def test_stages_draw_sketch_sets_as_configured(demo_root, tmp_path, monkeypatch, ss_sets, per):
+    """Items 3 and 4. Step A reads the last sketch set only (the reference's 3rd); step B and the GAN
+    stage draw with the odds 1, 1, 2, once per batch; SS_SKETCH_SETS=all, SKETCH_SET_PER=item change that."""
+    sketches = str(demo_root / "train" / "sketches")
+    pairs = D.pair_folders(demo_root / "train" / "images", [sketches] * 3)
+    made = _samplers(monkeypatch)
+    cfg = tiny_config(demo_root, tmp_path, SKETCH_DIRS=(sketches,) * 3, SS_SKETCH_SETS=ss_sets, SKETCH_SET_PER=per)
+    stage = AEStage(cfg, setup_runtime(cfg), pairs, pairs)
+    stage.restart_data(0)
+    _gan_stage(demo_root, pairs, tmp_path, SKETCH_DIRS=(sketches,) * 3, SKETCH_SET_PER=per)
+    group = cfg.BATCH_SIZE_AE if per == "batch" else 1
+    step_a = [0, 0, 1] if ss_sets == "last" else [1, 1, 2]
+    assert made == [(step_a, group), ([1, 1, 2], group), ([1, 1, 2], group)]  # step A, step B, GAN
+
+
+def test_sketch_set_settings_are_checked():
+    import config as C
+    with pytest.raises(C.ConfigError, match="SKETCH_SET_WEIGHTS has 2 values for 3"):
+        C.preset("art", SKETCH_DIRS=("a", "b", "c"), SKETCH_SET_WEIGHTS=(1, 2))
+    with pytest.raises(C.ConfigError, match="SKETCH_SET_WEIGHTS"):
+        C.preset("art", SKETCH_SET_WEIGHTS=(0, 0))
+    with pytest.raises(C.ConfigError, match="SKETCH_SET_PER"):
+        C.preset("art", SKETCH_SET_PER="epoch")
+    assert C.parse_overrides(["SKETCH_SET_WEIGHTS=1,1,4"]) == {"SKETCH_SET_WEIGHTS": (1.0, 1.0, 4.0)}
 
 
 # --------------------------------------------------------------------------- 5. flips

@@ -153,9 +153,9 @@ class AEStage:
         x, sketch, thick = paired_crop_flip([batch["image"], batch["sketch"], batch["sketch_bold"]], size, g)
         x_aug = style_view(batch["style_src"], size, g)
         variants = sketch_variants(sketch, thick, g)
-        n = x.shape[0]
-        style_perm = L.derangement(n, g, self.rt.device)
-        content_perms = [L.derangement(n, g, self.rt.device) for _ in range(3)]
+        n, scales = x.shape[0], 3
+        style_perms = [L.derangement(n, g, self.rt.device) for _ in range(scales)]
+        content_perms = [[L.derangement(n, g, self.rt.device) for _ in range(scales)] for _ in variants]
         pick = int(torch.randint(4, (1,), generator=g))  # which sketch (original or variant) to decode
 
         with self.rt.autocast():
@@ -165,7 +165,7 @@ class AEStage:
             c_variants = [self.content_encoder(s) for s in variants]
             fake = self.decoder(([c] + c_variants)[pick], v_aug)
         parts = {"cls": cfg.W_CLS * L.instance_classification(logits, batch["label"]),
-                 "style": cfg.W_STYLE * L.style_consistency(v_aug, v, style_perm),
+                 "style": cfg.W_STYLE * L.style_consistency(v_aug, v, style_perms),
                  "content": cfg.W_CONTENT * L.content_consistency(c_variants, c, content_perms, cfg.CONTENT_MARGIN)}
         rec = self.reconstruction(fake, x)
         parts["rec_a"] = rec["total"]

@@ -201,3 +201,33 @@ def test_resize_is_torchvision_default_resize():
         img = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode)
         for size in (32, 64, 97):
             assert np.array_equal(np.asarray(D.resize(img, size)), np.asarray(T.Resize((size, size))(img)))
+
+
+# --------------------------------------------------------------------------- 9. negatives
+
+def test_consistency_losses_use_one_derangement_per_scale_and_variant():
+    """Item 9. The reference draws a fresh permutation for each scale of the style loss and for each
+    (variant, scale) of the content loss; ours are derangements (no item is its own negative)."""
+    g = torch.Generator().manual_seed(0)
+    v_aug, v = [[torch.randn(6, d) for d in (4, 8, 16)] for _ in range(2)]
+    perms = [L.derangement(6, g) for _ in range(3)]
+    expected = sum(-torch.cosine_similarity(a, o).mean() + torch.cosine_similarity(a, o[p]).mean()
+                   for a, o, p in zip(v_aug, v, perms))
+    assert torch.allclose(L.style_consistency(v_aug, v, perms), expected)
+    base = [torch.randn(6, 2, s, s) for s in (8, 4, 2)]
+    variants = [[b + 0.1 * torch.randn_like(b) for b in base] for _ in range(3)]
+    cperms = [[L.derangement(6, g) for _ in range(3)] for _ in range(3)]
+    expected = sum(torch.relu(2 + torch.nn.functional.mse_loss(c, b) - torch.nn.functional.mse_loss(c[p], b))
+                   for maps, ps in zip(variants, cperms) for c, b, p in zip(maps, base, ps))
+    assert torch.allclose(L.content_consistency(variants, base, cperms, 2.0), expected)
+    with pytest.raises(ValueError):
+        L.style_consistency(v_aug, v, perms[:1])
+
+
+def test_step_a_draws_twelve_derangements(demo_root, demo_pairs, tmp_path, monkeypatch):
+    """Item 9: 3 for the style scales + 3 variants x 3 scales for the content loss, all different draws."""
+    stage = _ae_stage(demo_root, demo_pairs, tmp_path)
+    perms, real = [], L.derangement
+    monkeypatch.setattr(L, "derangement", lambda *a, **k: perms.append(real(*a, **k)) or perms[-1])
+    stage._step_a(0, GUARD)
+    assert len(perms) == 12 and len({tuple(p.tolist()) for p in perms}) > 1

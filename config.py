@@ -53,7 +53,8 @@ class Config:
     W_CONTENT: float = 1.0                   # content consistency (margin loss over sketch variants)
     CONTENT_MARGIN: float = 2.0              # margin of the content consistency loss
     W_REC_MSE: float = 1.0                   # AE reconstruction: mean squared error
-    W_REC_L1: float = 0.0                    # AE reconstruction: L1
+    W_REC_L1: float = 0.0                    # AE reconstruction: L1 (step A only, as the reference's "shoe")
+    W_REC_L1_B: float = 0.0                  # AE step B reconstruction: L1 (the reference: none in any preset)
     W_REC_LPIPS: float = 1.0                 # AE reconstruction: LPIPS-VGG (summed over the batch)
     W_GREY: float = 0.0                      # AE step B: grey-level loss under another image's style
     W_MI: float = 0.0                        # content/style mutual information (CLUB upper bound)

@@ -65,6 +65,7 @@ class AEStage:
         if self.club is not None:
             self.opt["club"] = adam(self.club.parameters(), cfg.LR_AE, cfg, runtime)
         self.reconstruction = L.Reconstruction(cfg.W_REC_MSE, cfg.W_REC_L1, cfg.W_REC_LPIPS, lpips, cfg.LPIPS_SIZE)
+        self.reconstruction_b = L.Reconstruction(cfg.W_REC_MSE, cfg.W_REC_L1_B, cfg.W_REC_LPIPS, lpips, cfg.LPIPS_SIZE)
         self.ss_data = SelfSupervisedDataset(pairs, size, self.nbr_cls, seed=cfg.SEED)
         self.paired_data = PairedDataset(pairs, size)
         n_sets = len(pairs.sketches[0])
@@ -185,7 +186,7 @@ class AEStage:
             if cfg.W_GREY:
                 perm = L.derangement(x.shape[0], g, self.rt.device)
                 fake_swapped = self.decoder(c, [s[perm] for s in v])
-        parts = {"rec_b": self.reconstruction(fake, x)["total"]}
+        parts = {"rec_b": self.reconstruction_b(fake, x)["total"]}
         if cfg.W_GREY:
             parts["grey"] = cfg.W_GREY * L.grey_level(fake_swapped, x)
         content_vec, style_vec = L.pooled_content(c), torch.cat(v, dim=1)

@@ -231,3 +231,19 @@ def test_step_a_draws_twelve_derangements(demo_root, demo_pairs, tmp_path, monke
     monkeypatch.setattr(L, "derangement", lambda *a, **k: perms.append(real(*a, **k)) or perms[-1])
     stage._step_a(0, GUARD)
     assert len(perms) == 12 and len({tuple(p.tolist()) for p in perms}) > 1
+
+
+# --------------------------------------------------------------------------- 10. step B's reconstruction
+
+def test_shoe_step_b_reconstruction_has_no_l1(demo_root, demo_pairs, tmp_path):
+    """Item 10. The reference's "shoe" step A is MSE + L1, its step B MSE (+ grey) only:
+    W_REC_L1 weighs step A, W_REC_L1_B (0 in every preset) step B."""
+    import config as C
+    shoe = C.preset("shoe")
+    assert (shoe.W_REC_L1, shoe.W_REC_L1_B) == (1.0, 0.0)
+    stage = _ae_stage(demo_root, demo_pairs, tmp_path, W_REC_L1=1.0, W_REC_LPIPS=0.0)
+    fake, real = torch.zeros(2, 3, 8, 8), torch.full((2, 3, 8, 8), 0.5)
+    assert set(stage.reconstruction(fake, real)) == {"mse", "l1", "total"}
+    assert set(stage.reconstruction_b(fake, real)) == {"mse", "total"}
+    stage = _ae_stage(demo_root, demo_pairs, tmp_path, W_REC_L1_B=2.0)
+    assert stage.reconstruction_b(fake, real)["l1"] == 2.0 * 0.5

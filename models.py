@@ -119,8 +119,8 @@ class ResBlkG(nn.Module):
     def __init__(self, ch: int, expand: int = 4):
         super().__init__()
         wide = ch * expand
-        # Depthwise conv keeps its bias, as the reference's DepthwiseConv2d (bias=True default).
-        depthwise = nn.Conv2d(wide, wide, DW_KERNEL, 1, DW_KERNEL // 2, groups=wide)
+        # No bias, as the reference's torch_dwconv.DepthwiseConv2d (0.1.0 takes none; a BN follows).
+        depthwise = nn.Conv2d(wide, wide, DW_KERNEL, 1, DW_KERNEL // 2, groups=wide, bias=False)
         self.main = nn.Sequential(
             sn_batchnorm(ch), spectral_norm(nn.Conv2d(ch, wide, 1, bias=False)),
             sn_batchnorm(wide), Swish(), spectral_norm(depthwise),
@@ -429,9 +429,10 @@ class RefineGeneratorArt(nn.Module):
     a noise branch (-> 32 px) joins decode_64; decode_r (128 <= r <= Ain) reads d_{r/2} + e_{r/2};
     style gates follow decode_64..decode_512; one ungated up block if Aout = 2 Ain.
 
-    use_style=False is the reference's "shoe" variant: no style branch and no style gates. The
-    reference builds them anyway, zeroes the style map, skips the gates and adds three unused
-    parameters; we simply leave all of that out.
+    use_style=False is the reference's "shoe" variant: the 16 px style map is zeros and there are
+    no style gates. The zero channels still pass through the bottleneck (12nfc wide, its BN biases,
+    1x1 convs and residual), so the function is the reference's. The reference also builds the
+    style branch, the gates and three parameters that never reach the output; we leave those out.
     """
 
     STYLE_MIN = 16  # the encoder goes down to 16 px, where the style map joins
@@ -452,12 +453,11 @@ class RefineGeneratorArt(nn.Module):
         self.from_noise = nn.Sequential(
             from_vector(nfc * 8, nfc * 8), up_gan(nfc * 4, nfc * 2),
             up_gan(nfc * 2, nfc * 2), up_gan(nfc * 2, nfc))
-        style_ch = 0
+        self.style_ch = nfc * 4  # channels of the 16 px style map (zeros without use_style)
         if use_style:
             # [v32, v16, v8] (B, 14nfc) -> (B, 4nfc, 8, 8); forward tiles it to 16 px
             self.from_style = nn.Sequential(from_vector(sum(vector_dims), nfc * 16),
-                                            up_gan(nfc * 8, nfc * 4))
-            style_ch = nfc * 4
+                                            up_gan(nfc * 8, self.style_ch))
 
         encoder = {str(im_size_in // 2): nn.Sequential(
             spectral_norm(nn.Conv2d(3, width(im_size_in // 2), 4, 2, 1, bias=False)),
@@ -468,7 +468,7 @@ class RefineGeneratorArt(nn.Module):
             res //= 2
         self.encoder = nn.ModuleDict(encoder)  # keyed by output resolution, large to small
 
-        bottleneck = width(self.STYLE_MIN) + style_ch
+        bottleneck = width(self.STYLE_MIN) + self.style_ch
         self.residual_16 = nn.Sequential(ResBlkG(bottleneck), Swish(), ResBlkG(bottleneck), Swish())
 
         # decode_64 also reads the 32 px noise map (nfc channels)
@@ -498,8 +498,10 @@ class RefineGeneratorArt(nn.Module):
             x = skips[int(res)] = block(x)  # down to (B, 8nfc, 16, 16)
         if self.use_style:
             s_8 = self.from_style(torch.cat(list(style_vectors), dim=1))  # (B, 4nfc, 8, 8)
-            x = torch.cat([x, s_8.repeat(1, 1, 2, 2)], dim=1)  # tiled (not upsampled) to 16 px
-        x = self.residual_16(x)
+            s_16 = s_8.repeat(1, 1, 2, 2)  # tiled (not upsampled) to 16 px
+        else:
+            s_16 = x.new_zeros(b, self.style_ch, *x.shape[-2:])
+        x = self.residual_16(torch.cat([x, s_16], dim=1))  # (B, 12nfc, 16, 16)
 
         for key, block in self.decoder.items():
             res = int(key)

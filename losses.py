@@ -114,7 +114,7 @@ class CLUB(nn.Module):
     """CLUB upper bound of I(x; y) (Cheng et al., ICML 2020) with a Gaussian q(y | x).
 
     Two uses per step: `learning_loss` (on detached features) fits q by maximum likelihood
-    with its own optimizer; `forward` is the MI estimate the encoders minimise:
+    with its own optimizer; `forward` is the MI estimate the content encoder minimises:
         E_p(x,y)[log q(y|x)] - E_p(x)E_p(y)[log q(y|x)].
     """
 

@@ -4,7 +4,8 @@ Each iteration makes two optimizer steps (reference):
   A. self-supervised, on a rotating subset of NBR_CLS images (each its own class): instance
      classification, style consistency, content consistency, reconstruction from x~'s style;
   B. plain autoencoder on all pairs (one of the K sketch sets per batch), + grey-level and
-     content/style mutual-information terms when their weights are set.
+     content/style mutual-information terms when their weights are set (the latter minimised
+     by the content encoder only, as in the paper).
 Every NBR_CLS * SUBSET_PASSES // BATCH_SIZE_AE iterations the subset moves on, the classifier
 head and its optimizer are re-initialised and the style encoder and decoder lr drops.
 
@@ -190,8 +191,8 @@ class AEStage:
         if cfg.W_GREY:
             parts["grey"] = cfg.W_GREY * L.grey_level(fake_swapped, x)
         content_vec, style_vec = L.pooled_content(c), torch.cat(v, dim=1)
-        if self.club is not None:
-            parts["mi"] = cfg.W_MI * self.club(content_vec, style_vec)
+        if self.club is not None:  # the paper's term is on the content encoder: the style side is a fixed target
+            parts["mi"] = cfg.W_MI * self.club(content_vec, style_vec.detach())
         self._update(sum(parts.values()), ("style", "content", "decoder"), it, parts, guard)
         if self.club is not None:
             parts["club_nll"] = self._fit_club(content_vec, style_vec, it, guard)

@@ -247,3 +247,20 @@ def test_shoe_step_b_reconstruction_has_no_l1(demo_root, demo_pairs, tmp_path):
     assert set(stage.reconstruction_b(fake, real)) == {"mse", "total"}
     stage = _ae_stage(demo_root, demo_pairs, tmp_path, W_REC_L1_B=2.0)
     assert stage.reconstruction_b(fake, real)["l1"] == 2.0 * 0.5
+
+
+# --------------------------------------------------------------------------- 13. mutual information
+
+def test_mi_term_trains_the_content_encoder_only(demo_root, demo_pairs, tmp_path, monkeypatch):
+    """Item 13. The paper's MI term is on the content encoder: the style vectors enter CLUB detached,
+    so the style encoder gets no gradient from it (the reconstruction is zeroed here to isolate it)."""
+    stage = _ae_stage(demo_root, demo_pairs, tmp_path, W_MI=1.0)
+    monkeypatch.setattr(stage.reconstruction_b, "forward", lambda fake, x: {"total": fake.sum() * 0})
+    monkeypatch.setattr(stage, "_fit_club", lambda *a: torch.zeros(()))  # keep the step's gradients
+    seen = _spy(monkeypatch, stage.club, "forward")
+    logs = stage._step_b(0, GUARD)
+    (content_vec, style_vec), _ = seen[0]
+    assert content_vec.requires_grad and not style_vec.requires_grad and logs["mi"] != 0
+    style_grads = [p.grad for p in stage.style_encoder.parameters() if p.grad is not None]
+    assert style_grads and all(torch.count_nonzero(g) == 0 for g in style_grads)
+    assert any(torch.count_nonzero(p.grad) > 0 for p in stage.content_encoder.parameters())

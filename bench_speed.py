@@ -25,10 +25,10 @@ in both modes; the reference did its augmentation with PIL in the loader, so its
 a little more here than the reference's own step (the loader table gives that cost: "device
 augmentation").
 
-Known differences from the original reference code, which make the reference mode here faster
-than the original (so the fast/reference ratio is conservative): the original GAN step ran the
-frozen AE with autograd on and back-propagated into it, and it computed an extra AE
-reconstruction loss with a host sync in the middle of the step.
+Known difference from the original reference code, which makes the reference mode here faster
+than the original (so the fast/reference ratio is conservative): the original GAN step computed
+an extra AE reconstruction loss, for its log only, with a host sync in the middle of the step.
+(Its frozen AE ran without autograd, as here: `AE.forward` is decorated with `torch.no_grad()`.)
 
 The data loaders are measured separately: ours (decode + resize only, in `--workers` worker
 processes, plus the device cost of our batched augmentation) vs a reference-style dataset that

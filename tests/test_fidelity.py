@@ -264,3 +264,18 @@ def test_mi_term_trains_the_content_encoder_only(demo_root, demo_pairs, tmp_path
     style_grads = [p.grad for p in stage.style_encoder.parameters() if p.grad is not None]
     assert style_grads and all(torch.count_nonzero(g) == 0 for g in style_grads)
     assert any(torch.count_nonzero(p.grad) > 0 for p in stage.content_encoder.parameters())
+
+
+# --------------------------------------------------------------------------- 14. the frozen AE in the GAN stage
+
+def test_gan_stage_runs_the_frozen_ae_without_autograd(demo_root, demo_pairs, tmp_path, monkeypatch):
+    """Item 14. As the reference (`AE.forward` under `torch.no_grad()`), the GAN stage builds no graph
+    through the AE: bench_speed.py's reference mode executes the same, nothing back-propagates into it."""
+    stage = _gan_stage(demo_root, demo_pairs, tmp_path, W_GAN_GREY=1.0)
+    outputs = []
+    real = stage.ae.forward
+    monkeypatch.setattr(stage.ae, "forward", lambda *a: outputs.append(real(*a)) or outputs[-1])
+    stage.step(0, GUARD)
+    assert len(outputs) == 2  # the batch, and the grey-level term's other styles
+    for image, vectors in outputs:
+        assert image.grad_fn is None and all(v.grad_fn is None for v in vectors)

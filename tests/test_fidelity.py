@@ -279,3 +279,34 @@ def test_gan_stage_runs_the_frozen_ae_without_autograd(demo_root, demo_pairs, tm
     assert len(outputs) == 2  # the batch, and the grey-level term's other styles
     for image, vectors in outputs:
         assert image.grad_fn is None and all(v.grad_fn is None for v in vectors)
+
+
+# --------------------------------------------------------------------------- 12. TOM's Gram loss
+
+def _reference_gram_loss(fake_feats, real_feats):
+    """The reference's style term, restated: one Gram of the whole batch per level, (B*C) x (B*C),
+    divided by B*C*H*W; MSE against the real sketches'; summed over levels, times 2000."""
+    def batch_gram(f):
+        flat = f.reshape(f.shape[0] * f.shape[1], -1)
+        return flat @ flat.t() / f.numel()
+    return 2000 * sum(torch.nn.functional.mse_loss(batch_gram(f), batch_gram(r)) for f, r in zip(fake_feats, real_feats))
+
+
+def _feats(batch, seed):
+    """VGG-like features of `batch` copies of one image: (B, C, H, W) at three levels."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(1, c, s, s, generator=g).expand(batch, -1, -1, -1) for c, s in ((16, 8), (32, 4), (64, 2))]
+
+
+def test_tom_gram_term_has_the_reference_balance_at_batch_4_and_any_batch():
+    """Item 12. Per-image Grams (our fix of the reference's batch-mixing Gram) with the factor
+    2000 / 4^2: on a batch of identical images, where the reference's mixed Gram is every block
+    equal to a per-image Gram / B, our term equals the reference's at its default batch of 4,
+    and it does not change with the batch size (the reference's falls as 1 / B^2)."""
+    from sketch_styletransfer import tom_models as M
+    ours = {b: M.gram_loss(_feats(b, 0), _feats(b, 1)) for b in (1, 4, 8, 16)}
+    reference = {b: _reference_gram_loss(_feats(b, 0), _feats(b, 1)) for b in (4, 8, 16)}
+    assert torch.allclose(ours[4], reference[4], rtol=1e-5)
+    assert all(torch.allclose(ours[b], ours[1], rtol=1e-5) for b in ours)
+    assert torch.allclose(reference[16], reference[4] / 16, rtol=1e-5)
+    assert M.GRAM_SCALE == 125.0

@@ -71,6 +71,8 @@ class Config:
     W_GAN_LPIPS: float = 10.0                # GAN reconstruction: LPIPS-VGG (summed over the batch)
     W_GAN_GREY: float = 0.0                  # GAN grey-level loss under another image's style
     EMA_DECAY: float = 0.999                 # generator EMA; grids and FID use the EMA weights
+    SAMPLE_BN: str = "running"               # BatchNorm of the EMA generator in grids, FID and inference:
+                                             # "running" statistics or each batch's (the reference: "batch")
 
     # --- sampling and augmentation of the paired data (defaults: the reference's) ------------
     PAIRED_FLIP: bool = False                # random horizontal flip in AE step B and the GAN stage (reference:
@@ -140,6 +142,7 @@ class Config:
             raise ConfigError(f"EMA_DECAY={self.EMA_DECAY}: must be in [0, 1)")
 
     def _check_sampling(self) -> None:
+        _check_choice("SAMPLE_BN", self.SAMPLE_BN, ("running", "batch"))
         _check_choice("SKETCH_SET_PER", self.SKETCH_SET_PER, ("batch", "item"))
         _check_choice("SS_SKETCH_SETS", self.SS_SKETCH_SETS, ("last", "all"))
         weights = self.SKETCH_SET_WEIGHTS

@@ -7,6 +7,7 @@ size-generic rules written in each class docstring.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -15,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
+BN_MODES = ("running", "batch")  # how a sampling generator's BatchNorm layers normalise
 AE_SIZES = (64, 128, 256, 512)  # AE resolutions = refine-generator input resolutions
 D_SIZES = (64, 128, 256, 512, 1024)  # discriminator structure sizes
 TRUNK_SIZE = 64  # the encoder stem brings every input to 64 px; three stages follow
@@ -688,6 +690,28 @@ class Discriminator(nn.Module):
             skip = feats[j - self.SKIP_LAG] if j >= self.SKIP_LAG else None
             feats.append(block(feats[-1], skip))
         return self.head(feats[-1])
+
+
+@contextlib.contextmanager
+def batch_norm_mode(net: nn.Module, mode: str):
+    """Inside the block, net's BatchNorm layers normalise with their "running" statistics (as in
+    eval mode) or with each forward's "batch" statistics (as in train mode: how the reference
+    samples its EMA generator). Nothing else changes: running statistics are restored afterwards,
+    and no other layer changes mode (no spectral-norm power iteration, no face-generator flip)."""
+    if mode not in BN_MODES:
+        raise ValueError(f"BatchNorm mode {mode!r}: must be one of {BN_MODES}")
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if mode == "batch" else []
+    saved = [(m.training, {k: b.clone() for k, b in m.named_buffers(recurse=False)}) for m in norms]
+    for m in norms:
+        m.train()
+    try:
+        yield net
+    finally:
+        with torch.no_grad():
+            for m, (training, buffers) in zip(norms, saved):
+                m.train(training)
+                for k, b in buffers.items():
+                    getattr(m, k).copy_(b)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -18,7 +18,7 @@ import losses as L
 from config import Config
 from datasets import Pairs, PairedDataset, iteration_generator, paired_crop_flip, sketch_set_weights, to_float
 from fileio import CheckpointError
-from models import AutoEncoder, Discriminator, build_generator
+from models import AutoEncoder, Discriminator, batch_norm_mode, build_generator
 from train_step_1_ae import fixed_batch
 from training import EMA, NanGuard, Runtime, adam, infinite_batches, sync_gradients
 
@@ -146,8 +146,9 @@ class GANStage:
     # --- sampling ------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, sketch: torch.Tensor, style_image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sketch, style image) in [-1, 1] on the device -> (AE output, EMA generator output)."""
-        with self.rt.autocast():
+        """(sketch, style image) in [-1, 1] on the device -> (AE output, EMA generator output); the
+        EMA generator's BatchNorm uses running or batch statistics as SAMPLE_BN says."""
+        with self.rt.autocast(), batch_norm_mode(self.ema.net, self.cfg.SAMPLE_BN):
             ae_image, style = self.ae(sketch, style_image)
             return ae_image.float(), self.ema.net(ae_image, style).float()
 

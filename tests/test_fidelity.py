@@ -310,3 +310,69 @@ def test_tom_gram_term_has_the_reference_balance_at_batch_4_and_any_batch():
     assert all(torch.allclose(ours[b], ours[1], rtol=1e-5) for b in ours)
     assert torch.allclose(reference[16], reference[4] / 16, rtol=1e-5)
     assert M.GRAM_SCALE == 125.0
+
+
+# --------------------------------------------------------------------------- 11. sampling the EMA generator
+
+def _bn_state(net):
+    return {k: v.clone() for k, v in net.state_dict().items() if "running" in k or "num_batches" in k}
+
+
+def test_batch_norm_mode_running_is_eval_and_batch_is_train_statistics():
+    """Item 11. "running": eval mode as it is; "batch": each batch's statistics, as the reference's
+    train-mode sampling, with the running statistics and every other layer left untouched."""
+    import copy
+    from models import RefineGeneratorArt, batch_norm_mode
+    torch.manual_seed(0)
+    net = RefineGeneratorArt(8, 64, 64)
+    with torch.no_grad():
+        for _ in range(3):  # running statistics that differ from any one batch's
+            net(torch.randn(4, 3, 64, 64), [torch.randn(4, d) for d in (16, 32, 64)])
+    net.eval()
+    image, vectors = torch.randn(4, 3, 64, 64), [torch.randn(4, d) for d in (16, 32, 64)]
+    before = _bn_state(net)
+
+    def run(mode, net=net, image=image):
+        torch.manual_seed(7)
+        with torch.no_grad(), batch_norm_mode(net, mode):
+            return net(image, vectors)
+    assert torch.equal(run("running"), run("running"))
+    batch = run("batch")
+    assert not net.training and all(not m.training for m in net.modules())
+    assert all(torch.equal(v, _bn_state(net)[k]) for k, v in before.items())
+    reference = copy.deepcopy(net).train()  # the reference: the whole generator in train mode
+    assert torch.allclose(run("batch", reference), batch, atol=1e-3)  # up to one spectral-norm power iteration
+    assert (batch - run("running")).abs().mean() > 1e-3
+    other = image.clone()
+    other[1:] = torch.randn(3, 3, 64, 64)
+    assert not torch.allclose(run("batch", image=other)[0], batch[0])   # depends on the batch
+    assert torch.equal(run("running", image=other)[0], run("running")[0])  # does not
+    with pytest.raises(ValueError):
+        run("train")
+
+
+@pytest.mark.parametrize("mode", ["running", "batch"])
+def test_sample_bn_reaches_grids_fid_and_inference(demo_root, demo_pairs, tmp_path, mode):
+    """Item 11: SAMPLE_BN is used where the EMA generator samples (GANStage.generate: grids and FID)
+    and is stored with the run, so inference uses it too (or the `sample_bn` given)."""
+    from fileio import CHECKPOINT_FORMAT, save_checkpoint
+    from inference import SketchToImage
+    from models import batch_norm_mode
+    stage = _gan_stage(demo_root, demo_pairs, tmp_path, SAMPLE_BN=mode)
+    stage.step(0, GUARD)
+    x, sketch = stage.grid["image"][:4], stage.grid["sketch"][:4]
+    torch.manual_seed(3)
+    _, sampled = stage.generate(sketch, x)
+    with torch.no_grad(), batch_norm_mode(stage.ema.net, mode):
+        ae_image, style = stage.ae(sketch, x)
+        torch.manual_seed(3)
+        assert torch.allclose(stage.ema.net(ae_image, style), sampled)
+    path = tmp_path / "gan.pt"
+    save_checkpoint({"kind": "gan", "format": CHECKPOINT_FORMAT, "iteration": 1, "config": stage.cfg.to_dict(),
+                     "state": stage.state_dict()}, path)
+    model = SketchToImage.from_checkpoint(path, device="cpu")
+    assert model.sample_bn == mode
+    out = {m: SketchToImage.from_checkpoint(path, "cpu", sample_bn=m).generate(sketch, x, seed=0)
+           for m in ("running", "batch")}
+    assert torch.equal(model.generate(sketch, x, seed=0), out[mode])
+    assert not torch.allclose(out["running"], out["batch"])

@@ -36,6 +36,10 @@ class DataError(Exception):
     """A user's data problem: missing folder, nothing to pair, an unreadable image."""
 
 
+# what PIL raises for unreadable, truncated or oversized (decompression bomb) files
+READ_ERRORS = (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError, SyntaxError)
+
+
 # --------------------------------------------------------------------------- loading
 
 def load_image(path, mode: str = "RGB") -> Image.Image:
@@ -48,7 +52,7 @@ def load_image(path, mode: str = "RGB") -> Image.Image:
             img = ImageOps.exif_transpose(img)
             img.load()
             return _to_mode(img, mode)
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError, SyntaxError) as e:
+    except READ_ERRORS as e:
         raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
 
 

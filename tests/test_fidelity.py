@@ -376,3 +376,69 @@ def test_sample_bn_reaches_grids_fid_and_inference(demo_root, demo_pairs, tmp_pa
            for m in ("running", "batch")}
     assert torch.equal(model.generate(sketch, x, seed=0), out[mode])
     assert not torch.allclose(out["running"], out["batch"])
+
+
+# --------------------------------------------------------------------------- 15. FID reading protocol
+
+class _Block(torch.nn.Module):
+    """A cheap stand-in for the Inception trunk: (B, 3, 299, 299) -> (B, 48, 1, 1)."""
+
+    def forward(self, x):
+        return torch.nn.functional.adaptive_avg_pool2d(x, 4).reshape(x.shape[0], -1, 1, 1)
+
+
+def _awkward_files(folder):
+    """RGBA with transparent pixels, EXIF-rotated JPEG, grey + alpha, palette with transparency, 16-bit."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (30, 40), dtype=np.uint8)
+    alpha[:5] = 0
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(folder / "a_rgba.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    Image.fromarray(rgb).save(folder / "b_exif.jpg", exif=exif, quality=95)
+    Image.fromarray(np.dstack([rgb[..., 0], alpha]), "LA").save(folder / "c_la.png")
+    pal = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=8)
+    pal.save(folder / "d_palette.png", transparency=0)
+    Image.fromarray((rng.integers(0, 65536, (30, 40))).astype(np.uint16)).save(folder / "e_deep16.png")
+    return sorted(folder.iterdir())
+
+
+def test_fid_reading_is_pytorch_fids_own(tmp_path):
+    """Item 15 (and issue 18, item 10). `--reading pytorch-fid` (the default of fid and stats) gives
+    pytorch-fid's own activations on RGBA, EXIF-rotated, grey + alpha, palette and 16-bit files:
+    its ImagePathDataset and get_activations with its InceptionV3 preprocessing around a stand-in trunk."""
+    import torch.nn as nn
+    from pytorch_fid.fid_score import ImagePathDataset, get_activations
+    from pytorch_fid.inception import InceptionV3
+    import benchmark as B
+    import torchvision.transforms as TF
+    files = _awkward_files(tmp_path / "imgs")
+    assert [p.name for p in B.folder_files(tmp_path / "imgs")] == [p.name for p in files]
+    theirs_pixels = ImagePathDataset(files, transforms=TF.PILToTensor())
+    for i, path in enumerate(files):
+        ours = D.to_uint8_tensor(B.read_image(path))
+        assert torch.equal(ours, theirs_pixels[i]), path.name
+    net = InceptionV3.__new__(InceptionV3)  # pytorch-fid's preprocessing (resize, [0,1] -> [-1,1]), our trunk
+    nn.Module.__init__(net)
+    net.resize_input, net.normalize_input, net.output_blocks, net.last_needed_block = True, True, [0], 0
+    net.blocks = nn.ModuleList([_Block()])
+    theirs = get_activations(files, net, batch_size=1, dims=48, device="cpu", num_workers=0)
+    model = B.InceptionFeatures(nn.Sequential(_Block(), nn.Flatten(1)), "block")
+    ours = B.folder_features(tmp_path / "imgs", model, "cpu", batch_size=1)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    training = B.folder_features(tmp_path / "imgs", model, "cpu", batch_size=1, reading="training")
+    differs = np.abs(training - theirs).max(axis=1) > 1e-3
+    assert differs[:4].all()  # alpha on white and EXIF rotation are the training reading's
+
+
+def test_fid_reading_is_a_setting_and_part_of_the_cache_key(tmp_path, cheap_inception):
+    import benchmark as B
+    _awkward_files(tmp_path / "imgs")
+    args = B.parse_args(["stats", "--folder", str(tmp_path / "imgs"), "--out", str(tmp_path / "s.npz")])
+    assert args.reading == "pytorch-fid"
+    keys = [B.cache_key(B.folder_files(tmp_path / "imgs"), None, "x", r) for r in B.READINGS]
+    assert keys[0]["reading"] == "pytorch-fid" and keys[0] != keys[1]
+    with pytest.raises(ValueError):
+        B.read_image(tmp_path / "imgs" / "a_rgba.png", "pil")

@@ -442,3 +442,19 @@ def test_fid_reading_is_a_setting_and_part_of_the_cache_key(tmp_path, cheap_ince
     assert keys[0]["reading"] == "pytorch-fid" and keys[0] != keys[1]
     with pytest.raises(ValueError):
         B.read_image(tmp_path / "imgs" / "a_rgba.png", "pil")
+
+
+# --------------------------------------------------------------------------- kept: the AE's input resizing
+
+def test_autoencoder_resizes_larger_inputs_by_area_not_nearest():
+    """README, differences: the GAN stage's larger images reach the AE by area averaging (the
+    reference: nearest, which aliases thin strokes)."""
+    torch.manual_seed(0)
+    ae = AutoEncoder(8, 64).eval()
+    sketch, style = torch.rand(2, 1, 128, 128) * 2 - 1, torch.rand(2, 3, 128, 128) * 2 - 1
+    area = lambda x: torch.nn.functional.interpolate(x, size=(64, 64), mode="area")  # noqa: E731
+    nearest = lambda x: torch.nn.functional.interpolate(x, size=(64, 64), mode="nearest")  # noqa: E731
+    with torch.no_grad():
+        out = ae(sketch, style)[0]
+        assert torch.equal(out, ae(area(sketch), area(style))[0])
+        assert not torch.allclose(out, ae(nearest(sketch), nearest(style))[0])

@@ -20,14 +20,15 @@ execute exactly the same passes in the same order; only the execution settings d
 
 The step timing is compute only: a handful of batches is decoded beforehand by the stage's own
 loaders and cycled. The host-to-device copy and OUR batched augmentation (crop/flip, style view,
-bold/erased sketch variants, on the device) are inside the step in both modes; the reference
-did its augmentation with PIL in the loader, so its mode is charged a little more here than the
-reference's own step (the loader table gives that cost: "device augmentation").
+erased sketch variants, on the device; the bold sketch is made by the loader) are inside the step
+in both modes; the reference did its augmentation with PIL in the loader, so its mode is charged
+a little more here than the reference's own step (the loader table gives that cost: "device
+augmentation").
 
-Known differences from the original reference code, which make the reference mode here faster
-than the original (so the fast/reference ratio is conservative): the original GAN step ran the
-frozen AE with autograd on and back-propagated into it, and it computed an extra AE
-reconstruction loss with a host sync in the middle of the step.
+Known difference from the original reference code, which makes the reference mode here faster
+than the original (so the fast/reference ratio is conservative): the original GAN step computed
+an extra AE reconstruction loss, for its log only, with a host sync in the middle of the step.
+(Its frozen AE ran without autograd, as here: `AE.forward` is decorated with `torch.no_grad()`.)
 
 The data loaders are measured separately: ours (decode + resize only, in `--workers` worker
 processes, plus the device cost of our batched augmentation) vs a reference-style dataset that
@@ -550,11 +551,11 @@ def _augment_rate(kind: str, batch: dict, size: int, device: torch.device, n: in
 
     def one(i: int):
         g = iteration_generator(seed, 13, i)
-        img, skt = (to_float(batch[k].to(device, non_blocking=True)) for k in ("image", "sketch"))
-        x, sketch = paired_crop_flip([img, skt], size, g)
+        keys = ("image", "sketch", "sketch_bold") if kind == "ae" else ("image", "sketch")
+        x, sketch, *thick = paired_crop_flip([to_float(batch[k].to(device, non_blocking=True)) for k in keys], size, g)
         if kind == "ae":
             style_view(to_float(batch["style_src"].to(device, non_blocking=True)), size, g)
-            sketch_variants(sketch, g)
+            sketch_variants(sketch, thick[0], g)
 
     one(0)
     synchronize(device)
@@ -571,7 +572,7 @@ def _augment_rate(kind: str, batch: dict, size: int, device: torch.device, n: in
 def bench_loader(kind: str, args, pairs: Pairs, device: torch.device) -> dict:
     size, batch = (args.size_ae, args.batch_ae) if kind == "ae" else (args.size_gan, args.batch_gan)
     n = args.loader_batches
-    ours_ds = PairedDataset(pairs, size, style_view=kind == "ae")
+    ours_ds = PairedDataset(pairs, size, style_view=kind == "ae", bold=kind == "ae")
     ref_ds = ReferenceSelfSupervisedDataset(pairs, size) if kind == "ae" else ReferencePairedMultiDataset(pairs, size)
     torch.manual_seed(args.seed)
     random.seed(args.seed)

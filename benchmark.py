@@ -5,10 +5,11 @@
     python benchmark.py stats --folder DIR --out stats.npz [--features]
     python benchmark.py speed [--device cuda] [--out results/benchmark_speed.json]
 
-Protocol (pytorch-fid): RGB images in [-1, 1], bilinear resize to 299x299 without antialiasing,
-pytorch-fid's FID Inception (weights through weights.py), 2048-d pool3 features, float64
-statistics. `--size N` first resizes every image to NxN (PIL bicubic, antialiased), e.g. real
-images to the generator's resolution. Statistics are saved as .npz and read without pickle
+Protocol (pytorch-fid): files read as pytorch-fid reads them (`--reading pytorch-fid`, see
+`read_image`), RGB in [-1, 1], bilinear resize to 299x299 without antialiasing, pytorch-fid's FID
+Inception (weights through weights.py), 2048-d pool3 features, float64 statistics. `--size N`
+first resizes every image to NxN (PIL bilinear, antialiased), e.g. real images to the
+generator's resolution; `--reading training` reads files as training does. Statistics are saved as .npz and read without pickle
 (pytorch-fid's own .npz files load too). Folder statistics are cached in `fid_stats/`, keyed by
 the folder's content, the resolution, the resize mode, the extractor and the sample count.
 """
@@ -32,11 +33,12 @@ import scipy.linalg
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import weights
-from datasets import DataError, load_image, require_images, resize, to_float, to_uint8_tensor
+from datasets import READ_ERRORS, DataError, load_image, require_images, resize, to_float, to_uint8_tensor
 from fileio import CheckpointError, atomic_path, save_png, write_json
 
 INCEPTION_SIZE = 299
@@ -208,21 +210,44 @@ def generated_features(generate_fn: Callable[[int], torch.Tensor], n: int, batch
     return extract_features(batches(), model, device, total=-(-n // batch_size), desc="generated")
 
 
+READINGS = ("pytorch-fid", "training")  # how FID reads an image file: the one place that decides
+
+
+def read_image(path, reading: str = "pytorch-fid") -> Image.Image:
+    """An image file as FID reads it, in 8-bit RGB.
+
+    "pytorch-fid": exactly pytorch-fid's `Image.open(path).convert("RGB")`: alpha dropped (the
+    colour under transparent pixels shows), no EXIF rotation, 16-bit values clipped; FIDs then
+    compare with published ones. "training": as the training loader reads it (datasets.load_image:
+    alpha composited on white, EXIF-rotated, 16-bit scaled), what the model learnt from.
+    An unreadable file raises DataError naming it.
+    """
+    if reading == "training":
+        return load_image(path, "RGB")
+    if reading != "pytorch-fid":
+        raise ValueError(f"reading={reading!r}: must be one of {', '.join(READINGS)}")
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except READ_ERRORS as e:
+        raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
+
+
 class ImageFiles(Dataset):
     """Image files -> (3, 299, 299) float in [-1, 1]; an unreadable file raises DataError naming it.
 
-    The 299 resize happens here, per image, so that folders of mixed sizes batch; it is the
-    same F.interpolate call as in InceptionFeatures.
+    Files are read by `read_image(path, reading)`. The 299 resize happens here, per image, so
+    that folders of mixed sizes batch; it is the same F.interpolate call as in InceptionFeatures.
     """
 
-    def __init__(self, paths: list[Path], size: int | None = None):
-        self.paths, self.size = paths, size
+    def __init__(self, paths: list[Path], size: int | None = None, reading: str = "pytorch-fid"):
+        self.paths, self.size, self.reading = paths, size, reading
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
-        img = load_image(self.paths[i], "RGB")
+        img = read_image(self.paths[i], self.reading)
         if self.size:
             img = resize(img, self.size)
         return to_inception_size(to_float(to_uint8_tensor(img))[None])[0]
@@ -235,10 +260,10 @@ def folder_files(folder, max_samples: int | None = None) -> list[Path]:
 
 
 def folder_features(folder, model: nn.Module, device, size: int | None = None, batch_size: int = 50,
-                    workers: int = 0, max_samples: int | None = None) -> np.ndarray:
+                    workers: int = 0, max_samples: int | None = None, reading: str = "pytorch-fid") -> np.ndarray:
     """(N, 2048) float64 features of a folder's images."""
     paths = folder_files(folder, max_samples)
-    loader = DataLoader(ImageFiles(paths, size), batch_size=batch_size, num_workers=workers,
+    loader = DataLoader(ImageFiles(paths, size, reading), batch_size=batch_size, num_workers=workers,
                         pin_memory=torch.device(device).type == "cuda")
     return extract_features(loader, model, device, total=len(loader), desc=Path(folder).name)
 
@@ -306,13 +331,13 @@ def content_digest(paths: list[Path]) -> str:
 def resize_mode(size: int | None) -> str:
     """How images reach 299x299, as recorded in the cache key."""
     bilinear = f"torch-bilinear-{INCEPTION_SIZE}-no-antialias"
-    return bilinear if not size else f"pil-bicubic-{size}+{bilinear}"
+    return bilinear if not size else f"pil-bilinear-{size}+{bilinear}"
 
 
-def cache_key(paths: list[Path], size: int | None, extractor_id: str) -> dict:
+def cache_key(paths: list[Path], size: int | None, extractor_id: str, reading: str = "pytorch-fid") -> dict:
     """Everything the statistics depend on."""
     return {"format": CACHE_FORMAT, "content": content_digest(paths), "n": len(paths), "size": size,
-            "resize": resize_mode(size), "extractor": extractor_id}
+            "resize": resize_mode(size), "extractor": extractor_id, "reading": reading}
 
 
 def cache_file(cache_dir, folder, key: dict) -> Path:
@@ -323,10 +348,11 @@ def cache_file(cache_dir, folder, key: dict) -> Path:
 
 def folder_stats(folder, model_fn: Callable[[], nn.Module], device, size: int | None = None,
                  batch_size: int = 50, workers: int = 0, max_samples: int | None = None,
-                 cache_dir=DEFAULT_CACHE, extractor_id: str = EXTRACTOR_ID, keep_features: bool = False) -> Stats:
+                 cache_dir=DEFAULT_CACHE, extractor_id: str = EXTRACTOR_ID, keep_features: bool = False,
+                 reading: str = "pytorch-fid") -> Stats:
     """Statistics of a folder, from the cache when its key matches; model_fn() is called on a miss only."""
     paths = folder_files(folder, max_samples)
-    key = cache_key(paths, size, extractor_id)
+    key = cache_key(paths, size, extractor_id, reading)
     path = cache_file(cache_dir, folder, key) if cache_dir else None
     if path is not None and path.is_file():
         cached = load_stats(path)
@@ -334,7 +360,7 @@ def folder_stats(folder, model_fn: Callable[[], nn.Module], device, size: int | 
             warn_if_few(cached.n)
             cached.info["cached"] = True
             return cached
-    feats = folder_features(folder, model_fn(), device, size, batch_size, workers, max_samples)
+    feats = folder_features(folder, model_fn(), device, size, batch_size, workers, max_samples, reading)
     stats = Stats.of(feats, keep_features, {"key": key, "folder": str(folder)})
     if path is not None:
         save_stats(path, stats)
@@ -366,8 +392,9 @@ def training_fid(cfg, runtime, held_out, model: nn.Module | None = None, cache_d
     `generate(sketch, style_image)` -> (AE output, EMA generator output). FID is measured on the
     `held_out` pairs (of TEST_IMAGE_DIR/TEST_SKETCH_DIR, resized to IM_SIZE_GAN, never augmented):
     "fid" draws each sketch in its own image's style, "fid_mismatched" in the next image's
-    style. Real statistics are of the whole held-out image folder at IM_SIZE_GAN (cached on disk,
-    read once per run). The Inception loads now, so missing weights stop the run before training.
+    style. Real statistics are of the whole held-out image folder at IM_SIZE_GAN, its files read as
+    training reads them (the held-out styles and the training targets are; cached on disk, read
+    once per run). The Inception loads now, so missing weights stop the run before training.
     Under torchrun rank 0 measures alone; the other ranks return {} and wait at the next collective.
     """
     if not runtime.is_main:
@@ -382,7 +409,7 @@ def training_fid(cfg, runtime, held_out, model: nn.Module | None = None, cache_d
         nonlocal real
         if real is None:
             real = folder_stats(cfg.TEST_IMAGE_DIR, lambda: model, runtime.device, size=cfg.IM_SIZE_GAN,
-                                cache_dir=cache_dir, extractor_id=model.extractor_id)
+                                cache_dir=cache_dir, extractor_id=model.extractor_id, reading="training")
         result = {}
         for name, shift in (("fid", 0), ("fid_mismatched", 1)):
             fn = held_out_generate(data, lambda s, x: generate(s, x)[1], runtime.device, shift)
@@ -456,7 +483,8 @@ def _source_stats(source: str, args, model_fn, keep_features: bool) -> Stats:
         stats.info["cached"] = None
         return stats
     return folder_stats(source, model_fn, args.device, args.size, args.batch_size, args.workers,
-                        args.max_samples, None if args.no_cache else args.cache_dir, keep_features=keep_features)
+                        args.max_samples, None if args.no_cache else args.cache_dir, keep_features=keep_features,
+                        reading=args.reading)
 
 
 def _model_factory(device) -> Callable[[], nn.Module]:
@@ -487,7 +515,7 @@ def cmd_fid(args) -> dict:
               "real": {"source": args.real, "n": real.n, "cached": real.info.get("cached")},
               "fake": {"source": args.fake, "n": fake.n, "cached": fake.info.get("cached")},
               "settings": {"size": args.size, "resize": resize_mode(args.size), "extractor": EXTRACTOR_ID,
-                           "max_samples": args.max_samples}}
+                           "max_samples": args.max_samples, "reading": args.reading}}
     rows = [("FID", result["fid"]), ("real images", real.n), ("fake images", fake.n)]
     if args.kid:
         mean, std = kid(real.features, fake.features, args.kid_subsets, args.kid_subset_size, args.seed)
@@ -502,7 +530,7 @@ def cmd_stats(args) -> dict:
     """Write a folder's statistics to --out."""
     stats = folder_stats(args.folder, _model_factory(args.device), args.device, args.size, args.batch_size,
                          args.workers, args.max_samples, None if args.no_cache else args.cache_dir,
-                         keep_features=args.features)
+                         keep_features=args.features, reading=args.reading)
     stats.info.pop("cached")
     if not args.features:
         stats.features = None  # a cache entry made for KID may hold them
@@ -591,13 +619,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     def extraction_options(q):
         q.add_argument("--size", type=int, default=None,
-                       help="resize images to size x size (PIL bicubic) before the 299 resize; "
+                       help="resize images to size x size (PIL bilinear) before the 299 resize; "
                             "default: as they are (the pytorch-fid protocol)")
         q.add_argument("--device", default=_default_device())
         q.add_argument("--batch-size", type=int, default=50)
         q.add_argument("--workers", type=int, default=None,
                        help="image decoding processes (default: 0 on CPU, 4 on GPU)")
         q.add_argument("--max-samples", type=int, default=None, help="use the first N images (file-name order)")
+        q.add_argument("--reading", choices=READINGS, default="pytorch-fid",
+                       help="how image files are read: as pytorch-fid (default: alpha dropped, no EXIF rotation) "
+                            "or as training (alpha on white, EXIF-rotated)")
         q.add_argument("--cache-dir", default=DEFAULT_CACHE, help="statistics cache folder")
         q.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -52,7 +53,8 @@ class Config:
     W_CONTENT: float = 1.0                   # content consistency (margin loss over sketch variants)
     CONTENT_MARGIN: float = 2.0              # margin of the content consistency loss
     W_REC_MSE: float = 1.0                   # AE reconstruction: mean squared error
-    W_REC_L1: float = 0.0                    # AE reconstruction: L1
+    W_REC_L1: float = 0.0                    # AE reconstruction: L1 (step A only, as the reference's "shoe")
+    W_REC_L1_B: float = 0.0                  # AE step B reconstruction: L1 (the reference: none in any preset)
     W_REC_LPIPS: float = 1.0                 # AE reconstruction: LPIPS-VGG (summed over the batch)
     W_GREY: float = 0.0                      # AE step B: grey-level loss under another image's style
     W_MI: float = 0.0                        # content/style mutual information (CLUB upper bound)
@@ -69,6 +71,17 @@ class Config:
     W_GAN_LPIPS: float = 10.0                # GAN reconstruction: LPIPS-VGG (summed over the batch)
     W_GAN_GREY: float = 0.0                  # GAN grey-level loss under another image's style
     EMA_DECAY: float = 0.999                 # generator EMA; grids and FID use the EMA weights
+    SAMPLE_BN: str = "running"               # BatchNorm of the EMA generator in grids, FID and inference:
+                                             # "running" statistics or each batch's (the reference: "batch")
+
+    # --- sampling and augmentation of the paired data (defaults: the reference's) ------------
+    PAIRED_FLIP: bool = False                # random horizontal flip in AE step B and the GAN stage (reference:
+                                             # none; the self-supervised step A always flips, as the reference)
+    SKETCH_SET_WEIGHTS: tuple[float, ...] = ()  # odds of the K sketch sets in AE step B and the GAN stage;
+                                             # () = the reference's: 1 per set, 2 for the last (K=3: 1/4, 1/4, 1/2)
+    SKETCH_SET_PER: str = "batch"            # draw the sketch set once per "batch" (reference) or per "item"
+    SS_SKETCH_SETS: str = "last"             # sketches of the self-supervised step A: the "last" set (reference)
+                                             # or "all" (drawn as in step B)
 
     # --- logging, evaluation, checkpoints ---------------------------------------------------
     LOG_INTERVAL: int = 100                  # iterations between JSON-lines log records
@@ -98,6 +111,7 @@ class Config:
     def __post_init__(self):
         _check_choice("DATA_NAME", self.DATA_NAME, PRESETS)
         _check_choice("NAN_POLICY", self.NAN_POLICY, ("stop", "skip"))
+        self._check_sampling()
         for name in ("IM_SIZE_AE", "IM_SIZE_GAN", "IM_SIZE_D"):
             size = getattr(self, name)
             if size < 64 or size & (size - 1):
@@ -126,6 +140,17 @@ class Config:
             raise ConfigError("TRAIN_AE_ONLY and TRAIN_GAN_ONLY are both set: choose one")
         if not 0.0 <= self.EMA_DECAY < 1.0:
             raise ConfigError(f"EMA_DECAY={self.EMA_DECAY}: must be in [0, 1)")
+
+    def _check_sampling(self) -> None:
+        _check_choice("SAMPLE_BN", self.SAMPLE_BN, ("running", "batch"))
+        _check_choice("SKETCH_SET_PER", self.SKETCH_SET_PER, ("batch", "item"))
+        _check_choice("SS_SKETCH_SETS", self.SS_SKETCH_SETS, ("last", "all"))
+        weights = self.SKETCH_SET_WEIGHTS
+        if weights and (not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0):
+            raise ConfigError(f"SKETCH_SET_WEIGHTS={','.join(map(str, weights))}: finite, non-negative, not all 0")
+        if weights and self.SKETCH_DIRS and len(weights) != len(self.SKETCH_DIRS):
+            raise ConfigError(f"SKETCH_SET_WEIGHTS has {len(weights)} values for {len(self.SKETCH_DIRS)} "
+                              f"SKETCH_DIRS: give one per sketch folder")
 
     # --- conversions ------------------------------------------------------------------------
     def to_dict(self) -> dict:

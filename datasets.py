@@ -2,10 +2,11 @@
 
 Split of work (so augmentation can run batched on any device, and resume is exact):
 - the loader (worker processes) only decodes and resizes: uint8 tensors at 1.1x (paired crop
-  source) and 1.3x (style-view source) of the training size;
-- the reference's augmentations are batched tensor functions below (`paired_crop_flip`,
-  `style_view`, `bold`, `erase`), run by the training step on its device, their random
-  parameters drawn from a CPU generator seeded per iteration;
+  source) and 1.3x (style-view source) of the training size; for the self-supervised step it
+  also thickens the sketch (`BOLD`) at the file's resolution, before resizing, as the reference;
+- the reference's random augmentations are batched tensor functions below (`paired_crop_flip`,
+  `style_view`, `erase`), run by the training step on its device, their random parameters
+  drawn from a CPU generator seeded per iteration;
 - `InfiniteSampler` is addressed by position, so a resumed run sees the same batches.
 """
 from __future__ import annotations
@@ -15,22 +16,28 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 CROP_SCALE = 1.1    # paired crop: resize to 1.1x, crop back at a random offset
 STYLE_SCALE = 1.3   # style view: resize to 1.3x, random crop, rotation, flip
 MAX_ROTATION = 30.0  # degrees, style view
+BOLD = ImageFilter.MinFilter(3)  # the bold sketch variant: dark strokes one file pixel thicker per side
 ERASE_P, ERASE_AREA, ERASE_RATIO, ERASE_PASSES = 0.8, (0.02, 0.1), (0.3, 3.3), 2
 
 
 class DataError(Exception):
     """A user's data problem: missing folder, nothing to pair, an unreadable image."""
+
+
+# what PIL raises for unreadable, truncated or oversized (decompression bomb) files
+READ_ERRORS = (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError, SyntaxError)
 
 
 # --------------------------------------------------------------------------- loading
@@ -45,7 +52,7 @@ def load_image(path, mode: str = "RGB") -> Image.Image:
             img = ImageOps.exif_transpose(img)
             img.load()
             return _to_mode(img, mode)
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError, SyntaxError) as e:
+    except READ_ERRORS as e:
         raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
 
 
@@ -76,8 +83,9 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
 
 
 def resize(img: Image.Image, size: int) -> Image.Image:
-    """Square resize with PIL's antialiased bicubic filter."""
-    return img.resize((size, size), Image.BICUBIC)
+    """Square resize with PIL's antialiased bilinear filter: torchvision's `Resize((size, size))`
+    on a PIL image, which the reference uses everywhere (training, FID, evaluation)."""
+    return img.resize((size, size), Image.BILINEAR)
 
 
 # --------------------------------------------------------------------------- pairing
@@ -159,12 +167,14 @@ class PairedDataset(Dataset):
     """Items (index, sketch_set) -> image and one of its sketches, decoded and resized (uint8).
 
     image/sketch are at int(1.1 * size) (the paired crop source); with `style_view=True` the
-    item also holds `style_src`, the image at int(1.3 * size). `skipped` counts unreadable
-    files replaced to build this item (the training loop sums and reports them).
+    item also holds `style_src`, the image at int(1.3 * size), and with `bold=True`
+    `sketch_bold`, the sketch thickened by `BOLD` at the file's resolution, then resized (the
+    reference's order: the thickening is one pixel of the file, whatever its size). `skipped`
+    counts unreadable files replaced to build this item (the training loop sums and reports them).
     """
 
-    def __init__(self, pairs: Pairs, size: int, style_view: bool = False, crop: bool = True):
-        self.pairs, self.size, self.style_view = pairs, size, style_view
+    def __init__(self, pairs: Pairs, size: int, style_view: bool = False, crop: bool = True, bold: bool = False):
+        self.pairs, self.size, self.style_view, self.bold = pairs, size, style_view, bold
         self.load_size = int(size * CROP_SCALE) if crop else size
         self.style_size = int(size * STYLE_SCALE)
         self.skips = _SkipCounter()
@@ -193,6 +203,8 @@ class PairedDataset(Dataset):
                "index": i}
         if self.style_view:
             out["style_src"] = to_uint8_tensor(resize(image, self.style_size))
+        if self.bold:
+            out["sketch_bold"] = to_uint8_tensor(resize(sketch.filter(BOLD), self.load_size))
         return out
 
 
@@ -207,7 +219,7 @@ class SelfSupervisedDataset(Dataset):
         if nbr_cls > len(pairs):
             raise DataError(f"NBR_CLS={nbr_cls} is larger than the data set ({len(pairs)} pairs): "
                             f"set NBR_CLS to at most {len(pairs)}")
-        self.data = PairedDataset(pairs, size, style_view=True)
+        self.data = PairedDataset(pairs, size, style_view=True, bold=True)
         self.nbr_cls, self.seed, self.subset = nbr_cls, seed, subset
         self.members = self._members()
 
@@ -266,30 +278,56 @@ def _generator(*seeds: int) -> torch.Generator:
     return torch.Generator().manual_seed(mixed)
 
 
+def sketch_set_weights(k: int, weights: Sequence[float] = ()) -> torch.Tensor:
+    """Odds of the k sketch sets: `weights` if given, else the reference's rule for any k: 1 for
+    each set and 2 for the last (k = 3: 1/4, 1/4, 1/2, its randint(0, 3) over sets 1, 2, 3, 3; the
+    last set is the one its self-supervised step reads)."""
+    weights = list(weights) or [1.0] * (k - 1) + [2.0]
+    if len(weights) != k or not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"sketch set weights {weights}: need {k} finite, non-negative values, not all 0")
+    return torch.tensor(weights, dtype=torch.float64)
+
+
+def only_last_set(k: int) -> torch.Tensor:
+    """Odds that always pick the last of k sketch sets."""
+    return sketch_set_weights(k, [0.0] * (k - 1) + [1.0])
+
+
 class InfiniteSampler(Sampler):
     """Endless shuffled stream of (index, sketch_set) items, addressable by position.
 
     Item p of the global stream comes from epoch p // n of a seeded reshuffle, so starting at
     `start` reproduces a stopped run exactly. Under DDP each rank takes every world_size-th
-    item, so ranks see disjoint data.
+    item, so ranks see disjoint data. The sketch set is drawn with the odds `set_weights`, once
+    per `set_group` consecutive items of this rank (the batch size: one set per batch, as the
+    reference; 1: one per item).
     """
 
-    def __init__(self, n: int, n_sets: int = 1, seed: int = 0, start: int = 0, rank: int = 0, world_size: int = 1):
-        self.n, self.n_sets, self.seed, self.start = n, n_sets, seed, start
+    SET_BLOCK = 1024  # sketch sets are drawn for this many groups at a time
+
+    def __init__(self, n: int, set_weights: Sequence[float] = (1.0,), set_group: int = 1, seed: int = 0,
+                 start: int = 0, rank: int = 0, world_size: int = 1):
+        self.n, self.seed, self.start = n, seed, start
+        self.set_weights, self.set_group = torch.as_tensor(set_weights, dtype=torch.float64), set_group
         self.rank, self.world_size = rank, world_size
 
-    def _epoch(self, epoch: int):
-        g = _generator(self.seed, 104729, epoch)
-        return torch.randperm(self.n, generator=g).tolist(), torch.randint(self.n_sets, (self.n,), generator=g).tolist()
+    def _epoch(self, epoch: int) -> list[int]:
+        return torch.randperm(self.n, generator=_generator(self.seed, 104729, epoch)).tolist()
+
+    def _sets(self, block: int) -> list[int]:
+        g = _generator(self.seed, 15485863, block, self.rank)
+        return torch.multinomial(self.set_weights, self.SET_BLOCK, replacement=True, generator=g).tolist()
 
     def __iter__(self):
-        position, cached_epoch, order, sets = self.start, None, None, None
+        position, cached_epoch, cached_block = self.start, None, None
         while True:
             epoch, offset = divmod(position * self.world_size + self.rank, self.n)
             if epoch != cached_epoch:
-                order, sets = self._epoch(epoch)
-                cached_epoch = epoch
-            yield order[offset], sets[offset]
+                order, cached_epoch = self._epoch(epoch), epoch
+            block, group = divmod(position // self.set_group, self.SET_BLOCK)
+            if block != cached_block:
+                sets, cached_block = self._sets(block), block
+            yield order[offset], sets[group]
             position += 1
 
 
@@ -314,12 +352,20 @@ def _uniform(g: torch.Generator, n: int, low: float, high: float) -> torch.Tenso
     return torch.rand(n, generator=g) * (high - low) + low
 
 
-def paired_crop_flip(tensors: list[torch.Tensor], size: int, g: torch.Generator) -> list[torch.Tensor]:
-    """Crop every tensor of the list at the same random offset per item, then flip them together."""
+def paired_crop_flip(tensors: list[torch.Tensor], size: int, g: torch.Generator, flip: bool = True) -> list[torch.Tensor]:
+    """Crop every tensor of the list at the same random offset per item, then (if `flip`) flip
+    them together with probability 1/2."""
     b, _, h, w = tensors[0].shape
     top = torch.randint(h - size + 1, (b,), generator=g)
     left = torch.randint(w - size + 1, (b,), generator=g)
-    flip = torch.rand(b, generator=g) < 0.5
+    flip = torch.rand(b, generator=g) < 0.5 if flip else torch.zeros(b, dtype=torch.bool)
+    return _crop(tensors, size, top, left, flip)
+
+
+def _crop(tensors: list[torch.Tensor], size: int, top: torch.Tensor, left: torch.Tensor,
+          flip: torch.Tensor) -> list[torch.Tensor]:
+    """Per-item size x size crops at (top, left), mirrored where `flip`: one gather per tensor."""
+    b = tensors[0].shape[0]
     ar = torch.arange(size)
     cols = left[:, None] + ar
     cols = torch.where(flip[:, None], cols.flip(1), cols)                  # flip = read columns backwards
@@ -336,29 +382,34 @@ def _like(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def style_view(src: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
-    """x~: random crop of the 1.3x image, rotation up to 30 degrees, random flip (one resampling).
+def style_view_params(g: torch.Generator, b: int, source: int, size: int):
+    """The random draws of `style_view` for b items: crop (top, left), angle in degrees, mirror."""
+    top = torch.randint(source - size + 1, (b,), generator=g)
+    left = torch.randint(source - size + 1, (b,), generator=g)
+    angle = _uniform(g, b, -MAX_ROTATION, MAX_ROTATION)
+    mirror = torch.rand(b, generator=g) < 0.5
+    return top, left, angle, mirror
 
-    The three steps compose into one affine map per item (output -> source, in grid_sample's
-    normalised coordinates), so only a (B, 2, 3) matrix travels to the device. Corners uncovered
-    by the rotation are black, as in the reference (torchvision fill 0).
+
+def style_view(src: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
+    """x~ as the reference makes it from the 1.3x image (torchvision RandomCrop, RandomRotation(30),
+    RandomHorizontalFlip): a random size x size crop, rotated about its centre by up to 30 degrees
+    with nearest-neighbour sampling, the corners the rotation uncovers black (torchvision's fill 0:
+    about 10 % of the pixels), then mirrored with probability 1/2.
+
+    The rotation and the mirror are one (B, 2, 3) affine map per item (output -> crop, in
+    grid_sample's normalised coordinates), so only that matrix travels to the device.
     """
     b, c, r, _ = src.shape
-    top = torch.randint(r - size + 1, (b,), generator=g).float()
-    left = torch.randint(r - size + 1, (b,), generator=g).float()
-    angle = _uniform(g, b, -MAX_ROTATION, MAX_ROTATION) * math.pi / 180
-    mirror = 1 - 2 * (torch.rand(b, generator=g) < 0.5).float()  # -1: flip horizontally
-    k, cos, sin = size / r, angle.cos(), angle.sin()
-    theta = torch.stack([torch.stack([k * cos * mirror, -k * sin, (size + 2 * left) / r - 1], dim=1),
-                         torch.stack([k * sin * mirror, k * cos, (size + 2 * top) / r - 1], dim=1)], dim=1)
+    top, left, angle, mirror = style_view_params(g, b, r, size)
+    (crop,) = _crop([src], size, top, left, torch.zeros(b, dtype=torch.bool))
+    rad = angle * math.pi / 180
+    cos, sin, m, zero = rad.cos(), rad.sin(), 1 - 2 * mirror.float(), torch.zeros(b)
+    theta = torch.stack([torch.stack([m * cos, -sin, zero], dim=1),
+                         torch.stack([m * sin, cos, zero], dim=1)], dim=1)  # +angle, counter-clockwise as PIL
     grid = F.affine_grid(async_to(theta, src.device).to(src.dtype), [b, c, size, size], align_corners=False)
-    out = F.grid_sample(src + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out - 1
-
-
-def bold(sketch: torch.Tensor) -> torch.Tensor:
-    """3x3 minimum filter: dark strokes get one pixel thicker on each side."""
-    return -F.max_pool2d(-sketch, kernel_size=3, stride=1, padding=1)
+    out = F.grid_sample(crop + 1, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return out - 1  # outside the crop: 0 - 1 = black
 
 
 def erase(sketch: torch.Tensor, g: torch.Generator, passes: int = ERASE_PASSES, p: float = ERASE_P,
@@ -394,9 +445,10 @@ def _erase_box(h: int, w: int, g: torch.Generator, area, ratio) -> torch.Tensor:
     return torch.zeros(4, dtype=torch.long)
 
 
-def sketch_variants(sketch: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The reference's three variants of a sketch batch: bold, erased, bold + erased."""
-    thick = bold(sketch)
+def sketch_variants(sketch: torch.Tensor, thick: torch.Tensor,
+                    g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The reference's three variants of a sketch batch, given its bold version (the loader's
+    `sketch_bold`, cropped with it): bold, erased, bold + erased."""
     return thick, erase(sketch, g), erase(thick, g)
 
 

@@ -25,6 +25,8 @@ inverted (see `is_light_on_dark`), since the model was trained on dark strokes o
 Randomness: the refine generator draws noise. With `seed=<int>` every image gets the noise
 of that seed, so an output depends only on (sketch, style, seed, checkpoint): the same in a
 batch of 1 or of 64, at any position, on any device. `seed=None` draws fresh noise each call.
+(Unless the model was trained with SAMPLE_BN=batch: its generator then normalises with each
+batch's statistics, as the reference, and an output also depends on the rest of its batch.)
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ from tqdm import tqdm
 
 from datasets import DataError, _to_mode, load_image, require_images, resize, to_float, to_uint8_tensor
 from fileio import CheckpointError, load_checkpoint, newest_checkpoint, save_png, to_pil
-from models import ContentEncoder, Decoder, NoiseInjection, StyleEncoder, build_generator
+from models import BN_MODES, ContentEncoder, Decoder, NoiseInjection, StyleEncoder, batch_norm_mode, build_generator
 
 ImageInput = Union[str, Path, Image.Image]
 
@@ -136,7 +138,7 @@ def is_light_on_dark(gray: Image.Image) -> bool:
 
 
 def fit_square(img: Image.Image, size: int, fit: str = "stretch") -> Image.Image:
-    """Resize to size x size (antialiased bicubic). A non-square picture is stretched (as in
+    """Resize to size x size (antialiased bilinear). A non-square picture is stretched (as in
     training), centre-cropped, or padded with white (a sketch's background)."""
     if fit not in FITS:
         raise InferenceError(f"fit={fit!r}: must be one of {', '.join(FITS)}")
@@ -221,11 +223,13 @@ class SketchToImage:
     refine generator, in eval mode on one device.
 
     image_size: output size G; ae_size: the size S at which sketches and styles are read;
-    preset: the generator preset ("art", "face", "shoe", "demo").
+    preset: the generator preset ("art", "face", "shoe", "demo"); sample_bn: the generator's
+    BatchNorm statistics, "running" or "batch" (the run's SAMPLE_BN).
     """
 
     def __init__(self, style_encoder: StyleEncoder, content_encoder: ContentEncoder, decoder: Decoder,
-                 generator: nn.Module, arch: dict, device="cpu", source: Path | None = None, iteration=None):
+                 generator: nn.Module, arch: dict, device="cpu", source: Path | None = None, iteration=None,
+                 sample_bn: str = "running"):
         self.device = pick_device(device)
         self.style_encoder = style_encoder.to(self.device).eval().requires_grad_(False)
         self.content_encoder = content_encoder.to(self.device).eval().requires_grad_(False)
@@ -238,10 +242,14 @@ class SketchToImage:
         self.ae_size = arch["im_size_ae"]
         self.image_size = arch["im_size_gan"]
         self.source, self.iteration = source, iteration
+        if sample_bn not in BN_MODES:
+            raise InferenceError(f"sample_bn={sample_bn!r}: must be one of {', '.join(BN_MODES)}")
+        self.sample_bn = sample_bn
 
     @classmethod
-    def from_checkpoint(cls, path, device="auto") -> "SketchToImage":
-        """Load a GAN-stage checkpoint (file, or run folder -> its newest); uses the EMA generator.
+    def from_checkpoint(cls, path, device="auto", sample_bn: str | None = None) -> "SketchToImage":
+        """Load a GAN-stage checkpoint (file, or run folder -> its newest); uses the EMA generator,
+        its BatchNorm as the run's SAMPLE_BN says unless `sample_bn` ("running", "batch") is given.
 
         Raises fileio.CheckpointError for a missing, unreadable or wrong-kind checkpoint.
         """
@@ -265,7 +273,8 @@ class SketchToImage:
                 raise
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"{file}: a GAN checkpoint whose networks do not load ({first})") from None
-        return cls(*modules, generator, arch, device=device, source=file, iteration=ckpt.get("iteration"))
+        return cls(*modules, generator, arch, device=device, source=file, iteration=ckpt.get("iteration"),
+                   sample_bn=sample_bn or ckpt.get("config", {}).get("SAMPLE_BN", "running"))
 
     def __repr__(self) -> str:
         return (f"SketchToImage(preset={self.preset!r}, nfc={self.nfc}, ae_size={self.ae_size}, "
@@ -324,7 +333,7 @@ class SketchToImage:
             raise ValueError(f"batch sizes differ: {sketches.shape[0]} sketches, {vectors[0].shape[0]} styles")
         content = self.content_encoder(_to_size(sketches, self.ae_size))
         ae_image = self.decoder(content, vectors)
-        with self.noise.seeded(seed):
+        with self.noise.seeded(seed), batch_norm_mode(self.generator, self.sample_bn):
             out = self.generator(ae_image, vectors)
         return (out, ae_image) if return_ae else out
 

@@ -29,26 +29,32 @@ def instance_classification(logits: list[torch.Tensor], labels: torch.Tensor) ->
     return sum(F.cross_entropy(lg.float(), labels) for lg in logits)
 
 
-def style_consistency(v_aug: list[torch.Tensor], v_orig: list[torch.Tensor], perm: torch.Tensor) -> torch.Tensor:
-    """Per scale: pull x~'s style vector to x's, push it from another image's (x side detached)."""
+def style_consistency(v_aug: list[torch.Tensor], v_orig: list[torch.Tensor], perms: list[torch.Tensor]) -> torch.Tensor:
+    """Per scale k: pull x~'s style vector to x's, push it from another image's, x[perms[k]]
+    (x side detached). A fresh derangement per scale, as the reference draws a permutation per scale."""
+    if len(perms) != len(v_aug):
+        raise ValueError(f"one derangement per scale: {len(perms)} for {len(v_aug)} scales")
     total = 0.0
-    for a, o in zip(v_aug, v_orig):
+    for a, o, perm in zip(v_aug, v_orig, perms):
         a, o = a.float(), o.detach().float()
         total = total - F.cosine_similarity(a, o).mean() + F.cosine_similarity(a, o[perm]).mean()
     return total
 
 
 def content_consistency(variants: list[list[torch.Tensor]], base: list[torch.Tensor],
-                        perms: list[torch.Tensor], margin: float) -> torch.Tensor:
+                        perms: list[list[torch.Tensor]], margin: float) -> torch.Tensor:
     """Margin loss: a sketch variant's content maps stay nearer its own sketch's than another's.
 
     variants[a][k]: maps of variant a (bold, erased, ...) at scale k; base[k]: maps of the
-    original sketch (detached); perms[k]: derangement per scale. As the reference, the margin
-    applies to batch means: relu(margin + MSE(own) - MSE(other)).
+    original sketch (detached); perms[a][k]: a fresh derangement per variant and scale (the
+    reference draws one per call and scale). As the reference, the margin applies to batch
+    means: relu(margin + MSE(own) - MSE(other)).
     """
+    if [len(p) for p in perms] != [len(m) for m in variants]:
+        raise ValueError("one derangement per variant and scale")
     total = 0.0
-    for maps in variants:
-        for c, b, perm in zip(maps, base, perms):
+    for maps, variant_perms in zip(variants, perms):
+        for c, b, perm in zip(maps, base, variant_perms):
             c, b = c.float(), b.detach().float()
             total = total + F.relu(margin + F.mse_loss(c, b) - F.mse_loss(c[perm], b))
     return total
@@ -108,7 +114,7 @@ class CLUB(nn.Module):
     """CLUB upper bound of I(x; y) (Cheng et al., ICML 2020) with a Gaussian q(y | x).
 
     Two uses per step: `learning_loss` (on detached features) fits q by maximum likelihood
-    with its own optimizer; `forward` is the MI estimate the encoders minimise:
+    with its own optimizer; `forward` is the MI estimate the content encoder minimises:
         E_p(x,y)[log q(y|x)] - E_p(x)E_p(y)[log q(y|x)].
     """
 

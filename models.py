@@ -7,6 +7,7 @@ size-generic rules written in each class docstring.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -15,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
+BN_MODES = ("running", "batch")  # how a sampling generator's BatchNorm layers normalise
 AE_SIZES = (64, 128, 256, 512)  # AE resolutions = refine-generator input resolutions
 D_SIZES = (64, 128, 256, 512, 1024)  # discriminator structure sizes
 TRUNK_SIZE = 64  # the encoder stem brings every input to 64 px; three stages follow
@@ -119,8 +121,8 @@ class ResBlkG(nn.Module):
     def __init__(self, ch: int, expand: int = 4):
         super().__init__()
         wide = ch * expand
-        # Depthwise conv keeps its bias, as the reference's DepthwiseConv2d (bias=True default).
-        depthwise = nn.Conv2d(wide, wide, DW_KERNEL, 1, DW_KERNEL // 2, groups=wide)
+        # No bias, as the reference's torch_dwconv.DepthwiseConv2d (0.1.0 takes none; a BN follows).
+        depthwise = nn.Conv2d(wide, wide, DW_KERNEL, 1, DW_KERNEL // 2, groups=wide, bias=False)
         self.main = nn.Sequential(
             sn_batchnorm(ch), spectral_norm(nn.Conv2d(ch, wide, 1, bias=False)),
             sn_batchnorm(wide), Swish(), spectral_norm(depthwise),
@@ -429,9 +431,10 @@ class RefineGeneratorArt(nn.Module):
     a noise branch (-> 32 px) joins decode_64; decode_r (128 <= r <= Ain) reads d_{r/2} + e_{r/2};
     style gates follow decode_64..decode_512; one ungated up block if Aout = 2 Ain.
 
-    use_style=False is the reference's "shoe" variant: no style branch and no style gates. The
-    reference builds them anyway, zeroes the style map, skips the gates and adds three unused
-    parameters; we simply leave all of that out.
+    use_style=False is the reference's "shoe" variant: the 16 px style map is zeros and there are
+    no style gates. The zero channels still pass through the bottleneck (12nfc wide, its BN biases,
+    1x1 convs and residual), so the function is the reference's. The reference also builds the
+    style branch, the gates and three parameters that never reach the output; we leave those out.
     """
 
     STYLE_MIN = 16  # the encoder goes down to 16 px, where the style map joins
@@ -452,12 +455,11 @@ class RefineGeneratorArt(nn.Module):
         self.from_noise = nn.Sequential(
             from_vector(nfc * 8, nfc * 8), up_gan(nfc * 4, nfc * 2),
             up_gan(nfc * 2, nfc * 2), up_gan(nfc * 2, nfc))
-        style_ch = 0
+        self.style_ch = nfc * 4  # channels of the 16 px style map (zeros without use_style)
         if use_style:
             # [v32, v16, v8] (B, 14nfc) -> (B, 4nfc, 8, 8); forward tiles it to 16 px
             self.from_style = nn.Sequential(from_vector(sum(vector_dims), nfc * 16),
-                                            up_gan(nfc * 8, nfc * 4))
-            style_ch = nfc * 4
+                                            up_gan(nfc * 8, self.style_ch))
 
         encoder = {str(im_size_in // 2): nn.Sequential(
             spectral_norm(nn.Conv2d(3, width(im_size_in // 2), 4, 2, 1, bias=False)),
@@ -468,7 +470,7 @@ class RefineGeneratorArt(nn.Module):
             res //= 2
         self.encoder = nn.ModuleDict(encoder)  # keyed by output resolution, large to small
 
-        bottleneck = width(self.STYLE_MIN) + style_ch
+        bottleneck = width(self.STYLE_MIN) + self.style_ch
         self.residual_16 = nn.Sequential(ResBlkG(bottleneck), Swish(), ResBlkG(bottleneck), Swish())
 
         # decode_64 also reads the 32 px noise map (nfc channels)
@@ -498,8 +500,10 @@ class RefineGeneratorArt(nn.Module):
             x = skips[int(res)] = block(x)  # down to (B, 8nfc, 16, 16)
         if self.use_style:
             s_8 = self.from_style(torch.cat(list(style_vectors), dim=1))  # (B, 4nfc, 8, 8)
-            x = torch.cat([x, s_8.repeat(1, 1, 2, 2)], dim=1)  # tiled (not upsampled) to 16 px
-        x = self.residual_16(x)
+            s_16 = s_8.repeat(1, 1, 2, 2)  # tiled (not upsampled) to 16 px
+        else:
+            s_16 = x.new_zeros(b, self.style_ch, *x.shape[-2:])
+        x = self.residual_16(torch.cat([x, s_16], dim=1))  # (B, 12nfc, 16, 16)
 
         for key, block in self.decoder.items():
             res = int(key)
@@ -686,6 +690,28 @@ class Discriminator(nn.Module):
             skip = feats[j - self.SKIP_LAG] if j >= self.SKIP_LAG else None
             feats.append(block(feats[-1], skip))
         return self.head(feats[-1])
+
+
+@contextlib.contextmanager
+def batch_norm_mode(net: nn.Module, mode: str):
+    """Inside the block, net's BatchNorm layers normalise with their "running" statistics (as in
+    eval mode) or with each forward's "batch" statistics (as in train mode: how the reference
+    samples its EMA generator). Nothing else changes: running statistics are restored afterwards,
+    and no other layer changes mode (no spectral-norm power iteration, no face-generator flip)."""
+    if mode not in BN_MODES:
+        raise ValueError(f"BatchNorm mode {mode!r}: must be one of {BN_MODES}")
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if mode == "batch" else []
+    saved = [(m.training, {k: b.clone() for k, b in m.named_buffers(recurse=False)}) for m in norms]
+    for m in norms:
+        m.train()
+    try:
+        yield net
+    finally:
+        with torch.no_grad():
+            for m, (training, buffers) in zip(norms, saved):
+                m.train(training)
+                for k, b in buffers.items():
+                    getattr(m, k).copy_(b)
 
 
 def count_parameters(module: nn.Module) -> int:

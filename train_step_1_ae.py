@@ -3,8 +3,9 @@
 Each iteration makes two optimizer steps (reference):
   A. self-supervised, on a rotating subset of NBR_CLS images (each its own class): instance
      classification, style consistency, content consistency, reconstruction from x~'s style;
-  B. plain autoencoder on all pairs (one of the K sketch sets per image), + grey-level and
-     content/style mutual-information terms when their weights are set.
+  B. plain autoencoder on all pairs (one of the K sketch sets per batch), + grey-level and
+     content/style mutual-information terms when their weights are set (the latter minimised
+     by the content encoder only, as in the paper).
 Every NBR_CLS * SUBSET_PASSES // BATCH_SIZE_AE iterations the subset moves on, the classifier
 head and its optimizer are re-initialised and the style encoder and decoder lr drops.
 
@@ -18,8 +19,8 @@ import torch
 
 import losses as L
 from config import Config
-from datasets import (Pairs, PairedDataset, SelfSupervisedDataset, iteration_generator, paired_crop_flip,
-                      sketch_variants, style_view, to_float)
+from datasets import (Pairs, PairedDataset, SelfSupervisedDataset, iteration_generator, only_last_set,
+                      paired_crop_flip, sketch_set_weights, sketch_variants, style_view, to_float)
 from models import ContentEncoder, Decoder, InstanceClassifier, StyleEncoder
 from training import NanGuard, Runtime, adam, infinite_batches, sync_gradients
 
@@ -65,9 +66,13 @@ class AEStage:
         if self.club is not None:
             self.opt["club"] = adam(self.club.parameters(), cfg.LR_AE, cfg, runtime)
         self.reconstruction = L.Reconstruction(cfg.W_REC_MSE, cfg.W_REC_L1, cfg.W_REC_LPIPS, lpips, cfg.LPIPS_SIZE)
+        self.reconstruction_b = L.Reconstruction(cfg.W_REC_MSE, cfg.W_REC_L1_B, cfg.W_REC_LPIPS, lpips, cfg.LPIPS_SIZE)
         self.ss_data = SelfSupervisedDataset(pairs, size, self.nbr_cls, seed=cfg.SEED)
         self.paired_data = PairedDataset(pairs, size)
-        self.n_sets = len(pairs.sketches[0])
+        n_sets = len(pairs.sketches[0])
+        self.set_weights = sketch_set_weights(n_sets, cfg.SKETCH_SET_WEIGHTS)  # step B
+        # step A reads the last sketch set only, as the reference (its 3rd), unless SS_SKETCH_SETS=all
+        self.ss_set_weights = self.set_weights if cfg.SS_SKETCH_SETS == "all" else only_last_set(n_sets)
         self.grid = fixed_batch(grid_pairs, cfg.GRID_N, size)
         self.skipped_files = 0
 
@@ -101,11 +106,12 @@ class AEStage:
         self.ss_data.set_subset(subset)
         self.ss_batches = self._ss_batches(iteration - subset * self.switch_every)
         self.paired_batches = infinite_batches(self.paired_data, self.cfg.BATCH_SIZE_AE, self.cfg, self.rt,
-                                               self.n_sets, STREAM_PAIRED, start=iteration)
+                                               self.set_weights, STREAM_PAIRED, start=iteration)
 
     def _ss_batches(self, start: int):
         stream = STREAM_SS * 100_003 + self.ss_data.subset  # a fresh order for every subset
-        return infinite_batches(self.ss_data, self.cfg.BATCH_SIZE_AE, self.cfg, self.rt, self.n_sets, stream, start)
+        return infinite_batches(self.ss_data, self.cfg.BATCH_SIZE_AE, self.cfg, self.rt, self.ss_set_weights,
+                                stream, start)
 
     def items_per_step(self) -> int:
         return 2 * self.cfg.BATCH_SIZE_AE * self.rt.world_size  # steps A and B each see one batch
@@ -146,12 +152,12 @@ class AEStage:
         cfg, size = self.cfg, self.cfg.IM_SIZE_AE
         batch = self._batch(self.ss_batches)
         g = iteration_generator(cfg.SEED, STREAM_AUG_A, it, self.rt.rank)
-        x, sketch = paired_crop_flip([batch["image"], batch["sketch"]], size, g)
+        x, sketch, thick = paired_crop_flip([batch["image"], batch["sketch"], batch["sketch_bold"]], size, g)
         x_aug = style_view(batch["style_src"], size, g)
-        variants = sketch_variants(sketch, g)
-        n = x.shape[0]
-        style_perm = L.derangement(n, g, self.rt.device)
-        content_perms = [L.derangement(n, g, self.rt.device) for _ in range(3)]
+        variants = sketch_variants(sketch, thick, g)
+        n, scales = x.shape[0], 3
+        style_perms = [L.derangement(n, g, self.rt.device) for _ in range(scales)]
+        content_perms = [[L.derangement(n, g, self.rt.device) for _ in range(scales)] for _ in variants]
         pick = int(torch.randint(4, (1,), generator=g))  # which sketch (original or variant) to decode
 
         with self.rt.autocast():
@@ -161,7 +167,7 @@ class AEStage:
             c_variants = [self.content_encoder(s) for s in variants]
             fake = self.decoder(([c] + c_variants)[pick], v_aug)
         parts = {"cls": cfg.W_CLS * L.instance_classification(logits, batch["label"]),
-                 "style": cfg.W_STYLE * L.style_consistency(v_aug, v, style_perm),
+                 "style": cfg.W_STYLE * L.style_consistency(v_aug, v, style_perms),
                  "content": cfg.W_CONTENT * L.content_consistency(c_variants, c, content_perms, cfg.CONTENT_MARGIN)}
         rec = self.reconstruction(fake, x)
         parts["rec_a"] = rec["total"]
@@ -173,7 +179,7 @@ class AEStage:
         cfg = self.cfg
         batch = self._batch(self.paired_batches)
         g = iteration_generator(cfg.SEED, STREAM_AUG_B, it, self.rt.rank)
-        x, sketch = paired_crop_flip([batch["image"], batch["sketch"]], cfg.IM_SIZE_AE, g)
+        x, sketch = paired_crop_flip([batch["image"], batch["sketch"]], cfg.IM_SIZE_AE, g, flip=cfg.PAIRED_FLIP)
         with self.rt.autocast():
             v = self.style_encoder(x)
             c = self.content_encoder(sketch)
@@ -181,12 +187,12 @@ class AEStage:
             if cfg.W_GREY:
                 perm = L.derangement(x.shape[0], g, self.rt.device)
                 fake_swapped = self.decoder(c, [s[perm] for s in v])
-        parts = {"rec_b": self.reconstruction(fake, x)["total"]}
+        parts = {"rec_b": self.reconstruction_b(fake, x)["total"]}
         if cfg.W_GREY:
             parts["grey"] = cfg.W_GREY * L.grey_level(fake_swapped, x)
         content_vec, style_vec = L.pooled_content(c), torch.cat(v, dim=1)
-        if self.club is not None:
-            parts["mi"] = cfg.W_MI * self.club(content_vec, style_vec)
+        if self.club is not None:  # the paper's term is on the content encoder: the style side is a fixed target
+            parts["mi"] = cfg.W_MI * self.club(content_vec, style_vec.detach())
         self._update(sum(parts.values()), ("style", "content", "decoder"), it, parts, guard)
         if self.club is not None:
             parts["club_nll"] = self._fit_club(content_vec, style_vec, it, guard)

@@ -16,9 +16,9 @@ import torch
 
 import losses as L
 from config import Config
-from datasets import Pairs, PairedDataset, iteration_generator, paired_crop_flip, to_float
+from datasets import Pairs, PairedDataset, iteration_generator, paired_crop_flip, sketch_set_weights, to_float
 from fileio import CheckpointError
-from models import AutoEncoder, Discriminator, build_generator
+from models import AutoEncoder, Discriminator, batch_norm_mode, build_generator
 from train_step_1_ae import fixed_batch
 from training import EMA, NanGuard, Runtime, adam, infinite_batches, sync_gradients
 
@@ -56,7 +56,7 @@ class GANStage:
                     "discriminator": adam(self.discriminator.parameters(), cfg.LR_GAN, cfg, runtime)}
         self.reconstruction = L.Reconstruction(cfg.W_GAN_MSE, cfg.W_GAN_L1, cfg.W_GAN_LPIPS, lpips, cfg.LPIPS_SIZE)
         self.data = PairedDataset(pairs, cfg.IM_SIZE_GAN)
-        self.n_sets = len(pairs.sketches[0])
+        self.set_weights = sketch_set_weights(len(pairs.sketches[0]), cfg.SKETCH_SET_WEIGHTS)
         self.grid = fixed_batch(grid_pairs, cfg.GRID_N, cfg.IM_SIZE_GAN)
         self.fid = fid  # callable(generate_fn) -> dict of metrics, or None
         self.skipped_files = 0
@@ -85,7 +85,7 @@ class GANStage:
             opt.load_state_dict(state["optimizers"][k])
 
     def restart_data(self, iteration: int) -> None:
-        self.batches = infinite_batches(self.data, self.cfg.BATCH_SIZE_GAN, self.cfg, self.rt, self.n_sets,
+        self.batches = infinite_batches(self.data, self.cfg.BATCH_SIZE_GAN, self.cfg, self.rt, self.set_weights,
                                         STREAM_GAN, start=iteration)
 
     def items_per_step(self) -> int:
@@ -104,7 +104,7 @@ class GANStage:
         self.skipped_files += int(batch["skipped"].sum())
         g = iteration_generator(cfg.SEED, STREAM_AUG_GAN, it, self.rt.rank)
         image, sketch = (to_float(self.rt.to_device(batch[k])) for k in ("image", "sketch"))
-        x, sketch = paired_crop_flip([image, sketch], cfg.IM_SIZE_GAN, g)
+        x, sketch = paired_crop_flip([image, sketch], cfg.IM_SIZE_GAN, g, flip=cfg.PAIRED_FLIP)
 
         with torch.no_grad(), self.rt.autocast():
             ae_image, style = self.ae(sketch, x)
@@ -146,8 +146,9 @@ class GANStage:
     # --- sampling ------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, sketch: torch.Tensor, style_image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sketch, style image) in [-1, 1] on the device -> (AE output, EMA generator output)."""
-        with self.rt.autocast():
+        """(sketch, style image) in [-1, 1] on the device -> (AE output, EMA generator output); the
+        EMA generator's BatchNorm uses running or batch statistics as SAMPLE_BN says."""
+        with self.rt.autocast(), batch_norm_mode(self.ema.net, self.cfg.SAMPLE_BN):
             ae_image, style = self.ae(sketch, style_image)
             return ae_image.float(), self.ema.net(ae_image, style).float()
 

@@ -170,10 +170,12 @@ def set_rng_state(state: dict) -> None:
 
 # --------------------------------------------------------------------------- data
 
-def infinite_batches(dataset: Dataset, batch_size: int, cfg: Config, runtime: Runtime, n_sets: int,
+def infinite_batches(dataset: Dataset, batch_size: int, cfg: Config, runtime: Runtime, set_weights,
                      stream: int, start: int = 0):
-    """Endless iterator of collated batches, starting at batch number `start` of this stream."""
-    sampler = InfiniteSampler(len(dataset), n_sets=n_sets, seed=cfg.SEED * 1000 + stream,
+    """Endless iterator of collated batches, starting at batch number `start` of this stream; the
+    sketch set of each batch (or item: SKETCH_SET_PER) is drawn with the odds `set_weights`."""
+    set_group = batch_size if cfg.SKETCH_SET_PER == "batch" else 1
+    sampler = InfiniteSampler(len(dataset), set_weights, set_group, seed=cfg.SEED * 1000 + stream,
                               start=start * batch_size, rank=runtime.rank, world_size=runtime.world_size)
     workers = cfg.DATALOADER_WORKERS
     # its own generator: creating an iterator must not draw from the global RNG (exact resume)

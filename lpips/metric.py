@@ -110,7 +110,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dir1", help="second folder: pairs are files with the same name (stem)")
     p.add_argument("--net", choices=("vgg", "alex"), default="alex",
                    help="backbone (alex: the package's default for evaluation)")
-    p.add_argument("--size", type=int, default=256, help="images are resized to size x size (bicubic)")
+    p.add_argument("--size", type=int, default=256, help="images are resized to size x size (bilinear)")
     p.add_argument("--max-pairs", type=int, default=2000, help="one folder: pairs drawn at most")
     p.add_argument("--seed", type=int, default=0, help="one folder: seed of the pair draw")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -20,7 +20,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 GRAM_LEVELS = (2, 3, 4)       # pool levels whose Grams the style discriminator and loss use
 GRAM_CHANNELS, GRAM_SIDE = 128, 16   # each Gram is pooled to 128 x 16 x 16 (3 levels -> 384 channels)
-GRAM_SCALE = 2000.0           # the reference's fixed factor on the summed Gram MSE
+# The reference multiplies its Gram MSE by 2000, but its Gram mixes the whole batch: one (BC x BC)
+# matrix divided by B*C*H*W, whose entries are ~1/B of a per-image Gram's, so its MSE is ~1/B^2 of
+# ours. 2000 / 4^2 gives the reference's balance at its default batch of 4, at every batch size.
+REFERENCE_GRAM_BATCH = 4
+GRAM_SCALE = 2000.0 / REFERENCE_GRAM_BATCH ** 2   # = 125, on the summed per-image Gram MSE
 THRESHOLD = 0.7               # inference: grey level above which a pixel is white paper
 
 

@@ -21,7 +21,7 @@ def test_derangement_has_no_fixed_point(n):
 
 def test_style_consistency_rewards_matching_views():
     v = [torch.randn(6, d) for d in (4, 8, 16)]
-    perm = L.derangement(6, torch.Generator().manual_seed(0))
+    perm = [L.derangement(6, torch.Generator().manual_seed(i)) for i in range(3)]
     same = L.style_consistency(v, v, perm)
     other = L.style_consistency([torch.randn_like(t) for t in v], v, perm)
     assert same < other
@@ -36,11 +36,11 @@ def test_style_consistency_rewards_matching_views():
 def test_content_consistency_margin():
     base = [torch.randn(4, 3, 5, 5) for _ in range(3)]
     perms = [L.derangement(4, torch.Generator().manual_seed(i)) for i in range(3)]
-    identical = L.content_consistency([base], base, perms, margin=2.0)
+    identical = L.content_consistency([base], base, [perms], margin=2.0)
     expected = sum(F.relu(2 - F.mse_loss(b[p], b)) for b, p in zip(base, perms))
     assert torch.allclose(identical, expected)
     far = [b * 10 for b in base]  # negatives far apart: margin satisfied, loss 0
-    assert L.content_consistency([far], far, perms, margin=2.0).item() == 0.0
+    assert L.content_consistency([far], far, [perms], margin=2.0).item() == 0.0
 
 
 def test_instance_classification_is_summed_cross_entropy():

@@ -29,13 +29,24 @@ def _content_maps(nfc, batch=BATCH):
 
 # --- 1. parameter parity with the reference (nfc = 64; construction only) -------------------
 
+def _shoe_with_unused_reference_layers(size_out):
+    """The shoe generator plus what the reference's shoe module builds but never uses: the art
+    generator's style branch and style gates (the 3 extra style parameters are counted separately)."""
+    art = RefineGeneratorArt(64, 512, size_out)
+    return RefineGeneratorArt(64, 512, size_out, use_style=False), art.from_style, art.gates
+
+
+# The reference's counts (../shared/REFERENCE.md): measured on its code with a bias-free depthwise
+# convolution, as its torch_dwconv.DepthwiseConv2d 0.1.0 is.
 REFERENCE_COUNTS = [
     ("style encoder + head, 512", lambda: (StyleEncoder(64, 512), InstanceClassifier(512, 500)),
      14_795_700),
     ("content encoder, 512", lambda: (ContentEncoder(64, 512),), 9_033_664),
-    ("decoder, 512", lambda: (Decoder(64, 512),), 18_995_640),
-    ("art 512->512", lambda: (RefineGeneratorArt(64, 512, 512),), 49_818_336),
-    ("art 512->1024", lambda: (RefineGeneratorArt(64, 512, 1024),), 49_827_216),
+    ("decoder, 512", lambda: (Decoder(64, 512),), 18_987_960),
+    ("art 512->512", lambda: (RefineGeneratorArt(64, 512, 512),), 49_812_192),
+    ("art 512->1024", lambda: (RefineGeneratorArt(64, 512, 1024),), 49_821_072),
+    # without the 3 unused style parameters (nfc * (2 + 4 + 8) = 896): 49,821,968 with them
+    ("shoe 512->1024 + its unused layers", lambda: _shoe_with_unused_reference_layers(1024), 49_821_072),
     ("face 512->512", lambda: (RefineGeneratorFace(64, 512, 512),), 5_659_328),
     ("face 512->1024", lambda: (RefineGeneratorFace(64, 512, 1024),), 5_676_688),
     ("discriminator 512", lambda: (Discriminator(64, 512),), 16_863_360),
@@ -47,6 +58,39 @@ REFERENCE_COUNTS = [
                          ids=[c[0] for c in REFERENCE_COUNTS])
 def test_parameter_count_matches_reference(build, expected):
     assert sum(count_parameters(m) for m in build()) == expected
+
+
+def test_shoe_generator_count_is_the_reference_less_its_unused_layers():
+    """Ours leaves out what never reaches the reference shoe generator's output (README, differences)."""
+    shoe, style_branch, gates = _shoe_with_unused_reference_layers(1024)
+    unused = count_parameters(style_branch) + count_parameters(gates) + 64 * (2 + 4 + 8)
+    assert count_parameters(shoe) == 49_821_968 - unused == 32_473_040
+
+
+def test_shoe_generator_is_the_art_generator_with_a_zero_style_map_and_no_gates():
+    """Item 2 of the fidelity audit: the reference's shoe generator zeroes the 16 px style map (its
+    4nfc channels still go through the 12nfc bottleneck) and skips the style gates."""
+    torch.manual_seed(0)
+    art = RefineGeneratorArt(NARROW, 64, 128).eval()
+    shoe = RefineGeneratorArt(NARROW, 64, 128, use_style=False).eval()
+    result = shoe.load_state_dict(art.state_dict(), strict=False)
+    assert not result.missing_keys
+    assert {k.split(".")[0] for k in result.unexpected_keys} == {"from_style", "gates"}
+    with torch.no_grad():  # make the (trained-like) BN statistics non-trivial
+        for m in art.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5), m.bias.uniform_(-0.5, 0.5)
+    shoe.load_state_dict(art.state_dict(), strict=False)
+    image, vectors = torch.randn(BATCH, 3, 64, 64), _style_vectors(NARROW)
+    art.from_style.forward = lambda v: torch.zeros(v.shape[0], 4 * NARROW, 8, 8)
+    for gate in art.gates.values():
+        gate.forward = lambda v: torch.ones(())
+    with torch.no_grad():
+        torch.manual_seed(1)
+        expected = art(image, vectors)
+        torch.manual_seed(1)
+        assert torch.allclose(shoe(image, vectors), expected, atol=1e-6)
+    assert shoe.residual_16[0].main[0].num_features == 8 * NARROW + 4 * NARROW
 
 
 def test_count_parameters_ignores_spectral_norm_buffers():

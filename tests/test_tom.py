@@ -78,7 +78,7 @@ def test_to_sketch_binary_and_soft():
 
 def test_training_steps_lower_the_gram_loss(vgg):
     torch.manual_seed(0)
-    trainer = T.TOMTrainer(vgg, nfc=8, lr=1e-3, gram_weight=1000)  # Grams of a random VGG are small: weigh them up
+    trainer = T.TOMTrainer(vgg, nfc=8, lr=1e-3, gram_weight=16000)  # Grams of a random VGG are small: weigh them up
     photos = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
     sketches = torch.ones(2, 3, 32, 32)
     sketches[:, :, 8:10, :] = -1

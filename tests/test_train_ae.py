@@ -130,7 +130,7 @@ def test_nan_stops_naming_step_loss_and_checkpoint(demo_root, demo_pairs, tmp_pa
 
     def poisoned(fake, x):
         out = real(fake, x)
-        if poisoned.calls == 4:  # calls: A then B per iteration -> iteration 2, step A
+        if poisoned.calls == 2:  # step A's reconstruction, once per iteration -> iteration 2
             out["total"] = out["total"] * float("nan")
         poisoned.calls += 1
         return out
@@ -144,10 +144,10 @@ def test_nan_skip_policy_skips_the_update(demo_root, demo_pairs, tmp_path):
     stage, cfg = _stage(demo_root, demo_pairs, tmp_path, NAN_POLICY="skip")
     guard = NanGuard("skip", torch.device("cpu"))
     before = _params(stage.decoder)
-    stage.reconstruction.w_mse = float("nan")
+    stage.reconstruction_b.w_mse = float("nan")
     stage._step_b(0, guard)
     assert guard.skipped == 1 and not _changed(before, stage.decoder)
-    stage.reconstruction.w_mse = 1.0
+    stage.reconstruction_b.w_mse = 1.0
     stage._step_b(1, guard)
     assert _changed(before, stage.decoder)
 

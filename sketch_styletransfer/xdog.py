@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(summary['unreadable'])} unreadable image(s) skipped:", file=sys.stderr)
         for line in summary["unreadable"]:
             print(f"  {line}", file=sys.stderr)
-    print("sketch folders: SKETCH_DIRS=" + ",".join(summary["folders"].values()))
+    print("sketch folders: SKETCH_DIRS=" + ",".join(os.path.abspath(f) for f in summary["folders"].values()))
     return 0
 
 

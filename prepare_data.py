@@ -2,7 +2,7 @@
 
 Inputs: PHOTOS, a folder of photos, flat or nested (ImageFolder-style: cats/01.jpg, dogs/01.jpg),
 any of .jpg .jpeg .png .webp .bmp; hidden files and folders are left out.
-Outputs, in OUT:
+Outputs: in OUT,
     train/images/<name>.<ext>                 the training photos (copied; PNG at --size if given)
     train/sketches/<set>/<name>.png           K sketch sets (XDoG settings, or TOM checkpoints)
     test/images/..., test/sketches/<set>/...  the held-out photos (--test-ratio) and their sketches

@@ -13,6 +13,8 @@ Examples:
     python train.py DATA_NAME=art IMAGE_DIR=... SKETCH_DIRS=a,b,c TEST_IMAGE_DIR=... TEST_SKETCH_DIR=...
     python train.py SAVE_FOLDER=train_results TRIAL_NAME=<run> RESUME=true   # continue a run
     python train.py DATA_NAME=face --help            # every setting, with the face preset's values
+    python train_step_1_ae.py KEY=value ...          # the AE stage alone (same as TRAIN_AE_ONLY=true)
+    python train_step_2_gan.py PRETRAINED_AE_PATH=<run> KEY=value ...   # the GAN stage alone
 """
 from __future__ import annotations
 

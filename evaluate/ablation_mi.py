@@ -83,7 +83,12 @@ def heldout_club(content: torch.Tensor, style: torch.Tensor, steps: int = 500, s
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="""\
+Inputs: the built-in demo data (made on first use); extra KEY=value settings go to train.py.
+Outputs: one AE run per weight under --out, a table on stdout and <out>/ablation_mi.json.
+Example:
+    python evaluate/ablation_mi.py --weights 0,0.1 --iterations 600""")
     parser.add_argument("--weights", default="0,0.1", help="comma-separated W_MI values")
     parser.add_argument("--iterations", type=int, default=None, help="AE iterations (default: the preset's)")
     parser.add_argument("--out", default="results/ablation_mi", help="folder for the runs and the JSON")

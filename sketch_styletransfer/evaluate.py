@@ -124,7 +124,13 @@ def _write(grey: np.ndarray, names: list[str], folder: Path, overwrite: bool) ->
 def main(argv: list[str] | None = None, vgg_features: nn.Module | None = None) -> int:
     """Command-line entry; returns the exit code. Tests pass `vgg_features` (a random VGG16) to skip the download."""
     p = argparse.ArgumentParser(description="Make TOM sketches of a photo folder, one sub-folder per "
-                                            "(checkpoint, threshold), files named like the photos.")
+                                            "(checkpoint, threshold), files named like the photos.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""\
+Inputs: a folder of photos (with its sub-folders); TOM checkpoints (or run folders) of train.py.
+Outputs: <path_result>/<checkpoint>_t<threshold>/<name>.png per photo; the SKETCH_DIRS= line to train with.
+Example:
+    python sketch_styletransfer/evaluate.py --path_content data/photos --path_result data/sketches \\
+        --checkpoint train_results/tom-<time> --threshold 0.6 0.7 0.8""")
     p.add_argument("--path_content", required=True,
                    help="folder of photos, and its sub-folders (a/b.jpg is sketched as a__b.png)")
     p.add_argument("--path_result", required=True, help="where the sketch folders go")

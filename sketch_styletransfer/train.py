@@ -338,7 +338,13 @@ def save_sample_grid(trainer: TOMTrainer, photos: torch.Tensor, path: Path) -> N
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train TOM: photos (--path_a) -> line sketches in the style of real "
-                                            "sketches (--path_b, unpaired).")
+                                            "sketches (--path_b, unpaired).",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""\
+Inputs: a folder of photos and a folder of real sketches (flat or with sub-folders), or --checkpoint to resume.
+Outputs: a run folder (--out): args.json, log.jsonl, images/ (sample grids), checkpoints/; at the end, the
+evaluate.py command that makes the sketches.
+Example:
+    python sketch_styletransfer/train.py --path_a data/photos --path_b data/real_sketches --total_iter 20000""")
     d = DEFAULTS
     p.add_argument("--path_a", help="folder of photos (and its sub-folders)")
     p.add_argument("--path_b", help="folder of real sketches (and its sub-folders; unpaired with the photos)")

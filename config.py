@@ -15,26 +15,6 @@ import time.
 """
 from __future__ import annotations
 
-_NAMES_ABOVE_THE_BLOCK = set(globals())
-# =================================== EDIT HERE ===================================================
-# As in the original config.py: uncomment a line and change it. Any setting of `Config` below
-# may be set here; these values go on top of the preset, and `KEY=value` on the command line
-# goes on top of them. DATA_NAME picks the preset: "art", "face", "shoe" or "demo" (default).
-# DATA_NAME = "art"
-# IMAGE_DIR = "data/art/train/images"
-# SKETCH_DIRS = ("data/art/train/sketches/xdog_thin", "data/art/train/sketches/xdog_medium",
-#                "data/art/train/sketches/xdog_bold")
-# TEST_IMAGE_DIR = "data/art/test/images"
-# TEST_SKETCH_DIR = "data/art/test/sketches/xdog_medium"
-# IM_SIZE_AE = 512
-# IM_SIZE_GAN = 1024
-# BATCH_SIZE_AE = 32
-# BATCH_SIZE_GAN = 16
-# ITERATION_AE = 100_000
-# ITERATION_GAN = 200_000
-# =================================================================================================
-_USER_BLOCK = {k: v for k, v in globals().items() if k not in _NAMES_ABOVE_THE_BLOCK and not k.startswith("_")}
-
 import dataclasses
 import difflib
 import json
@@ -42,6 +22,27 @@ import types
 import typing
 from dataclasses import dataclass
 from typing import Optional
+
+_NAMES_ABOVE_THE_BLOCK = set(globals())
+# =================================== EDIT HERE ===================================================
+# As in the original config.py: uncomment a line and change it. Any setting of `Config` below
+# may be set here; these values go on top of the preset, and `KEY=value` on the command line
+# goes on top of them. DATA_NAME picks the preset: "art", "face", "shoe" or "demo" (default).
+# UPPER_CASE names are settings (a misspelt one is an error); lower-case names are your own helpers.
+# DATA_NAME = "art"
+# IMAGE_DIR = "data/art/train/images"
+# SKETCH_DIRS = ("data/art/train/sketches/xdog_thin", "data/art/train/sketches/xdog_medium",
+#                "data/art/train/sketches/xdog_bold")
+# TEST_IMAGE_DIR = "data/art/test/images"
+# TEST_SKETCH_DIR = "data/art/test/sketches/xdog_thin"
+# IM_SIZE_AE = 512
+# IM_SIZE_GAN = 1024
+# BATCH_SIZE_AE = 32
+# BATCH_SIZE_GAN = 16
+# ITERATION_AE = 100_000
+# ITERATION_GAN = 200_000
+# =================================================================================================
+_USER_BLOCK = {k: v for k, v in globals().items() if k not in _NAMES_ABOVE_THE_BLOCK and k.isupper()}
 
 DEFAULT_PRESET = "demo"  # what `python train.py` runs with no arguments
 

@@ -22,6 +22,20 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
+REQUIRED_PYTHON = (3, 11)  # hashlib.file_digest (weights, FID cache) and the typing the code relies on
+
+
+def python_error(version: tuple = tuple(sys.version_info)) -> str | None:
+    """The one-line refusal of a Python older than REQUIRED_PYTHON, or None."""
+    if tuple(version[:2]) >= REQUIRED_PYTHON:
+        return None
+    return (f"error: this project needs Python >= {'.'.join(map(str, REQUIRED_PYTHON))} (this is Python "
+            f"{'.'.join(map(str, version[:3]))}); see README 'Quick start'")
+
+
+if python_error():  # every command imports this module: a one-line message at start, not a traceback later
+    sys.exit(python_error())
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 CROP_SCALE = 1.1    # paired crop: resize to 1.1x, crop back at a random offset
 STYLE_SCALE = 1.3   # style view: resize to 1.3x, random crop, rotation, flip

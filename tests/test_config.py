@@ -139,7 +139,8 @@ def test_an_edit_of_a_copy_of_config_py_reaches_the_run(demo_root, tmp_path):
     text = config_py.read_text()
     edits = {"# BATCH_SIZE_AE = 32": "BATCH_SIZE_AE = 6",
              "# ITERATION_AE = 100_000": "ITERATION_AE = 50",          # the command line overrides this one
-             "# IMAGE_DIR = \"data/art/train/images\"": f"IMAGE_DIR = {str(demo_root / 'train' / 'images')!r}"}
+             "# IMAGE_DIR = \"data/art/train/images\"":             # a lower-case helper name is allowed
+                 f"root = {str(demo_root)!r}\nIMAGE_DIR = root + '/train/images'"}
     for old, new in edits.items():
         assert text.count(old) == 1, old
         text = text.replace(old, new)

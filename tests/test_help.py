@@ -84,3 +84,14 @@ def test_train_help_lists_every_setting_grouped_with_type_value_and_comment(monk
     assert "  IM_SIZE_AE (int) = 512\n" in face and "  BATCH_SIZE_AE (int) = 4   [command line]" in face
     code, _ = _run("train.py", ["BATCH_SIZ=3", "--help"], monkeypatch, capsys)
     assert code == 1
+
+
+def test_an_old_python_is_refused_at_start_in_one_line():
+    import subprocess
+    code = "import sys; sys.version_info = (3, 10, 4, 'final', 0); sys.path.insert(0, sys.argv[1]); import datasets"
+    done = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == ["error: this project needs Python >= 3.11 (this is Python 3.10.4); "
+                                                "see README 'Quick start'"]
+    import datasets
+    assert datasets.python_error() is None and datasets.python_error((3, 12, 0)) is None

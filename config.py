@@ -42,7 +42,8 @@ _NAMES_ABOVE_THE_BLOCK = set(globals())
 # ITERATION_AE = 100_000
 # ITERATION_GAN = 200_000
 # =================================================================================================
-_USER_BLOCK = {k: v for k, v in globals().items() if k not in _NAMES_ABOVE_THE_BLOCK and k.isupper()}
+_USER_BLOCK = {k: v for k, v in globals().items() if k not in _NAMES_ABOVE_THE_BLOCK and k.isupper()
+               and not k.startswith("_")}
 
 DEFAULT_PRESET = "demo"  # what `python train.py` runs with no arguments
 

@@ -4,7 +4,7 @@ Inputs: PHOTOS, a folder of photos, flat or nested (ImageFolder-style: cats/01.j
 any of .jpg .jpeg .png .webp .bmp; hidden files and folders are left out.
 Outputs: in OUT,
     train/images/<name>.<ext>                 the training photos (copied; PNG at --size if given)
-    train/sketches/<set>/<name>.png           K sketch sets (XDoG settings, or TOM checkpoints)
+    train/sketches/<set>/<name>.png           K sketch sets (XDoG settings, TOM checkpoints, or yours)
     test/images/..., test/sketches/<set>/...  the held-out photos (--test-ratio) and their sketches
     prepare.json                              the split, the sketcher, the counts, the train.py command
 and, printed, the exact train.py command (absolute paths: it works from any folder).
@@ -13,6 +13,7 @@ Examples:
     python prepare_data.py ~/photos data/mine                            # XDoG thin, medium, bold; 10 % held out
     python prepare_data.py ~/photos data/mine --size 512 --test-ratio 0.05 --xdog thin,bold
     python prepare_data.py ~/photos data/mine --tom train_results/tom-<time> --threshold 0.6 0.7 0.8
+    python prepare_data.py celeba/rgb data/celeba --sketch-dirs celeba/sketch_1 celeba/sketch_2 celeba/sketch_3
 
 Names: a photo's path below PHOTOS with '__' for '/' (cats/01.jpg -> cats__01), so a tree becomes
 one flat folder whose sketches pair by name. The split is deterministic and depends on the names
@@ -121,7 +122,10 @@ def make_sketches(out: Path, args, vgg_features=None, progress: bool = True) -> 
         images, sketches = out / part / "images", out / part / "sketches"
         if not _existing(images):
             continue
-        if args.tom:
+        if args.sketch_dirs:
+            folders[part] = [os.path.abspath(f) for f in copy_sketches(args.sketch_dirs, images, sketches,
+                                                                        args.overwrite)]
+        elif args.tom:
             from sketch_styletransfer import evaluate as tom
             summary = tom.make_sketches(vgg_features, args.tom, images, sketches, args.thresholds,
                                         batch_size=args.batch_size, device=args.device, overwrite=args.overwrite,
@@ -131,6 +135,22 @@ def make_sketches(out: Path, args, vgg_features=None, progress: bool = True) -> 
             summary = make_sketch_folders(images, sketches, args.settings, overwrite=args.overwrite,
                                           workers=args.workers, progress=progress)
             folders[part] = [os.path.abspath(f) for f in summary["folders"].values()]
+    return folders
+
+
+def copy_sketches(sources: list[Path], images: Path, out: Path, overwrite: bool) -> list[Path]:
+    """Your own sketch sets (e.g. the original data's), split like the photos: out/<set>/<name>.<ext>."""
+    labels = [src.name if [s.name for s in sources].count(src.name) == 1 else f"{i}_{src.name}"
+              for i, src in enumerate(sources)]
+    names = list(_existing(images))
+    folders = []
+    for src, label in zip(sources, labels):
+        found, folder = list_images(src, nested=True), out / label
+        for name in names:
+            if name in found and (overwrite or name not in _existing(folder)):
+                folder.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(found[name], folder / f"{name}{found[name].suffix.lower()}")
+        folders.append(folder)  # photos without a sketch here: train.py leaves them out and says so
     return folders
 
 
@@ -162,6 +182,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tom", nargs="+", metavar="CHECKPOINT",
                    help="instead of XDoG: TOM checkpoints or run folders (one sketch set per checkpoint and threshold)")
     p.add_argument("--threshold", nargs="+", default=["0.7"], help="with --tom: grey levels in (0, 1), or 'none'")
+    p.add_argument("--sketch-dirs", nargs="+", type=Path, metavar="DIR",
+                   help="instead of making sketches: your sketch folders, files named like the photos (e.g. the "
+                        "original CelebA/WikiArt data's sketch folders); split with the photos")
     p.add_argument("--preset", default="auto", choices=("auto", "art", "face", "shoe"),
                    help=f"DATA_NAME of the printed command (auto: shoe below {SMALL_DATA:,} training photos, else art)")
     p.add_argument("--overwrite", action="store_true", help="remake photos and sketches that already exist")
@@ -178,6 +201,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown or not names:
         p.error(f"--xdog: choose from {', '.join(BUILTIN_SETTINGS)} (got {args.xdog!r})")
     args.settings = {n: BUILTIN_SETTINGS[n] for n in names}
+    if args.tom and args.sketch_dirs:
+        p.error("--tom makes sketches, --sketch-dirs brings them: choose one")
     args.workers = max(1, args.workers)
     if args.tom:
         from sketch_styletransfer.evaluate import parse_threshold
@@ -196,7 +221,9 @@ def main(argv: list[str] | None = None, vgg_features=None) -> int:
         photos = require_images(args.photos, nested=True)
         inside = Path(os.path.abspath(out))  # OUT inside PHOTOS: its files are not photos to prepare
         photos = {n: p for n, p in photos.items() if inside not in Path(os.path.abspath(p)).parents}
-        if args.tom:  # checked before any file is written
+        for folder in args.sketch_dirs or []:  # checked before any file is written
+            require_images(folder, "--sketch-dirs", nested=True)
+        if args.tom:
             args.device = resolve_device(args.device)
             for checkpoint in args.tom:
                 resolve_checkpoint(checkpoint)
@@ -218,8 +245,9 @@ def main(argv: list[str] | None = None, vgg_features=None) -> int:
     command = train_command(n["train"], folders, out, args.preset)
     write_json(out / "prepare.json", {"photos": os.path.abspath(args.photos), "test_ratio": args.test_ratio,
                                       "size": args.size, "split": split, "unreadable": sorted(copied["unreadable"]),
-                                      "sketcher": {"tom": args.tom, "thresholds": args.threshold} if args.tom
-                                      else {"xdog": list(args.settings)},
+                                      "sketcher": {"sketch_dirs": [os.path.abspath(d) for d in args.sketch_dirs]}
+                                      if args.sketch_dirs else {"tom": args.tom, "thresholds": args.threshold}
+                                      if args.tom else {"xdog": list(args.settings)},
                                       "sketch_folders": folders, "train_command": command})
     print(f"{n['train']} training and {n['test']} held-out photos in {os.path.abspath(out)} "
           f"({copied['copied']} copied, {copied['kept']} kept), {len(folders['train'])} sketch set(s) each")

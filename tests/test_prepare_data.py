@@ -191,3 +191,26 @@ def test_tom_trains_on_nested_folders_and_prints_commands_that_work_anywhere(dem
     folder = Path(line.split("=", 1)[1])
     assert folder.is_absolute() and sorted(list_images(folder)) == names        # cats/01.jpg -> cats__01.png
     assert "broken" in printed.err
+
+
+def test_your_own_sketch_folders_are_split_with_the_photos(demo_root, tmp_path, capsys):
+    """The original data's layout: one RGB folder and K sketch folders, files paired by name."""
+    rgb = demo_root / "train" / "images"
+    second = tmp_path / "sk2" / "sketch"
+    shutil.copytree(demo_root / "train" / "sketches", second)
+    (second / "00003.png").unlink()                                   # one photo lacks this sketch
+    out = tmp_path / "data"
+    argv = [str(rgb), str(out), "--sketch-dirs", str(demo_root / "train" / "sketches"), str(second)]
+    assert P.main(argv) == 0
+    words = shlex.split(capsys.readouterr().out.split("train with:\n")[1].strip())
+    cfg, _ = train.load_config(words[2:])
+    assert [Path(d).name for d in cfg.SKETCH_DIRS] == ["sketches", "sketch"]
+    train_pairs = pair_folders(cfg.IMAGE_DIR, cfg.SKETCH_DIRS)
+    test_pairs = pair_folders(cfg.TEST_IMAGE_DIR, [cfg.TEST_SKETCH_DIR])
+    assert len(train_pairs) + len(test_pairs) + len(train_pairs.missing.get(cfg.SKETCH_DIRS[1], [])) == 32
+    held_out = {p.stem for p in test_pairs.images}
+    assert held_out and not held_out & {p.stem for p in train_pairs.images}
+    for image, sketches in zip(train_pairs.images, train_pairs.sketches):
+        assert sketches[0].read_bytes() == (demo_root / "train" / "sketches" / f"{image.stem}.png").read_bytes()
+    with pytest.raises(SystemExit):
+        P.main(argv + ["--tom", "x.pt"])

@@ -264,8 +264,9 @@ def settings_report(cfg: Config, origins: dict[str, str]) -> str:
     rows = [(k, origins.get(k, "default"), _text(getattr(cfg, k))) for k in _HINTS
             if getattr(cfg, k) != _DEFAULTS[k] or origins.get(k) in explicit]
     key_w, origin_w = (max((len(r[i]) for r in rows), default=0) for i in (0, 1))
-    return (f"{len(rows)} settings differ from the Config defaults (precedence: defaults < preset < config.py "
-            f"< command line):\n" + "\n".join(f"  {k:<{key_w}}  {o:<{origin_w}}  {v}" for k, o, v in rows))
+    return (f"{len(rows)} settings differ from the Config defaults or were set in config.py or on the command "
+            f"line (precedence: defaults < preset < config.py < command line):\n"
+            + "\n".join(f"  {k:<{key_w}}  {o:<{origin_w}}  {v}" for k, o, v in rows))
 
 
 def help_text(cfg: Config, origins: dict[str, str]) -> str:

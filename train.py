@@ -54,7 +54,7 @@ def main(argv: list[str]) -> int:
             print(help_text(cfg, origins))
             return 0
         report = C.settings_report(cfg, origins)
-        if int(os.environ.get("RANK", 0)) == 0:
+        if int(os.environ.get("RANK", 0)) == 0:  # under torchrun: once (the runtime is not set up yet)
             print(report)
         return train(cfg, report)
     except errors as e:

@@ -147,7 +147,7 @@ def test_an_edit_of_a_copy_of_config_py_reaches_the_run(demo_root, tmp_path):
     config_py.write_text(text)
     args = [a for a in tiny_train_args(demo_root, tmp_path, TRAIN_AE_ONLY=True, ITERATION_AE=2, TRIAL_NAME="edit")
             if not a.startswith(("BATCH_SIZE_AE=", "IMAGE_DIR="))]
-    done = subprocess.run([sys.executable, "train.py", *args], cwd=repo, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "train.py", *args], cwd=repo, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "runs" / "edit"
     saved = json.loads((run / "config.json").read_text())

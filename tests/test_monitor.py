@@ -98,7 +98,7 @@ def test_nothing_of_tensorboard_is_imported_when_it_is_off(tmp_path):
             "m = StageMonitor(sys.argv[2], 'none'); m.log({'iter': 19, 'd_loss': 1.0}); m.close(); "
             "print(sorted(k for k in sys.modules if 'tensorboard' in k))")
     done = subprocess.run([sys.executable, "-c", code, str(ROOT), str(tmp_path / "ae")], capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]" and (tmp_path / "ae" / "loss_curves.png").is_file()
 

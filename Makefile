@@ -9,6 +9,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: setup demo test clean-venv
 
 $(STAMP): requirements.txt requirements-dev.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python >= 3.11 is needed ($(PYTHON) is " + sys.version.split()[0] + "): make PYTHON=python3.11 ...")'
 	@echo ">> setting up $(VENV) (first time: PyTorch from PyPI, a few GB, about a minute)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt

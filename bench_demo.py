@@ -98,7 +98,11 @@ def report(results: dict, settings: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Seconds per training iteration of the demo preset on the CPU, under "
                                             "loader-worker x torch-thread settings.",
-                                epilog="example: python bench_demo.py --settings 1x2 0x2 --out bench_demo.json")
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""\
+Inputs: the built-in demo data (made on first use).
+Outputs: a table on stdout (seconds and iterations per second, ratio to the first setting) and a JSON file (--out).
+Example:
+    python bench_demo.py --settings 1x2 0x2 --out bench_demo.json""")
     p.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS),
                    help="WORKERSxTHREADS items; the first is the reference of the ratios (default: %(default)s)")
     p.add_argument("--stages", default="ae,gan", help="comma-separated: ae, gan")

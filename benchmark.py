@@ -1,5 +1,10 @@
 """FID and KID with the standard pytorch-fid Inception protocol; a statistics cache; a speed benchmark.
 
+Inputs: image folders (read flat), .npz statistics, or a GAN checkpoint with sketch and style folders.
+Outputs: the numbers on stdout and, with --out, as JSON (stats: an .npz file); folder statistics
+are cached in fid_stats/. `python benchmark.py COMMAND --help` details each command.
+
+Examples:
     python benchmark.py fid --real DIR_OR_NPZ --fake DIR_OR_NPZ [--size N] [--kid] [--out results.json]
     python benchmark.py fid --real DIR_OR_NPZ --checkpoint RUN --sketch DIR --style DIR [--pairing shifted]
     python benchmark.py stats --folder DIR --out stats.npz [--features]
@@ -667,6 +672,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     q.add_argument("--image-size", type=int, default=256, help="input resolution (resized to 299 on the device)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", default="results/benchmark_speed.json", help="write the results as JSON here")
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:  # `python benchmark.py` alone, as the original README runs it: the full help
+        p.print_help()
+        p.exit(0)
     args = p.parse_args(argv)
     if getattr(args, "checkpoint", None) and not (args.sketch and args.style):
         p.error("--checkpoint needs --sketch and --style folders")

@@ -1,10 +1,17 @@
-"""Every setting in one typed, frozen object; presets by DATA_NAME; `KEY=value` overrides.
+"""Every setting in one typed, frozen object; presets by DATA_NAME; your values on top.
 
-Edit a preset below, or override on the command line:
-    python train.py DATA_NAME=face IMAGE_DIR=data/celeba/img SKETCH_DIRS=data/celeba/skt1,data/celeba/skt2
+Where each setting's value comes from, lowest to highest precedence (the one rule):
+    1. the field defaults of `Config` (the reference code's "art" settings);
+    2. the preset that DATA_NAME names (`PRESETS`; DEFAULT_PRESET when DATA_NAME is set nowhere),
+       or, with RESUME=true, the resumed run's own config.json instead of 1 and 2;
+    3. the values written in the EDIT HERE block just below;
+    4. `KEY=value` on the command line:
+       python train.py DATA_NAME=face IMAGE_DIR=data/celeba/img SKETCH_DIRS=data/celeba/skt1,data/celeba/skt2
 
-The field defaults are the reference code's "art" settings; `PRESETS` lists what each preset
-changes. Nothing here touches the disk or the clock at import time.
+`python train.py --help` lists every setting with its type, value and origin; at start
+train.py prints those that differ from the field defaults and where each came from, and writes
+the same into the run folder (settings.txt). Nothing here touches the disk or the clock at
+import time.
 """
 from __future__ import annotations
 
@@ -17,6 +24,28 @@ import typing
 from dataclasses import dataclass
 from typing import Optional
 
+_NAMES_ABOVE_THE_BLOCK = set(globals())
+# =================================== EDIT HERE ===================================================
+# As in the original config.py: uncomment a line and change it. Any setting of `Config` below
+# may be set here; these values go on top of the preset, and `KEY=value` on the command line
+# goes on top of them. DATA_NAME picks the preset: "art", "face", "shoe" or "demo" (default).
+# UPPER_CASE names are settings (a misspelt one is an error); lower-case names are your own helpers.
+# DATA_NAME = "art"
+# IMAGE_DIR = "data/art/train/images"
+# SKETCH_DIRS = ("data/art/train/sketches/xdog_thin", "data/art/train/sketches/xdog_medium",
+#                "data/art/train/sketches/xdog_bold")
+# TEST_IMAGE_DIR = "data/art/test/images"
+# TEST_SKETCH_DIR = "data/art/test/sketches/xdog_thin"
+# IM_SIZE_AE = 512
+# IM_SIZE_GAN = 1024
+# BATCH_SIZE_AE = 32
+# BATCH_SIZE_GAN = 16
+# ITERATION_AE = 100_000
+# ITERATION_GAN = 200_000
+# =================================================================================================
+_USER_BLOCK = {k: v for k, v in globals().items() if k not in _NAMES_ABOVE_THE_BLOCK and k.isupper()
+               and not k.startswith("_")}
+
 DEFAULT_PRESET = "demo"  # what `python train.py` runs with no arguments
 
 
@@ -24,6 +53,7 @@ class ConfigError(ValueError):
     """An unknown setting or a value of the wrong type or range."""
 
 
+# To configure a run, use the EDIT HERE block above, not these defaults: every preset overrides some.
 @dataclass(frozen=True)
 class Config:
     # --- data -------------------------------------------------------------------------------
@@ -74,7 +104,7 @@ class Config:
     SAMPLE_BN: str = "running"               # BatchNorm of the EMA generator in grids, FID and inference:
                                              # "running" statistics or each batch's (the reference: "batch")
 
-    # --- sampling and augmentation of the paired data (defaults: the reference's) ------------
+    # --- sampling and augmentation of the paired data (defaults are the reference's) --------
     PAIRED_FLIP: bool = False                # random horizontal flip in AE step B and the GAN stage (reference:
                                              # none; the self-supervised step A always flips, as the reference)
     SKETCH_SET_WEIGHTS: tuple[float, ...] = ()  # odds of the K sketch sets in AE step B and the GAN stage;
@@ -91,6 +121,7 @@ class Config:
     FID_INTERVAL: int = 2000                 # GAN iterations between FIDs on the held-out set (0: off)
     FID_N_SAMPLES: int = 5000                # generated images per FID (at most the held-out set size)
     GRID_N: int = 8                          # images per row of a sample grid
+    LOGGER: str = "none"                     # "tensorboard": also scalars and grids in <stage>/tensorboard
 
     # --- run --------------------------------------------------------------------------------
     SAVE_FOLDER: str = "train_results"       # parent folder of run folders
@@ -112,6 +143,7 @@ class Config:
         _check_choice("DATA_NAME", self.DATA_NAME, PRESETS)
         _check_choice("NAN_POLICY", self.NAN_POLICY, ("stop", "skip"))
         self._check_sampling()
+        _check_choice("LOGGER", self.LOGGER, ("none", "tensorboard"))
         for name in ("IM_SIZE_AE", "IM_SIZE_GAN", "IM_SIZE_D"):
             size = getattr(self, name)
             if size < 64 or size & (size - 1):
@@ -211,14 +243,98 @@ def parse_overrides(args: list[str]) -> dict:
 
 
 def from_args(args: list[str]) -> Config:
-    """Build the config for a command line: DATA_NAME picks the preset, the rest overrides it."""
-    overrides = parse_overrides(args)
-    return preset(overrides.pop("DATA_NAME", DEFAULT_PRESET), **overrides)
+    """Build the config for a command line: preset, then the EDIT HERE block, then `args` (KEY=value)."""
+    return resolve(parse_overrides(args))[0]
+
+
+def user_settings() -> dict:
+    """The EDIT HERE block's values, typed; a ConfigError names config.py and the bad line's setting."""
+    out = {}
+    for key, value in _USER_BLOCK.items():
+        try:
+            _check_known(key)
+            text_ok = isinstance(value, str) and _is_optional(_HINTS[key])[1] is not str
+            out[key] = _parse(key, value) if text_ok else _coerce(key, value)
+        except ConfigError as e:
+            raise ConfigError(f"config.py (EDIT HERE block): {e}") from None
+    return out
+
+
+def resolve(cli: dict, base: Optional[Config] = None, base_name: str = "") -> tuple[Config, dict[str, str]]:
+    """The config of a run and the origin of each setting that is not a field default.
+
+    `cli`: typed command-line overrides (parse_overrides). Without `base`, the preset that
+    DATA_NAME names is the start; with `base` (a resumed run's config, called `base_name` in
+    origins), that config is. The EDIT HERE block goes on top, then `cli`.
+    """
+    user = user_settings()
+    wanted = {**user, **cli}
+    if base is None:
+        name = wanted.pop("DATA_NAME", DEFAULT_PRESET)
+        cfg = preset(name, **wanted)
+        origins = {k: f"preset {name}" for k in PRESETS[name]}
+        origins["DATA_NAME"] = "DEFAULT_PRESET"
+    else:
+        cfg = base.replace(**wanted)
+        origins = {k: base_name for k in _HINTS if getattr(base, k) != _DEFAULTS[k]}
+    origins.update({k: "config.py" for k in user})
+    origins.update({k: "command line" for k in cli})
+    return cfg, origins
+
+
+def settings_report(cfg: Config, origins: dict[str, str]) -> str:
+    """Every setting that differs from its field default, or that config.py or the command line set,
+    with where it came from: what train.py prints at start and writes to <run>/settings.txt."""
+    explicit = ("config.py", "command line")
+    rows = [(k, origins.get(k, "default"), _text(getattr(cfg, k))) for k in _HINTS
+            if getattr(cfg, k) != _DEFAULTS[k] or origins.get(k) in explicit]
+    key_w, origin_w = (max((len(r[i]) for r in rows), default=0) for i in (0, 1))
+    return (f"{len(rows)} settings differ from the Config defaults or were set in config.py or on the command "
+            f"line (precedence: defaults < preset < config.py < command line):\n"
+            + "\n".join(f"  {k:<{key_w}}  {o:<{origin_w}}  {v}" for k, o, v in rows))
+
+
+def help_text(cfg: Config, origins: dict[str, str]) -> str:
+    """Every setting, grouped as in the Config class: type, value under `cfg` (and its origin), comment."""
+    out = []
+    for group, fields in _groups():
+        out.append(f"\n{group}:")
+        for key, comment in fields:
+            origin = origins.get(key)
+            value = (_text(getattr(cfg, key)) or "(empty)") + (f"   [{origin}]" if origin else "")
+            out.append(f"  {key} ({_type_name(_HINTS[key])}) = {value}\n      {comment}")
+    return "\n".join(out)
+
+
+def _groups() -> list[tuple[str, list[tuple[str, str]]]]:
+    """(group title, [(setting, its one-line comment)]) in the order of the Config class source."""
+    import inspect  # only --help reads the source
+    groups: list[tuple[str, list]] = []
+    for line in inspect.getsource(Config).splitlines():
+        stripped = line.strip()
+        if stripped.startswith("# ---"):
+            title = stripped.strip("#- ")
+            if title == "conversions":
+                break
+            groups.append((title, []))
+        elif groups and ":" in stripped and stripped.split(":")[0] in _HINTS:
+            groups[-1][1].append((stripped.split(":")[0], stripped.partition("#")[2].strip()))
+    return groups
+
+
+def _text(value) -> str:
+    """A value as it is written on the command line (tuples comma-separated, none, true/false)."""
+    if value is None or isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
 
 
 # --------------------------------------------------------------------------- type checking
 
 _HINTS = typing.get_type_hints(Config)
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}  # the field defaults
 
 
 def _check_known(key: str) -> None:

@@ -24,6 +24,20 @@ import torch.nn.functional as F
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
+REQUIRED_PYTHON = (3, 11)  # hashlib.file_digest (weights, FID cache) and the typing the code relies on
+
+
+def python_error(version: tuple = tuple(sys.version_info)) -> str | None:
+    """The one-line refusal of a Python older than REQUIRED_PYTHON, or None."""
+    if tuple(version[:2]) >= REQUIRED_PYTHON:
+        return None
+    return (f"error: this project needs Python >= {'.'.join(map(str, REQUIRED_PYTHON))} (this is Python "
+            f"{'.'.join(map(str, version[:3]))}); see README 'Quick start'")
+
+
+if python_error():  # every command imports this module: a one-line message at start, not a traceback later
+    sys.exit(python_error())
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 CROP_SCALE = 1.1    # paired crop: resize to 1.1x, crop back at a random offset
 STYLE_SCALE = 1.3   # style view: resize to 1.3x, random crop, rotation, flip
@@ -90,23 +104,41 @@ def resize(img: Image.Image, size: int) -> Image.Image:
 
 # --------------------------------------------------------------------------- pairing
 
-def list_images(folder) -> dict[str, Path]:
-    """Image files of a folder (flat, any listed extension in any case) keyed by file stem."""
+def list_images(folder, nested: bool = False) -> dict[str, Path]:
+    """Image files of a folder (any listed extension in any case) keyed by name.
+
+    Flat: the files directly inside, keyed by file stem. Nested (ImageFolder-style trees, as the
+    reference's TOM read): every sub-folder too, hidden files and folders left out, keyed by
+    `flat_name` (cats/01.jpg -> cats__01), so names stay unique in one flat output folder.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"folder not found: {folder}")
     found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
+    for path in sorted(folder.rglob("*") if nested else folder.iterdir()):
+        rel = path.relative_to(folder)
+        if nested and any(part.startswith(".") for part in rel.parts):
+            continue
         if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
-            found.setdefault(path.stem, path)  # a.jpg and a.png: the first in sorted order wins
+            found.setdefault(flat_name(rel), path)  # a.jpg and a.png: the first in sorted order wins
     return found
 
 
-def require_images(folder, what: str = "") -> dict[str, Path]:
+def flat_name(relative_path) -> str:
+    """A file's path below its top folder -> one file stem: cats/01.jpg -> cats__01 (a flat file: its stem)."""
+    return "__".join(Path(relative_path).with_suffix("").parts)
+
+
+def require_images(folder, what: str = "", nested: bool = False) -> dict[str, Path]:
     """list_images, or a DataError naming the folder when it holds no image."""
-    found = list_images(folder)
+    found = list_images(folder, nested)
     if not found:
         where = f"{what} folder {folder}" if what else str(folder)
+        if nested:
+            where += " or its sub-folders"
+        elif list_images(folder, nested=True):
+            where += (" (only its sub-folders hold images, and this folder is read flat: `python prepare_data.py "
+                      "PHOTOS OUT` makes flat folders of a tree)")
         raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {where}")
     return found
 
@@ -248,10 +280,12 @@ class SelfSupervisedDataset(Dataset):
 
 
 class FolderDataset(Dataset):
-    """Every image of one folder, resized, as (C,H,W) uint8; unreadable files are dropped and counted."""
+    """Every image of one folder (and its sub-folders if `nested`), resized, as (C,H,W) uint8, with its
+    name (list_images' key); unreadable files are dropped and counted."""
 
-    def __init__(self, folder, size: int, mode: str = "RGB"):
-        self.paths = list(require_images(folder).values())
+    def __init__(self, folder, size: int, mode: str = "RGB", nested: bool = False):
+        found = require_images(folder, nested=nested)
+        self.names, self.paths = list(found), list(found.values())
         self.size, self.mode = size, mode
 
     def __len__(self):
@@ -260,12 +294,12 @@ class FolderDataset(Dataset):
     def __getitem__(self, i):
         try:
             img = to_uint8_tensor(resize(load_image(self.paths[i], self.mode), self.size))
-            return {"image": img, "ok": True, "name": self.paths[i].stem}
+            return {"image": img, "ok": True, "name": self.names[i]}
         except DataError as e:
             print(f"warning: skipping {e}", file=sys.stderr)
             channels = 3 if self.mode == "RGB" else 1
             return {"image": torch.zeros(channels, self.size, self.size, dtype=torch.uint8),
-                    "ok": False, "name": self.paths[i].stem}
+                    "ok": False, "name": self.names[i]}
 
 
 # --------------------------------------------------------------------------- sampling

@@ -392,7 +392,12 @@ def ensure_demo_data(root="data/demo", n_train: int = 2000, n_test: int = 200, s
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry; returns the exit code."""
-    p = argparse.ArgumentParser(description="Make the built-in demo data set (images, exact sketches, XDoG sketches).")
+    p = argparse.ArgumentParser(description="Make the built-in demo data set (images, exact sketches, XDoG sketches).",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""\
+Inputs: none (procedural, a pure function of --seed).
+Outputs: <root>/{train,test}/{images,sketches,xdog_thin,xdog_bold}/00000.png ... and <root>/manifest.json.
+Example:
+    python demo_data.py --root data/demo_small --n-train 500 --n-test 50""")
     p.add_argument("--root", default="data/demo", help="output folder (default data/demo)")
     p.add_argument("--n-train", type=int, default=2000, help="training images (default 2000)")
     p.add_argument("--n-test", type=int, default=200, help="held-out images (default 200)")

@@ -492,8 +492,12 @@ def plan_jobs(sketch, style, out, cross: bool = False) -> Plan:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Sketch + style image -> image in that style, with a trained GAN checkpoint.",
-        epilog="file + file: one image <out>/<sketch>__<style>.png; folder + folder: pairs by file name "
-               "(<out>/<name>.png), or with --cross every sketch x every style.")
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""\
+Inputs: a train.py run folder or GAN checkpoint; a sketch and a style image, or two folders.
+Outputs: file + file: one image <out>/<sketch>__<style>.png; folder + folder: pairs by file name
+(<out>/<name>.png), or with --cross every sketch x every style; PNGs at the model's output size.
+Example:
+    python inference.py --checkpoint train_results/<run> --sketch my_sketch.png --style photo.jpg --out results""")
     p.add_argument("--checkpoint", required=True, help="run folder of train.py, or a GAN checkpoint file")
     p.add_argument("--sketch", required=True, help="a sketch image or a folder of sketches")
     p.add_argument("--style", required=True, help="a style image or a folder of style images")

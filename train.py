@@ -1,16 +1,25 @@
 """Train the sketch-to-image model: the AE stage, then the GAN stage (or one of them).
 
+Inputs: settings (the preset DATA_NAME names, then the EDIT HERE block of config.py, then
+KEY=value arguments; see config.py); the image folder IMAGE_DIR and its K sketch folders
+SKETCH_DIRS (files paired by name), optionally a held-out pair TEST_IMAGE_DIR / TEST_SKETCH_DIR.
+Outputs: a run folder <SAVE_FOLDER>/<TRIAL_NAME> with config.json, settings.txt (the settings
+that differ from the defaults, and where each came from) and one folder per stage (ae/, gan/)
+holding log.jsonl, loss_curves.png, images/ (PNG grids) and checkpoints/ (last.txt points at
+the newest). Under torchrun every process trains; rank 0 writes. See README.md.
+
+Examples:
     python train.py                                  # the demo preset (makes its data first)
     python train.py DATA_NAME=art IMAGE_DIR=... SKETCH_DIRS=a,b,c TEST_IMAGE_DIR=... TEST_SKETCH_DIR=...
     python train.py SAVE_FOLDER=train_results TRIAL_NAME=<run> RESUME=true   # continue a run
-
-A run folder <SAVE_FOLDER>/<TRIAL_NAME> holds config.json and one folder per stage
-(ae/, gan/) with log.jsonl, images/ (PNG grids) and checkpoints/ (last.txt points at the newest).
-Under torchrun every process trains; rank 0 writes. See README.md.
+    python train.py DATA_NAME=face --help            # every setting, with the face preset's values
+    python train_step_1_ae.py KEY=value ...          # the AE stage alone (same as TRAIN_AE_ONLY=true)
+    python train_step_2_gan.py PRETRAINED_AE_PATH=<run> KEY=value ...   # the GAN stage alone
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,7 +29,8 @@ import torch.distributed as dist
 import config as C
 from config import Config, ConfigError
 from datasets import DataError, pair_folders
-from fileio import CheckpointError, load_checkpoint, newest_checkpoint, write_json
+from fileio import CheckpointError, load_checkpoint, newest_checkpoint, write_json, write_text
+from monitor import require_tensorboard
 from train_step_1_ae import AEStage, build_lpips
 from train_step_2_gan import GANStage
 from training import NonFiniteLoss, Runtime, from_rank0, print_resume_hint, run_stage, setup_runtime
@@ -36,32 +46,53 @@ def main(argv: list[str]) -> int:
         errors = (*USER_ERRORS, WeightsError)
     except ImportError:  # the metrics layer is optional for presets without pretrained networks
         errors = USER_ERRORS
+    wants_help = any(arg in ("-h", "--help") for arg in argv)
+    argv = [arg for arg in argv if arg not in ("-h", "--help")]
     try:
-        cfg = load_config(argv)
-        return train(cfg)
+        cfg, origins = load_config(argv)
+        if wants_help:
+            print(help_text(cfg, origins))
+            return 0
+        report = C.settings_report(cfg, origins)
+        if int(os.environ.get("RANK", 0)) == 0:  # under torchrun: once (the runtime is not set up yet)
+            print(report)
+        return train(cfg, report)
     except errors as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
 
-def load_config(argv: list[str]) -> Config:
-    """Preset + overrides; with RESUME=true the run's own config.json is the base instead."""
-    overrides = C.parse_overrides(argv)
-    if not overrides.get("RESUME"):
-        return C.preset(overrides.pop("DATA_NAME", C.DEFAULT_PRESET), **overrides)
-    run_dir = Path(overrides.get("SAVE_FOLDER", Config.SAVE_FOLDER)) / str(overrides.get("TRIAL_NAME"))
-    if not overrides.get("TRIAL_NAME") or not (run_dir / "config.json").is_file():
+def load_config(argv: list[str]) -> tuple[Config, dict[str, str]]:
+    """The run's config and each setting's origin (config.py's precedence rule); with RESUME=true the
+    run's own config.json takes the place of the preset."""
+    cli = C.parse_overrides(argv)
+    wanted = {**C.user_settings(), **cli}
+    if not wanted.get("RESUME"):
+        return C.resolve(cli)
+    run_dir = Path(wanted.get("SAVE_FOLDER", Config.SAVE_FOLDER)) / str(wanted.get("TRIAL_NAME"))
+    if not wanted.get("TRIAL_NAME") or not (run_dir / "config.json").is_file():
         raise ConfigError(f"RESUME=true needs TRIAL_NAME of an existing run (no {run_dir / 'config.json'})")
     saved = Config.from_dict(json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
-    changed = [k for k in ARCH_KEYS if k in overrides and overrides[k] != getattr(saved, k)]
+    changed = [k for k in ARCH_KEYS if k in wanted and wanted[k] != getattr(saved, k)]
     if changed:  # refused before config.json is rewritten: a failed resume must not change the run
         raise ConfigError(f"run {run_dir} was trained with " + ", ".join(f"{k}={getattr(saved, k)}" for k in changed)
-                          + "; RESUME=true cannot change " + ", ".join(f"{k}={overrides[k]}" for k in changed))
-    return saved.replace(**overrides)
+                          + "; RESUME=true cannot change " + ", ".join(f"{k}={wanted[k]}" for k in changed))
+    return C.resolve(cli, base=saved, base_name="resumed run")
 
 
-def train(cfg: Config) -> int:
+def help_text(cfg: Config, origins: dict[str, str]) -> str:
+    """train.py --help: how to call it, then every setting under the chosen preset."""
+    return (f"usage: python train.py [KEY=value ...] [-h | --help]\n\n{__doc__.strip()}\n\n"
+            f"Settings under preset '{cfg.DATA_NAME}', as in config.py: SETTING (type) = value [where it was "
+            f"set],\nthen its comment. Precedence: Config defaults < preset < config.py EDIT HERE block < command "
+            f"line.\n" + C.help_text(cfg, origins))
+
+
+def train(cfg: Config, settings: str = "") -> int:
+    """Train `cfg`; `settings` (the report of changed settings) is written to <run>/settings.txt."""
     runtime = setup_runtime(cfg)
+    if cfg.LOGGER == "tensorboard":
+        require_tensorboard()  # before any run folder exists
     if cfg.IMAGE_DIR == C.PRESETS["demo"]["IMAGE_DIR"] and runtime.is_main:
         from demo_data import ensure_demo_data  # the built-in data: made on first use
         ensure_demo_data()
@@ -76,6 +107,7 @@ def train(cfg: Config) -> int:
     fid = _fid_callback(cfg, runtime, grid_pairs) if cfg.FID_INTERVAL and not cfg.TRAIN_AE_ONLY else None
     run_dir = prepare_run_dir(cfg, runtime)
     if runtime.is_main:
+        write_text(run_dir / "settings.txt", (settings or C.settings_report(cfg, {})) + "\n")
         print(f"run folder: {run_dir}\n{len(pairs)} training pairs, {len(pairs.sketches[0])} sketch set(s) each")
         if pairs.missing:
             print(pairs.report())

@@ -13,6 +13,7 @@ import dataclasses
 import math
 import os
 import random
+import shlex
 import signal
 import sys
 import time
@@ -31,6 +32,7 @@ from tqdm import tqdm
 from config import Config, ConfigError
 from datasets import InfiniteSampler
 from fileio import CHECKPOINT_FORMAT, CheckpointDir, CheckpointError, JsonlLog, load_checkpoint, save_grid
+from monitor import StageMonitor
 
 
 # --------------------------------------------------------------------------- runtime
@@ -330,6 +332,7 @@ def run_stage(stage: Stage, cfg: Config, stage_dir: Path, total: int, runtime: R
     start = _resume(stage, ckpts, log, runtime) if resume else 0
     stage.restart_data(start)
     guard = NanGuard(cfg.NAN_POLICY, runtime.device)
+    monitor = StageMonitor(stage_dir, cfg.LOGGER, start, enabled=runtime.is_main)  # curves, TensorBoard
     last = ckpts.last()
     sums: dict[str, torch.Tensor] = {}
     count, t0, it = 0, time.perf_counter(), start
@@ -354,26 +357,31 @@ def run_stage(stage: Stage, cfg: Config, stage_dir: Path, total: int, runtime: R
                 record = _log_record(it, sums, count, time.perf_counter() - t0, stage, guard)
                 if runtime.is_main:
                     log.write(record)
+                    monitor.log(record)
                     bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k in sums})
                 sums, count, t0 = {}, 0, time.perf_counter()
             if runtime.is_main and (it % cfg.SAVE_IMAGE_INTERVAL == 0 or done == total):
                 with _fixed_rng(cfg.SEED, runtime):
                     images, nrow = stage.sample_grid()
                 save_grid(images, stage_dir / "images" / f"iter_{it:08d}.png", nrow)
+                monitor.grid(images, nrow, it)
             if eval_interval and done % eval_interval == 0:
                 with _fixed_rng(cfg.SEED, runtime):
                     metrics = stage.evaluate(it)
                 if runtime.is_main and metrics:
                     log.write({"iter": it, **metrics})
+                    monitor.log({"iter": it, **metrics})
                     tqdm.write(f"[{stage.kind}] iteration {done}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
             if done % cfg.SAVE_MODEL_INTERVAL == 0 or done == total or stop.requested:
                 if runtime.is_main:
                     last = save(done)
                 if stop.requested:
                     bar.close()
+                    monitor.close()
                     return StageResult(last, done, stopped=True)
     if start >= total and last is None and runtime.is_main:
         last = save(total)  # nothing to train (e.g. 0 iterations): still leave a loadable checkpoint
+    monitor.close()
     return StageResult(last, max(start, total), stopped=False)
 
 
@@ -423,6 +431,8 @@ def _log_record(it, sums, count, seconds, stage: Stage, guard: NanGuard) -> dict
 
 
 def print_resume_hint(cfg: Config, run_dir: Path) -> None:
-    """Tell the user the exact command that continues a stopped run."""
-    print(f"stopped cleanly; resume with:\n  python train.py SAVE_FOLDER={cfg.SAVE_FOLDER} "
-          f"TRIAL_NAME={run_dir.name} RESUME=true", file=sys.stderr)
+    """Tell the user the exact command that continues a stopped run (absolute paths: works from any folder)."""
+    train_py = Path(__file__).resolve().parent / "train.py"
+    print(f"stopped cleanly; resume with:\n  {shlex.quote(sys.executable)} {shlex.quote(str(train_py))} "
+          f"{shlex.quote(f'SAVE_FOLDER={os.path.abspath(cfg.SAVE_FOLDER)}')} "
+          f"{shlex.quote(f'TRIAL_NAME={run_dir.name}')} RESUME=true", file=sys.stderr)

@@ -113,8 +113,15 @@ def table(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Ablations on the demo data, scored by evaluate/quality.py.",
-                                     epilog="example: python evaluate/ablation.py mi --iterations 550")
+    parser = argparse.ArgumentParser(
+        description="Ablations on the demo data, scored by evaluate/quality.py.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""\
+Inputs: the built-in demo data (made on first use, with the extra sketch sets a study needs); extra KEY=value
+        settings go to train.py for every variant.
+Outputs: one AE run per variant under <out>/<study>/, their quality scores, a table on stdout and
+         <out>/<study>/<study>.json.
+Example:
+    python evaluate/ablation.py mi --iterations 1000""")
     parser.add_argument("study", choices=sorted(STUDIES), help="which question")
     parser.add_argument("--iterations", type=int, default=None, help="AE iterations (default: the demo preset's)")
     parser.add_argument("--out", default="results/ablation", help="folder for the runs, scores and JSON")

@@ -359,7 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Score a model against the exact ground truth of the demo data: own and swapped styles, "
                     "PSNR, colour error of fills and background (CIE76), shape IoU; with trivial baselines.",
-        epilog="example: python evaluate/quality.py --checkpoint train_results/demo-20261202-120000")
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""\
+Inputs: a train.py run folder, a GAN or an AE checkpoint (or an exported model); a demo data set (its test split).
+Outputs: the table on stdout; <out>/quality.json (summary and every case); <out>/quality.png (sketch x exemplar,
+         each output beside its ground truth).
+Example:
+    python evaluate/quality.py --checkpoint train_results/demo-20261202-120000 --out results/quality""")
     p.add_argument("--checkpoint", required=True, help="run folder of train.py, or a GAN or AE checkpoint file")
     p.add_argument("--data", default="data/demo", help="demo data set made by demo_data.py (its test split is used)")
     p.add_argument("--sketches", default="sketches",

@@ -1,5 +1,8 @@
 """LPIPS over folders: two folders -> mean distance of same-named pairs; one folder -> diversity.
 
+Inputs: one or two image folders (read flat; pairs by file name).
+Outputs: the mean distance (and counts) on stdout and, with --out, as JSON.
+Examples:
     python -m lpips --dir0 A --dir1 B [--net vgg|alex] [--size 256] [--out result.json]
     python -m lpips --dir0 A [--max-pairs 2000] [--seed 0]       # mean pairwise distance
 

@@ -87,8 +87,8 @@ def make_sketches(vgg_features: nn.Module, checkpoints: list, path_content, path
         generator = generator_from_checkpoint(ckpt, path).to(device)
         side = size or int(ckpt["args"]["im_size"])
         check_size(side)
-        data = by_size.setdefault(side, FolderDataset(path_content, side, "RGB"))
-        stems = [p.stem for p in data.paths]
+        data = by_size.setdefault(side, FolderDataset(path_content, side, "RGB", nested=True))
+        stems = data.names  # cats/01.jpg -> cats__01.png: one flat folder of sketches per combination
         outs = [result_dir / folder_name(label, t) for t in thresholds]
         folders += outs
         todo = _pending(outs, stems, overwrite)
@@ -106,7 +106,8 @@ def make_sketches(vgg_features: nn.Module, checkpoints: list, path_content, path
                 written += _write(grey, names, out, overwrite)
     if written:
         os.sync()  # one flush for every PNG written above (write_png does not fsync each)
-    return {"folders": [str(f) for f in folders], "written": written, "kept": kept, "unreadable": sorted(unreadable)}
+    return {"folders": [os.path.abspath(f) for f in folders], "written": written, "kept": kept,
+            "unreadable": sorted(unreadable)}
 
 
 def _write(grey: np.ndarray, names: list[str], folder: Path, overwrite: bool) -> int:
@@ -123,8 +124,15 @@ def _write(grey: np.ndarray, names: list[str], folder: Path, overwrite: bool) ->
 def main(argv: list[str] | None = None, vgg_features: nn.Module | None = None) -> int:
     """Command-line entry; returns the exit code. Tests pass `vgg_features` (a random VGG16) to skip the download."""
     p = argparse.ArgumentParser(description="Make TOM sketches of a photo folder, one sub-folder per "
-                                            "(checkpoint, threshold), files named like the photos.")
-    p.add_argument("--path_content", required=True, help="folder of photos (read flat)")
+                                            "(checkpoint, threshold), files named like the photos.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""\
+Inputs: a folder of photos (with its sub-folders); TOM checkpoints (or run folders) of train.py.
+Outputs: <path_result>/<checkpoint>_t<threshold>/<name>.png per photo; the SKETCH_DIRS= line to train with.
+Example:
+    python sketch_styletransfer/evaluate.py --path_content data/photos --path_result data/sketches \\
+        --checkpoint train_results/tom-<time> --threshold 0.6 0.7 0.8""")
+    p.add_argument("--path_content", required=True,
+                   help="folder of photos, and its sub-folders (a/b.jpg is sketched as a__b.png)")
     p.add_argument("--path_result", required=True, help="where the sketch folders go")
     p.add_argument("--checkpoint", required=True, nargs="+",
                    help="one or more TOM checkpoints (a run folder stands for its newest checkpoint)")
@@ -149,7 +157,7 @@ def main(argv: list[str] | None = None, vgg_features: nn.Module | None = None) -
         device = resolve_device(args.device)
         for checkpoint in args.checkpoint:  # refuse bad inputs before loading the VGG weights
             resolve_checkpoint(checkpoint)
-        require_images(args.path_content)
+        require_images(args.path_content, nested=True)
         if vgg_features is None:
             import weights  # only the command line needs the pretrained weights
             try:

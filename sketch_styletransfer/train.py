@@ -5,7 +5,8 @@
     python sketch_styletransfer/train.py --checkpoint train_results/tom-<time>      # continue a run
     torchrun --nproc_per_node 4 sketch_styletransfer/train.py --path_a PHOTOS --path_b SKETCHES  # 4 GPUs
 
-Both folders are read flat (every .jpg .jpeg .png .webp .bmp directly inside). A run folder
+Both folders are read with their sub-folders (flat folders or ImageFolder-style trees of .jpg .jpeg
+.png .webp .bmp; hidden files and folders are left out). A run folder
 (--out, default train_results/tom-<time>) holds args.json, log.jsonl (JSON lines), images/
 (PNG grids: photos, their grey sketches, their binary sketches) and checkpoints/ (the newest
 --keep, last.txt points at the newest). --checkpoint takes a checkpoint file or a run folder and
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -72,6 +75,8 @@ class TOMTrainer:
 
     def step(self, photos: torch.Tensor, sketches: torch.Tensor) -> dict[str, torch.Tensor]:
         """One iteration on photos and unpaired real sketches (both (B, 3, H, W) in [-1, 1]); detached losses."""
+        n = min(photos.shape[0], sketches.shape[0])  # an unreadable file shrinks one batch: no silent broadcast
+        photos, sketches = photos[:n], sketches[:n]
         with torch.no_grad():
             photo_pool3 = self.vgg(photos, levels=3)[2]
             real = self.vgg(sketches, levels=4)[1:]          # pool2, pool3, pool4
@@ -134,7 +139,7 @@ class Stream:
 
     def __init__(self, folder, size: int, batch_size: int, seed: int, stream: int, start: int, workers: int,
                  runtime: Runtime):
-        data = FolderDataset(folder, round(size * CROP_SCALE), "RGB")
+        data = FolderDataset(folder, round(size * CROP_SCALE), "RGB", nested=True)
         self.n = len(data)
         sampler = InfiniteSampler(self.n, seed=seed * 7919 + stream, start=start * batch_size, rank=runtime.rank,
                                   world_size=runtime.world_size)
@@ -158,7 +163,7 @@ class Stream:
 
 def fixed_photos(folder, size: int, n: int) -> torch.Tensor:
     """The first n readable photos (file-name order), resized, for the sample grids."""
-    data = FolderDataset(folder, size, "RGB")
+    data = FolderDataset(folder, size, "RGB", nested=True)
     items = [data[i] for i in range(min(len(data), 4 * n))]
     images = [item["image"] for item in items if item["ok"]][:n]
     if not images:
@@ -223,7 +228,7 @@ def plan_run(options: dict) -> Plan:
         if not args[key]:
             raise RunError(f"--{key} is required ({'photos' if key == 'path_a' else 'real sketches'} folder)")
         args[key] = str(Path(args[key]).resolve())  # absolute: a resume may start from another folder
-        require_images(args[key], f"--{key}")
+        require_images(args[key], f"--{key}", nested=True)
     try:
         check_size(args["im_size"])
     except ValueError as e:
@@ -305,8 +310,8 @@ def train(plan: Plan, vgg_features: nn.Sequential, device: torch.device | str = 
                 if stop.requested:
                     bar.close()
                     if rt.is_main:
-                        print(f"stopped at iteration {done}; resume with:\n  python sketch_styletransfer/train.py "
-                              f"--checkpoint {out}", file=sys.stderr)
+                        print(f"stopped at iteration {done}; resume with:\n  {_command('train.py', '--checkpoint', out)}",
+                              file=sys.stderr)
                     return out
     if rt.is_main and start >= total and ckpts.last() is None:
         ckpts.save(checkpoint_dict(trainer, start, args), start)  # nothing to train: still leave a checkpoint
@@ -333,10 +338,16 @@ def save_sample_grid(trainer: TOMTrainer, photos: torch.Tensor, path: Path) -> N
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train TOM: photos (--path_a) -> line sketches in the style of real "
-                                            "sketches (--path_b, unpaired).")
+                                            "sketches (--path_b, unpaired).",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""\
+Inputs: a folder of photos and a folder of real sketches (flat or with sub-folders), or --checkpoint to resume.
+Outputs: a run folder (--out): args.json, log.jsonl, images/ (sample grids), checkpoints/; at the end, the
+evaluate.py command that makes the sketches.
+Example:
+    python sketch_styletransfer/train.py --path_a data/photos --path_b data/real_sketches --total_iter 20000""")
     d = DEFAULTS
-    p.add_argument("--path_a", help="folder of photos (read flat)")
-    p.add_argument("--path_b", help="folder of real sketches (read flat, unpaired with the photos)")
+    p.add_argument("--path_a", help="folder of photos (and its sub-folders)")
+    p.add_argument("--path_b", help="folder of real sketches (and its sub-folders; unpaired with the photos)")
     p.add_argument("--im_size", type=int, help=f"training size, a multiple of 8 (default {d['im_size']})")
     p.add_argument("--batch_size", type=int, help=f"default {d['batch_size']}")
     p.add_argument("--total_iter", type=int,
@@ -385,9 +396,17 @@ def main(argv: list[str] | None = None, vgg_features: nn.Module | None = None) -
         return 1
     if not runtime.is_main:
         return 0
-    print(f"done: {out}\nmake sketches with:\n  python sketch_styletransfer/evaluate.py --path_content PHOTOS "
-          f"--path_result SKETCHES --checkpoint {out}/checkpoints/ckpt_*.pt")
+    checkpoints = f"{shlex.quote(str(Path(out).resolve() / 'checkpoints'))}/ckpt_*.pt"  # the glob left to the shell
+    print(f"done: {out}\nmake sketches of the photos with (--path_result: any folder):\n  "
+          f"{_command('evaluate.py', '--path_content', plan.args['path_a'], '--path_result', Path(out) / 'sketches')}"
+          f" --checkpoint {checkpoints}")
     return 0
+
+
+def _command(script: str, *args) -> str:
+    """A shell command running `script` of this folder, with absolute paths: it works from any folder."""
+    words = [sys.executable, Path(__file__).resolve().parent / script, *args]
+    return " ".join(shlex.quote(os.path.abspath(w) if isinstance(w, Path) else str(w)) for w in words)
 
 
 if __name__ == "__main__":

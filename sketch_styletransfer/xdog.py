@@ -182,7 +182,12 @@ def _collect(results, bar) -> tuple[int, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry; returns the exit code."""
     p = argparse.ArgumentParser(description="Make XDoG sketch folders (one per setting) that pair with an image "
-                                            "folder by file name.")
+                                            "folder by file name.", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="""\
+Inputs: a folder of images (--input, read flat).
+Outputs: <output>/xdog_<setting>/<stem>.png, one grey PNG per image and setting; the SKETCH_DIRS= line to train with.
+Example:
+    python sketch_styletransfer/xdog.py --input data/photos --output data/sketches --settings thin,medium,bold""")
     p.add_argument("--input", required=True, help="image folder (read flat: .jpg .jpeg .png .webp .bmp)")
     p.add_argument("--output", required=True, help="where the xdog_<setting> folders go")
     p.add_argument("--settings", default=None,
@@ -223,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(summary['unreadable'])} unreadable image(s) skipped:", file=sys.stderr)
         for line in summary["unreadable"]:
             print(f"  {line}", file=sys.stderr)
-    print("sketch folders: SKETCH_DIRS=" + ",".join(summary["folders"].values()))
+    print("sketch folders: SKETCH_DIRS=" + ",".join(os.path.abspath(f) for f in summary["folders"].values()))
     return 0
 
 

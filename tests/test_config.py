@@ -1,5 +1,6 @@
 """config.py: presets, overrides and their errors, JSON round trip, no side effects at import."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +84,78 @@ def test_library_modules_do_not_read_config_globals():
             if line.startswith("from config import"):
                 names = {n.strip() for n in line.split("import", 1)[1].split(",")}
                 assert names <= {"Config", "ConfigError"}, f"{path.name}: {line}"
+
+
+# --------------------------------------------------------------------------- the EDIT HERE block
+
+def test_block_goes_on_top_of_the_preset_and_the_command_line_on_top_of_the_block(monkeypatch):
+    monkeypatch.setattr(C, "_USER_BLOCK", {"DATA_NAME": "shoe", "BATCH_SIZE_AE": 8, "ITERATION_AE": 50,
+                                           "SKETCH_DIRS": "a,b"})  # text is parsed as on the command line
+    cfg, origins = C.resolve(C.parse_overrides(["ITERATION_AE=7", "NFC=32"]))
+    assert (cfg.DATA_NAME, cfg.BATCH_SIZE_AE, cfg.ITERATION_AE, cfg.NFC, cfg.SKETCH_DIRS) == ("shoe", 8, 7, 32, ("a", "b"))
+    assert cfg.W_GREY == 1.0 and cfg.IM_SIZE_AE == 512          # the shoe preset underneath
+    assert origins["BATCH_SIZE_AE"] == "config.py" and origins["ITERATION_AE"] == "command line"
+    assert origins["W_GREY"] == "preset shoe" and origins["DATA_NAME"] == "config.py"
+    assert C.resolve(C.parse_overrides(["DATA_NAME=face"]))[0].DATA_NAME == "face"   # the command line wins
+    report = C.settings_report(cfg, origins)
+    line = next(l for l in report.splitlines() if l.split()[0] == "BATCH_SIZE_AE")
+    assert line.split() == ["BATCH_SIZE_AE", "config.py", "8"]
+    assert "IM_SIZE_AE" not in report                          # equal to the field default, set by nobody
+
+
+def test_the_shipped_block_sets_nothing_and_a_bad_block_is_one_line():
+    assert C._USER_BLOCK == {} and C.from_args([]).DATA_NAME == C.DEFAULT_PRESET
+    for block, message in [({"BATCH_SIZE": 8}, "config.py (EDIT HERE block): unknown setting 'BATCH_SIZE' "
+                                                "(did you mean BATCH_SIZE_AE?)"),
+                           ({"BATCH_SIZE_AE": "eight"}, "config.py (EDIT HERE block): BATCH_SIZE_AE='eight'")]:
+        saved, C._USER_BLOCK = C._USER_BLOCK, block
+        try:
+            with pytest.raises(C.ConfigError) as err:
+                C.from_args([])
+        finally:
+            C._USER_BLOCK = saved
+        assert str(err.value).startswith(message)
+
+
+def test_precedence_rule_is_written_in_config_py_and_the_readme():
+    rule = "defaults < preset < config.py < command line"
+    assert rule in C.settings_report(*C.resolve({}))
+    assert "EDIT HERE" in (ROOT / "config.py").read_text()[:3000]        # the block is at the top
+    readme = (ROOT / "README.md").read_text()
+    assert "Config defaults < preset < config.py EDIT HERE block < command line" in readme
+
+
+def _repo_copy(dst: Path) -> Path:
+    ignore = shutil.ignore_patterns(".venv", ".git", "data", "train_results", "__pycache__", "fid_stats", "tests",
+                                    "docs", "results")
+    return Path(shutil.copytree(ROOT, dst, ignore=ignore))
+
+
+def test_an_edit_of_a_copy_of_config_py_reaches_the_run(demo_root, tmp_path):
+    """A user edits config.py the original way and runs `python train.py`: the edit is what trains."""
+    from conftest import tiny_train_args
+    repo = _repo_copy(tmp_path / "repo")
+    config_py = repo / "config.py"
+    text = config_py.read_text()
+    edits = {"# BATCH_SIZE_AE = 32": "BATCH_SIZE_AE = 6",
+             "# ITERATION_AE = 100_000": "ITERATION_AE = 50",          # the command line overrides this one
+             "# IMAGE_DIR = \"data/art/train/images\"":             # a lower-case helper name is allowed
+                 f"root = {str(demo_root)!r}\nIMAGE_DIR = root + '/train/images'"}
+    for old, new in edits.items():
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    config_py.write_text(text)
+    args = [a for a in tiny_train_args(demo_root, tmp_path, TRAIN_AE_ONLY=True, ITERATION_AE=2, TRIAL_NAME="edit")
+            if not a.startswith(("BATCH_SIZE_AE=", "IMAGE_DIR="))]
+    done = subprocess.run([sys.executable, "train.py", *args], cwd=repo, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "runs" / "edit"
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["BATCH_SIZE_AE"] == 6 and saved["ITERATION_AE"] == 2
+    assert saved["IMAGE_DIR"] == str(demo_root / "train" / "images")
+    settings = (run / "settings.txt").read_text()
+    assert settings.strip() in done.stdout                       # printed at start, written to the run
+    rows = {line.split()[0]: line.split()[1:] for line in settings.splitlines()[1:]}
+    assert rows["BATCH_SIZE_AE"] == ["config.py", "6"] and rows["ITERATION_AE"] == ["command", "line", "2"]
+    assert rows["IMAGE_DIR"][0] == "config.py" and rows["MI_HIDDEN"] == ["command", "line", "16"]
+    assert rows["EMA_DECAY"] == ["preset", "demo", "0.99"]

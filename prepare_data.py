@@ -1,0 +1,263 @@
+"""Your photos -> the folders train.py reads: a train/test split and K sketch sets, then the command to train.
+
+Inputs: PHOTOS, a folder of photos, flat or nested (ImageFolder-style: cats/01.jpg, dogs/01.jpg),
+any of .jpg .jpeg .png .webp .bmp; hidden files and folders are left out.
+Outputs: in OUT,
+    train/images/<name>.<ext>                 the training photos (copied; PNG at --size if given)
+    train/sketches/<set>/<name>.png           K sketch sets (XDoG settings, TOM checkpoints, or yours)
+    test/images/..., test/sketches/<set>/...  the held-out photos (--test-ratio) and their sketches
+    prepare.json                              the split, the sketcher, the counts, the train.py command
+and, printed, the exact train.py command (absolute paths: it works from any folder).
+
+Examples:
+    python prepare_data.py ~/photos data/mine                            # XDoG thin, medium, bold; 10 % held out
+    python prepare_data.py ~/photos data/mine --size 512 --test-ratio 0.05 --xdog thin,bold
+    python prepare_data.py ~/photos data/mine --tom train_results/tom-<time> --threshold 0.6 0.7 0.8
+    python prepare_data.py celeba/rgb data/celeba --sketch-dirs celeba/sketch_1 celeba/sketch_2 celeba/sketch_3
+
+Names: a photo's path below PHOTOS with '__' for '/' (cats/01.jpg -> cats__01), so a tree becomes
+one flat folder whose sketches pair by name. The split is deterministic and depends on the names
+only: the photos are ordered by the SHA-1 of their name and the first round(ratio * N) are held
+out, so the same photos always give the same split, on any machine, and adding photos moves no
+existing one from train to test. Unreadable files are skipped and counted; files already in OUT
+are kept (an interrupted call can simply be re-run) unless --overwrite; OUT holding another split
+(another ratio or photo set) is refused rather than mixed.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from tqdm import tqdm
+
+from datasets import DataError, list_images, load_image, require_images, resize
+from fileio import CheckpointError, write_json
+from sketch_styletransfer.train import RunError, resolve_checkpoint, resolve_device
+from sketch_styletransfer.xdog import BUILTIN_SETTINGS, make_sketch_folders, write_png
+
+ROOT = Path(__file__).resolve().parent
+SMALL_DATA = 10_000   # fewer training photos than this: the "shoe" preset (the original README's advice)
+SPLITS = ("train", "test")
+
+
+def split_names(names, test_ratio: float) -> dict[str, list[str]]:
+    """{"train": [...], "test": [...]}: the first round(ratio * N) names in SHA-1 order are held out."""
+    names = sorted(names)
+    n_test = round(test_ratio * len(names))
+    if test_ratio > 0 and len(names) >= 2:
+        n_test = max(1, n_test)
+    order = sorted(names, key=lambda name: hashlib.sha1(name.encode("utf-8")).hexdigest())
+    test = set(order[:n_test])
+    return {"train": [n for n in names if n not in test], "test": [n for n in names if n in test]}
+
+
+def _copy_one(task: tuple) -> tuple[str, str | None]:
+    """Worker: check that a photo decodes, then copy it (or write it resized); (name, error or None)."""
+    name, source, target, size = task
+    try:
+        image = load_image(source, "RGB")
+    except DataError as e:
+        return name, str(e)
+    if size:
+        write_png(resize(image, size), target)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    return name, None
+
+
+def _existing(folder: Path) -> dict[str, Path]:
+    return list_images(folder) if folder.is_dir() else {}
+
+
+def copy_photos(photos: dict[str, Path], split: dict[str, list[str]], out: Path, size: int | None,
+                overwrite: bool, workers: int, progress: bool = True) -> dict:
+    """Copy each readable photo into out/<split>/images; returns {copied, kept, unreadable: {name: error}}."""
+    assignment = {name: part for part, names in split.items() for name in names}
+    for part in SPLITS:  # refuse to mix two splits: a photo in train and test would be a leak
+        stale = [n for n in _existing(out / part / "images") if assignment.get(n) != part]
+        if stale:
+            raise DataError(f"{out / part / 'images'} holds {len(stale)} image(s) that this split does not put "
+                            f"there (e.g. {stale[0]}): another --test-ratio or photo set. Use a new OUT folder, "
+                            f"or delete {out} first")
+    tasks, kept = [], 0
+    for part, names in split.items():
+        present = _existing(out / part / "images")
+        for name in names:
+            if name in present and not overwrite:
+                kept += 1
+                continue
+            suffix = ".png" if size else photos[name].suffix.lower()
+            if name in present and present[name].suffix.lower() != suffix:
+                present[name].unlink()  # --overwrite with another --size: one file per name
+            tasks.append((name, photos[name], out / part / "images" / f"{name}{suffix}", size))
+    unreadable = {}
+    bar = tqdm(total=len(tasks), desc="photos", unit="img", disable=not progress or not tasks, dynamic_ncols=True)
+    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 and len(tasks) > 1 else None
+    results = pool.map(_copy_one, tasks, chunksize=max(1, min(32, len(tasks) // (4 * workers)))) if pool \
+        else map(_copy_one, tasks)
+    try:
+        for name, error in results:
+            if error:
+                unreadable[name] = error
+            bar.update()
+    finally:
+        bar.close()
+        if pool:
+            pool.shutdown()
+    return {"copied": len(tasks) - len(unreadable), "kept": kept, "unreadable": unreadable}
+
+
+def make_sketches(out: Path, args, vgg_features=None, progress: bool = True) -> dict[str, list[str]]:
+    """K sketch sets of each split's images; {split: [absolute sketch folder, ...]} (sets in the same order)."""
+    folders = {}
+    for part in SPLITS:
+        images, sketches = out / part / "images", out / part / "sketches"
+        if not _existing(images):
+            continue
+        if args.sketch_dirs:
+            folders[part] = [os.path.abspath(f) for f in copy_sketches(args.sketch_dirs, images, sketches,
+                                                                        args.overwrite)]
+        elif args.tom:
+            from sketch_styletransfer import evaluate as tom
+            summary = tom.make_sketches(vgg_features, args.tom, images, sketches, args.thresholds,
+                                        batch_size=args.batch_size, device=args.device, overwrite=args.overwrite,
+                                        workers=0, progress=progress)
+            folders[part] = [os.path.abspath(f) for f in summary["folders"]]
+        else:
+            summary = make_sketch_folders(images, sketches, args.settings, overwrite=args.overwrite,
+                                          workers=args.workers, progress=progress)
+            folders[part] = [os.path.abspath(f) for f in summary["folders"].values()]
+    return folders
+
+
+def copy_sketches(sources: list[Path], images: Path, out: Path, overwrite: bool) -> list[Path]:
+    """Your own sketch sets (e.g. the original data's), split like the photos: out/<set>/<name>.<ext>."""
+    labels = [src.name if [s.name for s in sources].count(src.name) == 1 else f"{i}_{src.name}"
+              for i, src in enumerate(sources)]
+    names = list(_existing(images))
+    folders = []
+    for src, label in zip(sources, labels):
+        found, folder = list_images(src, nested=True), out / label
+        for name in names:
+            if name in found and (overwrite or name not in _existing(folder)):
+                folder.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(found[name], folder / f"{name}{found[name].suffix.lower()}")
+        folders.append(folder)  # photos without a sketch here: train.py leaves them out and says so
+    return folders
+
+
+def train_command(n_train: int, folders: dict[str, list[str]], out: Path, preset: str) -> str:
+    """The exact train.py command for the prepared folders (absolute paths)."""
+    if preset == "auto":
+        preset = "shoe" if n_train < SMALL_DATA else "art"
+    values = [f"DATA_NAME={preset}", f"IMAGE_DIR={os.path.abspath(out / 'train' / 'images')}",
+              "SKETCH_DIRS=" + ",".join(folders["train"])]
+    if folders.get("test"):
+        values += [f"TEST_IMAGE_DIR={os.path.abspath(out / 'test' / 'images')}", f"TEST_SKETCH_DIR={folders['test'][0]}"]
+    else:
+        values.append("FID_INTERVAL=0")  # FID needs held-out images
+    if n_train < 500:  # the presets' NBR_CLS: one self-supervised subset cannot be larger than the data
+        values.append(f"NBR_CLS={n_train}")
+    return " ".join(shlex.quote(w) for w in (sys.executable, str(ROOT / "train.py"), *values))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python prepare_data.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("photos", help="folder of photos, flat or nested")
+    p.add_argument("out", help="where train/ and test/ go")
+    p.add_argument("--test-ratio", type=float, default=0.1, help="share of photos held out (default 0.1; 0: none)")
+    p.add_argument("--size", type=int, default=None,
+                   help="write the photos as SIZE x SIZE PNGs (sketches are made at that size); default: copy as they are")
+    p.add_argument("--xdog", default="thin,medium,bold",
+                   help=f"XDoG sketch sets, comma-separated, from {','.join(BUILTIN_SETTINGS)} (default: all three)")
+    p.add_argument("--tom", nargs="+", metavar="CHECKPOINT",
+                   help="instead of XDoG: TOM checkpoints or run folders (one sketch set per checkpoint and threshold)")
+    p.add_argument("--threshold", nargs="+", default=["0.7"], help="with --tom: grey levels in (0, 1), or 'none'")
+    p.add_argument("--sketch-dirs", nargs="+", type=Path, metavar="DIR",
+                   help="instead of making sketches: your sketch folders, files named like the photos (e.g. the "
+                        "original CelebA/WikiArt data's sketch folders); split with the photos")
+    p.add_argument("--preset", default="auto", choices=("auto", "art", "face", "shoe"),
+                   help=f"DATA_NAME of the printed command (auto: shoe below {SMALL_DATA:,} training photos, else art)")
+    p.add_argument("--overwrite", action="store_true", help="remake photos and sketches that already exist")
+    p.add_argument("--workers", type=int, default=1, help="processes for copying and XDoG (default 1)")
+    p.add_argument("--device", default="auto", help="with --tom: auto, cpu, cuda, ...")
+    p.add_argument("--batch-size", type=int, default=8, help="with --tom: photos per batch")
+    args = p.parse_args(argv)
+    if not 0 <= args.test_ratio < 1:
+        p.error("--test-ratio must be in [0, 1)")
+    if args.size is not None and args.size < 8:
+        p.error("--size must be at least 8")
+    names = [n.strip() for n in args.xdog.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BUILTIN_SETTINGS]
+    if unknown or not names:
+        p.error(f"--xdog: choose from {', '.join(BUILTIN_SETTINGS)} (got {args.xdog!r})")
+    args.settings = {n: BUILTIN_SETTINGS[n] for n in names}
+    if args.tom and args.sketch_dirs:
+        p.error("--tom makes sketches, --sketch-dirs brings them: choose one")
+    args.workers = max(1, args.workers)
+    if args.tom:
+        from sketch_styletransfer.evaluate import parse_threshold
+        try:
+            args.thresholds = list(dict.fromkeys(parse_threshold(t) for t in args.threshold))
+        except ValueError as e:
+            p.error(str(e))
+    return args
+
+
+def main(argv: list[str] | None = None, vgg_features=None) -> int:
+    """Command-line entry; returns the exit code. Tests pass `vgg_features` (a random VGG16) for --tom."""
+    args = parse_args(argv)
+    out = Path(args.out)
+    try:
+        photos = require_images(args.photos, nested=True)
+        inside = Path(os.path.abspath(out))  # OUT inside PHOTOS: its files are not photos to prepare
+        photos = {n: p for n, p in photos.items() if inside not in Path(os.path.abspath(p)).parents}
+        for folder in args.sketch_dirs or []:  # checked before any file is written
+            require_images(folder, "--sketch-dirs", nested=True)
+        if args.tom:
+            args.device = resolve_device(args.device)
+            for checkpoint in args.tom:
+                resolve_checkpoint(checkpoint)
+            if vgg_features is None:
+                import weights  # only TOM needs the pretrained VGG16
+                try:
+                    vgg_features = weights.vgg16_features()
+                except weights.WeightsError as e:
+                    raise RunError(str(e)) from None
+        split = split_names(photos, args.test_ratio)
+        copied = copy_photos(photos, split, out, args.size, args.overwrite, args.workers)
+        n = {part: len(_existing(out / part / "images")) for part in SPLITS}
+        if n["train"] < 2:
+            raise DataError(f"only {n['train']} readable training photo(s) in {args.photos}: train.py needs at least 2")
+        folders = make_sketches(out, args, vgg_features)
+    except (DataError, RunError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    command = train_command(n["train"], folders, out, args.preset)
+    write_json(out / "prepare.json", {"photos": os.path.abspath(args.photos), "test_ratio": args.test_ratio,
+                                      "size": args.size, "split": split, "unreadable": sorted(copied["unreadable"]),
+                                      "sketcher": {"sketch_dirs": [os.path.abspath(d) for d in args.sketch_dirs]}
+                                      if args.sketch_dirs else {"tom": args.tom, "thresholds": args.threshold}
+                                      if args.tom else {"xdog": list(args.settings)},
+                                      "sketch_folders": folders, "train_command": command})
+    print(f"{n['train']} training and {n['test']} held-out photos in {os.path.abspath(out)} "
+          f"({copied['copied']} copied, {copied['kept']} kept), {len(folders['train'])} sketch set(s) each")
+    if copied["unreadable"]:
+        print(f"{len(copied['unreadable'])} unreadable file(s) skipped:", file=sys.stderr)
+        for line in copied["unreadable"].values():
+            print(f"  {line}", file=sys.stderr)
+    print(f"train with:\n  {command}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""--help everywhere: every script names its inputs, outputs and an example; train.py lists every setting."""
+import re
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+import config as C
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _scripts() -> list[str]:
+    """Every command of the project: files with a __main__ block, and packages run with `python -m`."""
+    found = []
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] in ("tests", ".venv", "data", "train_results") or rel.parts[0].startswith("."):
+            continue
+        if path.name == "__main__.py":
+            found.append(f"-m {rel.parent.as_posix()}")
+        elif 'if __name__ == "__main__":' in path.read_text():
+            found.append(rel.as_posix())
+    return found
+
+
+def _run(script: str, args: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    """Run a script in this process, as `python script args` would (its __main__ block included)."""
+    module = script.removeprefix("-m ") if script.startswith("-m ") else None
+    monkeypatch.setattr(sys, "argv", [module or str(ROOT / script), *args])
+    monkeypatch.chdir(ROOT)
+    try:
+        if module:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(str(ROOT / script), run_name="__main__")
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    return code, capsys.readouterr().out
+
+
+def test_the_list_of_scripts_is_complete():
+    scripts = _scripts()
+    assert {"train.py", "benchmark.py", "prepare_data.py", "plot_log.py", "-m lpips", "sketch_styletransfer/train.py",
+            "sketch_styletransfer/evaluate.py", "evaluate/style_transfer.py"} <= set(scripts)
+
+
+@pytest.mark.parametrize("script", _scripts())
+def test_help_names_inputs_outputs_and_an_example(script, monkeypatch, capsys):
+    code, text = _run(script, ["--help"], monkeypatch, capsys)
+    assert code == 0, text
+    for heading in ("inputs", "outputs", "examples?"):
+        assert re.search(rf"(?im)^\s*{heading}:", text), f"{script} --help has no '{heading}:' line"
+    example = re.split(r"(?im)^\s*examples?:", text)[1]
+    name = script.removeprefix("-m ") if script.startswith("-m ") else script
+    assert re.search(rf"python (-m )?\S*{re.escape(name)}", example), f"{script}: no example that runs it"
+
+
+def test_benchmark_alone_prints_the_full_help_with_examples(monkeypatch, capsys):
+    code, text = _run("benchmark.py", [], monkeypatch, capsys)
+    assert code == 0
+    assert "python benchmark.py fid --real" in text and "{fid,stats,speed}" in text and "Protocol" in text
+
+
+def test_train_help_lists_every_setting_grouped_with_type_value_and_comment(monkeypatch, capsys):
+    code, text = _run("train.py", ["-h"], monkeypatch, capsys)
+    assert code == 0
+    settings = text.split("Settings under preset 'demo'")[1]
+    source = (ROOT / "config.py").read_text()
+    for name in C.Config.__dataclass_fields__:
+        comment = next(l for l in source.splitlines() if l.strip().startswith(f"{name}:")).split("#", 1)[1].strip()
+        assert f"\n      {comment}\n" in settings + "\n", name
+    groups = re.findall(r"(?m)^(\S[^:\n]*):$", settings)
+    assert groups == [line.strip().strip("#- ") for line in source.split("class Config:")[1].split("def __post_init__")[0]
+                      .splitlines() if line.strip().startswith("# ---")]
+    assert "  IM_SIZE_AE (int) = 64   [preset demo]" in settings            # the demo preset's value, and why
+    assert "  BETAS (comma-separated floats) = 0.5,0.999\n" in settings
+    assert "  TRIAL_NAME (str or none) = none\n" in settings
+
+    code, face = _run("train.py", ["DATA_NAME=face", "BATCH_SIZE_AE=4", "--help"], monkeypatch, capsys)
+    assert code == 0 and "Settings under preset 'face'" in face
+    assert "  IM_SIZE_AE (int) = 512\n" in face and "  BATCH_SIZE_AE (int) = 4   [command line]" in face
+    code, _ = _run("train.py", ["BATCH_SIZ=3", "--help"], monkeypatch, capsys)
+    assert code == 1
+
+
+def test_an_old_python_is_refused_at_start_in_one_line():
+    import subprocess
+    code = "import sys; sys.version_info = (3, 10, 4, 'final', 0); sys.path.insert(0, sys.argv[1]); import datasets"
+    done = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == ["error: this project needs Python >= 3.11 (this is Python 3.10.4); "
+                                                "see README 'Quick start'"]
+    import datasets
+    assert datasets.python_error() is None and datasets.python_error((3, 12, 0)) is None

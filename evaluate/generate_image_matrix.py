@@ -39,7 +39,7 @@ def image_matrix(model: SketchToImage, sketches: list[Path], styles: list[Path],
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Sketches x styles: one picture, inputs on the margins.")
-    p.add_argument("--checkpoint", required=True, help="run folder of train.py, or a GAN checkpoint file")
+    p.add_argument("--checkpoint", required=True, help="run folder of train.py, a GAN checkpoint file, or a .safetensors file from export.py")
     p.add_argument("--sketches", required=True, help="folder of sketches (or one sketch)")
     p.add_argument("--styles", required=True, help="folder of style images (or one)")
     p.add_argument("--n-sketches", type=int, default=4, help="rows (0: every sketch)")
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         if out.suffix.lower() != ".png":
             raise InferenceError(f"--out {out}: the matrix is written as PNG: give a .png file name")
         sketches, styles = image_files(args.sketches, "sketch"), image_files(args.styles, "style")
-        model = SketchToImage.from_checkpoint(args.checkpoint, args.device)
+        model = SketchToImage.from_pretrained(args.checkpoint, args.device)
         n_rows, n_cols = image_matrix(model, sketches, styles, out, args.n_sketches, args.n_styles, args.seed,
                                       args.batch_size)
     except (CheckpointError, DataError, InferenceError, OSError) as e:

@@ -151,6 +151,16 @@ class App:
             self.sketchers["tom"] = tom_sketcher(tom, model.device)
         self.use(model)
 
+    def load(self, path) -> SketchToImage:
+        """Switch to another model (run folder, GAN checkpoint or exported file) on the same device;
+        a wrong one raises CheckpointError and the current model stays."""
+        if not str(path or "").strip():
+            raise InferenceError("give a run folder, a GAN checkpoint or an exported .safetensors file")
+        model = SketchToImage.from_pretrained(str(path).strip(), self.model.device)
+        with self.lock:
+            self.use(model)
+        return model
+
     def use(self, model: SketchToImage) -> None:
         self.model = model
         self.live = self.live_option if self.live_option is not None else model.image_size <= LIVE_MAX_SIZE
@@ -232,8 +242,18 @@ class App:
     def describe(self) -> str:
         m = self.model
         when = "regenerates as you draw" if self.live else "press Generate"
-        return (f"**Model** `{Path(m.source).name if m.source else '?'}` ({m.preset}, iteration {m.iteration}): "
+        return (f"**Model** `{_short(m.source)}` ({m.preset}, iteration {m.iteration}): "
                 f"{m.ae_size} px sketches -> {m.image_size} px images on {m.device}; {when}.")
+
+
+def _short(source) -> str:
+    """A model's file for people: <run>/gan/checkpoints/ckpt_N.pt -> "<run> (ckpt_N.pt)"."""
+    if source is None:
+        return "?"
+    path = Path(source)
+    if path.parent.name == "checkpoints" and len(path.parts) >= 4:
+        return f"{path.parents[2].name} ({path.name})"
+    return path.name
 
 
 def _seed(seed) -> int:
@@ -336,7 +356,7 @@ def build_ui(app: App) -> gr.Blocks:
                 show_ae = gr.Checkbox(False, label="show the AE-stage output", elem_id="show-ae")
                 generate = gr.Button("Generate", variant="primary", elem_id="generate")
                 message = gr.Markdown("", elem_id="message")
-        with gr.Accordion("Model", open=False):
+        with gr.Accordion("Model", open=False, elem_id="model-box"):
             model_path = gr.Textbox(label="run folder, GAN checkpoint or exported .safetensors file",
                                     elem_id="model-path")
             load = gr.Button("Load", size="sm", elem_id="load-model")
@@ -372,12 +392,8 @@ def build_ui(app: App) -> gr.Blocks:
             return ((image, gr.skip()) if which == "A" else (gr.skip(), image)), ""
 
         def swap_model(path):
-            if not (path or "").strip():
-                raise InferenceError("give a run folder, a GAN checkpoint or an exported .safetensors file")
-            model = SketchToImage.from_pretrained(path.strip(), app.model.device)
-            with app.lock:
-                app.use(model)
-            return (app.describe(), app.gallery_items, app.gallery_note), f"Loaded {Path(model.source).name}."
+            model = app.load(path)
+            return (app.describe(), app.gallery_items, app.gallery_note), f"Loaded {_short(model.source)}."
 
         settings = [style_a, style_b, mix, scales, seed, show_ae]
         images = [output, ae_output, message]

@@ -120,8 +120,11 @@ def stroke_mask(strokes, size: int, width_fraction: float) -> np.ndarray:
     return np.asarray(img.resize((size, size), Image.BILINEAR).filter(ImageFilter.GaussianBlur(1)), np.float64)
 
 
-def darkness(image: Image.Image) -> np.ndarray:
-    return 255.0 - np.asarray(image.convert("L"), np.float64)
+def edges(image: Image.Image) -> np.ndarray:
+    """Edge strength: gradient magnitude of the grey image smoothed by a 1 px Gaussian."""
+    g = np.asarray(image.convert("L").filter(ImageFilter.GaussianBlur(1)), np.float64)
+    gy, gx = np.gradient(g)
+    return np.hypot(gx, gy)
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -158,6 +161,15 @@ def fetch_image(page, src: str) -> Image.Image:
 
 def pick_exemplar(page, index: int) -> None:
     page.locator("#gallery button.thumbnail-item").nth(index).click()
+
+
+def darkest_and_brightest(page) -> tuple[int, int]:
+    """Gallery positions of the darkest and the brightest thumbnail: two clearly different exemplars
+    whatever the data."""
+    thumbs = page.locator("#gallery button.thumbnail-item img")
+    light = [np.asarray(fetch_image(page, thumbs.nth(i).get_attribute("src")).convert("L")).mean()
+             for i in range(thumbs.count())]
+    return int(np.argmin(light)), int(np.argmax(light))
 
 
 def upload(page, button: str, path: Path) -> None:

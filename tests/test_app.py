@@ -233,7 +233,7 @@ def test_shielded_callbacks_answer_with_a_message_line(capsys):
 
 
 @pytest.mark.parametrize("kind", ["ae", "tom", "text", "foreign_safetensors"])
-def test_a_checkpoint_of_the_wrong_kind_is_one_line(kind, tmp_path):
+def test_a_checkpoint_of_the_wrong_kind_is_one_line(kind, app, tmp_path):
     path = tmp_path / f"{kind}.pt"
     if kind in ("ae", "tom"):
         save_checkpoint({"kind": kind, "format": 1, "state": {}}, path)
@@ -243,9 +243,21 @@ def test_a_checkpoint_of_the_wrong_kind_is_one_line(kind, tmp_path):
         from safetensors.torch import save_file
         path = tmp_path / "other.safetensors"
         save_file({"w": torch.zeros(2)}, path, metadata={"format": "pt"})
-    with pytest.raises(CheckpointError) as e:
-        A.load_model(path, "cpu")
-    assert "\n" not in str(e.value) and path.name in str(e.value)
+    for load in (lambda p: A.load_model(p, "cpu"), app.load):  # at start, and in the page's Model box
+        with pytest.raises(CheckpointError) as e:
+            load(path)
+        assert "\n" not in str(e.value) and path.name in str(e.value)
+    assert app.model.image_size == SIZE and len(app.gallery_files) == 4  # the page's model stays
+
+
+def test_the_page_switches_models(app, model_file, tmp_path):
+    before = app.model
+    (tmp_path / "copy.safetensors").write_bytes(model_file.read_bytes())
+    assert app.load(tmp_path / "copy.safetensors").source == tmp_path / "copy.safetensors"
+    assert app.model is not before and app.model.device == before.device
+    assert "copy.safetensors" in app.describe() and len(app.gallery_files) == 4
+    with pytest.raises(InferenceError, match="give a run folder"):
+        app.load("  ")
 
 
 # --------------------------------------------------------------------------- the default model

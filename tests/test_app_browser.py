@@ -22,13 +22,14 @@ import pytest
 
 import app as A
 import browser as B
+from fileio import save_checkpoint
 from stroke_model import build_stroke_model
 
 SCREENSHOT = os.environ.get("S2I_APP_SCREENSHOT")  # set: run against the demo model, save the picture there
 # no browser: skipped with the reason; but asked for a screenshot, that is a failure
 pytestmark = pytest.mark.skipif(not SCREENSHOT and B.missing_browser() is not None, reason=str(B.missing_browser()))
 # One continuous stroke in paper coordinates (0..1): a square, then a diagonal under it. A drawing
-# never drawn (a cross) is the control: outputs must follow the drawn one better.
+# never drawn (a cross) is the control: the outputs' edges must follow the drawn one better.
 DRAWN = [[(0.25, 0.15), (0.75, 0.15), (0.75, 0.6), (0.25, 0.6), (0.25, 0.15), (0.15, 0.75), (0.85, 0.9)]]
 NOT_DRAWN = [[(0.5, 0.05), (0.5, 0.95)], [(0.05, 0.4), (0.95, 0.4)]]
 FOLLOW_MARGIN = 0.1  # correlation with the drawn strokes must beat the control's by this much
@@ -53,10 +54,11 @@ def test_draw_pick_two_exemplars_and_generate_in_a_browser(tmp_path, demo_root):
         page.wait_for_selector("#gallery button.thumbnail-item")
         paper = B.paper_box(page, A.CANVAS)
 
-        B.pick_exemplar(page, 2)  # exemplar A; the canvas is still empty: nothing is generated
+        dark, bright = B.darkest_and_brightest(page)
+        B.pick_exemplar(page, dark)  # exemplar A; the canvas is still empty: nothing is generated
         B.draw(page, DRAWN, paper)  # the page regenerates after the stroke (a 64 or 128 px model is "live")
         first_src = B.wait_for_new_output(page, None)
-        B.pick_exemplar(page, 5)
+        B.pick_exemplar(page, bright)
         second_src = B.wait_for_new_output(page, first_src)
         page.screenshot(path=SCREENSHOT or str(tmp_path / "app.png"), full_page=True)
 
@@ -65,8 +67,8 @@ def test_draw_pick_two_exemplars_and_generate_in_a_browser(tmp_path, demo_root):
         assert np.abs(np.asarray(first, float) - np.asarray(second, float)).mean() > DIFFER
         size = first.size[0]
         drawn, control = B.stroke_mask(DRAWN, size, 0.02), B.stroke_mask(NOT_DRAWN, size, 0.02)
-        for image in (first, second):
-            follows, other = B.correlation(B.darkness(image), drawn), B.correlation(B.darkness(image), control)
+        for image in (first, second):  # its edges lie along the drawn strokes, not along the control's
+            follows, other = B.correlation(B.edges(image), drawn), B.correlation(B.edges(image), control)
             assert follows > other + FOLLOW_MARGIN, (follows, other)
 
         # bad input in the page: one line, no traceback, and the server keeps serving
@@ -86,4 +88,10 @@ def test_draw_pick_two_exemplars_and_generate_in_a_browser(tmp_path, demo_root):
         page.locator("#sketch button[aria-label='Clear canvas']").click()
         page.locator("#generate").click()
         B.wait_for_message(page, "the canvas is empty")
+        save_checkpoint({"kind": "ae", "format": 1, "state": {}}, tmp_path / "ae_stage.pt")
+        page.locator("#model-box").get_by_text("Model").first.click()  # open the Model box
+        page.locator("#model-path textarea, #model-path input").first.fill(str(tmp_path / "ae_stage.pt"))
+        page.locator("#load-model").click()
+        B.wait_for_message(page, "AE-stage checkpoint")
+        assert "ae_stage.pt" in B.message(page) and "\n" not in B.message(page)
         assert "Traceback" not in page.locator("body").inner_text()

@@ -445,7 +445,7 @@ def checkpoint_stats(args, model_fn) -> Stats:
     pairs = checkpoint_pairs(args.sketch, args.style, args.pairing)[:args.max_samples or None]
     save_dir = Path(args.save_dir)
     jobs = [inference.Job(sketch, style, save_dir / f"{i:06d}.png") for i, (sketch, style) in enumerate(pairs)]
-    generator = inference.SketchToImage.from_checkpoint(args.checkpoint, args.device)
+    generator = inference.SketchToImage.from_pretrained(args.checkpoint, args.device)
     report = generator.run(jobs, args.batch_size, args.seed)
     if report.summary():
         print(report.summary(), file=sys.stderr)

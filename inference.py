@@ -4,14 +4,14 @@
     python inference.py --checkpoint RUN_OR_CKPT --sketch sketches/ --style photos/ --out results          # pairs by name
     python inference.py --checkpoint RUN_OR_CKPT --sketch sketches/ --style photos/ --out results --cross  # all x all
 
-RUN_OR_CKPT is a run folder of train.py (its newest GAN checkpoint is used) or a GAN checkpoint
-file (<run>/gan/checkpoints/ckpt_*.pt). Outputs are PNGs at the model's output size, named
-<sketch>__<style>.png (pairs by name: <name>.png).
+RUN_OR_CKPT is a run folder of train.py (its newest GAN checkpoint is used), a GAN checkpoint
+file (<run>/gan/checkpoints/ckpt_*.pt) or a model file made by export.py (.safetensors). Outputs
+are PNGs at the model's output size, named <sketch>__<style>.png (pairs by name: <name>.png).
 
 From Python:
 
     from inference import SketchToImage
-    model = SketchToImage.from_checkpoint("train_results/demo-20250101-120000")
+    model = SketchToImage.from_pretrained("train_results/demo-20250101-120000")  # or model.safetensors
     model.translate("sketch.png", "photo.jpg", seed=0).save("out.png")
 
     sketches = torch.cat([model.prepare_sketch(p) for p in sketch_paths])   # (B, 1, S, S)
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from datasets import DataError, _to_mode, load_image, require_images, resize, to_float, to_uint8_tensor
-from fileio import CheckpointError, load_checkpoint, newest_checkpoint, save_png, to_pil
+from fileio import CheckpointError, atomic_path, load_checkpoint, newest_checkpoint, save_png, to_pil
 from models import BN_MODES, ContentEncoder, Decoder, NoiseInjection, StyleEncoder, batch_norm_mode, build_generator
 
 ImageInput = Union[str, Path, Image.Image]
@@ -57,6 +58,9 @@ FITS = ("stretch", "crop", "pad")  # how a non-square input becomes square
 INVERT_CHOICES = ("auto", "always", "never")
 AE_NETWORKS = ("style_encoder", "content_encoder", "decoder")
 CACHE_SIZE = 256  # prepared inputs kept in memory during a folder run (a style reused across sketches)
+EXPORT_FORMAT = "sketch-to-image"  # safetensors metadata "format" of a file written by save_pretrained
+EXPORT_VERSION = "1"               # bump when the exported layout changes
+EXPORTED_NETWORKS = (*AE_NETWORKS, "generator")  # tensor name prefixes; "generator" holds the EMA weights
 
 
 class InferenceError(Exception):
@@ -84,6 +88,32 @@ def resolve_checkpoint(path) -> Path:
                               f"TRIAL_NAME={path.name} RESUME=true)")
     raise CheckpointError(f"{path}: no checkpoint in this folder (expected a run folder of train.py with "
                           f"gan/checkpoints/, or a GAN checkpoint file)")
+
+
+def is_exported(path) -> bool:
+    """True when `path` is a safetensors file: an 8-byte little-endian header length, then a JSON
+    header. Judged by content, not by the file name."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
+
+
+def newest_run(root="train_results", data_name: str = "demo") -> Path | None:
+    """The run folder under `root` whose config.json has DATA_NAME == data_name and whose newest GAN
+    checkpoint was written last (the most recently trained model of that data), or None."""
+    found = []
+    for config in Path(root).glob("*/config.json"):
+        try:
+            name = json.loads(config.read_text(encoding="utf-8")).get("DATA_NAME")
+        except (OSError, ValueError, AttributeError):
+            continue  # a half-written or foreign folder is not a run to pick
+        ckpt = newest_checkpoint(config.parent / "gan" / "checkpoints")
+        if name == data_name and ckpt is not None:
+            found.append((ckpt.stat().st_mtime, config.parent))
+    return max(found)[1] if found else None
 
 
 def _wrong_kind(path: Path, kind) -> CheckpointError:
@@ -229,7 +259,7 @@ class SketchToImage:
 
     def __init__(self, style_encoder: StyleEncoder, content_encoder: ContentEncoder, decoder: Decoder,
                  generator: nn.Module, arch: dict, device="cpu", source: Path | None = None, iteration=None,
-                 sample_bn: str = "running"):
+                 config: dict | None = None, sample_bn: str = "running"):
         self.device = pick_device(device)
         self.style_encoder = style_encoder.to(self.device).eval().requires_grad_(False)
         self.content_encoder = content_encoder.to(self.device).eval().requires_grad_(False)
@@ -242,9 +272,19 @@ class SketchToImage:
         self.ae_size = arch["im_size_ae"]
         self.image_size = arch["im_size_gan"]
         self.source, self.iteration = source, iteration
+        self.config = dict(config or {})  # the training config (held-out folders, ...), when known
         if sample_bn not in BN_MODES:
             raise InferenceError(f"sample_bn={sample_bn!r}: must be one of {', '.join(BN_MODES)}")
         self.sample_bn = sample_bn
+
+    @classmethod
+    def from_pretrained(cls, path, device="auto", sample_bn: str | None = None) -> "SketchToImage":
+        """The one loader: a run folder, a GAN checkpoint file, or a file written by `save_pretrained`
+        (export.py). The generator's BatchNorm follows the run's SAMPLE_BN unless `sample_bn`
+        ("running", "batch") is given. Raises fileio.CheckpointError for anything else."""
+        if is_exported(path) or Path(path).suffix == ".safetensors":
+            return cls.from_exported(path, device, sample_bn)
+        return cls.from_checkpoint(path, device, sample_bn)
 
     @classmethod
     def from_checkpoint(cls, path, device="auto", sample_bn: str | None = None) -> "SketchToImage":
@@ -258,23 +298,78 @@ class SketchToImage:
         if ckpt["kind"] != "gan":
             raise _wrong_kind(file, ckpt["kind"])
         try:
-            arch, nets = ckpt["state"]["arch"], ckpt["state"]["networks"]
-            missing = [k for k in ("generator_ema", *AE_NETWORKS) if k not in nets]
+            arch, nets = ckpt["state"]["arch"], dict(ckpt["state"]["networks"])
+        except (KeyError, TypeError):
+            raise CheckpointError(f"{file}: a GAN checkpoint without its networks or architecture") from None
+        if "generator_ema" not in nets:  # never the live generator in place of the EMA one
+            raise CheckpointError(f"{file}: GAN checkpoint without generator_ema")
+        nets["generator"] = nets["generator_ema"]
+        return cls.from_state(arch, nets, device, file, ckpt.get("iteration"), ckpt.get("config"), sample_bn)
+
+    @classmethod
+    def from_exported(cls, path, device="auto", sample_bn: str | None = None) -> "SketchToImage":
+        """Load a safetensors file written by `save_pretrained`: tensors only, no pickle."""
+        from safetensors import SafetensorError, safe_open
+        file = Path(path)
+        try:
+            with safe_open(str(file), framework="pt", device="cpu") as f:
+                meta = f.metadata() or {}
+                tensors = {key: f.get_tensor(key) for key in f.keys()}
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
+        if meta.get("format") != EXPORT_FORMAT:
+            raise CheckpointError(f"{file}: a safetensors file, but not a model written by export.py "
+                                  f"(metadata format={meta.get('format')!r}, expected {EXPORT_FORMAT!r})")
+        if meta.get("format_version") != EXPORT_VERSION:
+            raise CheckpointError(f"{file}: exported model format version {meta.get('format_version')!r}; this "
+                                  f"code reads version {EXPORT_VERSION}")
+        try:
+            arch, config = json.loads(meta["arch"]), json.loads(meta.get("config", "{}"))
+        except (KeyError, ValueError):
+            raise CheckpointError(f"{file}: exported model without a readable 'arch' entry") from None
+        nets: dict[str, dict] = {}
+        for key, tensor in tensors.items():
+            net, _, name = key.partition(".")
+            nets.setdefault(net, {})[name] = tensor
+        iteration = int(meta["iteration"]) if meta.get("iteration", "").isdigit() else None
+        return cls.from_state(arch, nets, device, file, iteration, config, sample_bn)
+
+    @classmethod
+    def from_state(cls, arch: dict, networks: dict, device="auto", source: Path | None = None, iteration=None,
+                   config: dict | None = None, sample_bn: str | None = None) -> "SketchToImage":
+        """Build the networks of `arch` (preset, nfc, im_size_ae, im_size_gan) and load `networks`
+        ({"style_encoder", "content_encoder", "decoder", "generator": state dict}) into them, strictly."""
+        try:
+            missing = [k for k in EXPORTED_NETWORKS if k not in networks]
             if missing:
-                raise CheckpointError(f"{file}: GAN checkpoint without {', '.join(missing)}")
+                raise CheckpointError(f"{source}: a model without {', '.join(missing)}")
             nfc, ae_size = arch["nfc"], arch["im_size_ae"]
             modules = (StyleEncoder(nfc, ae_size), ContentEncoder(nfc, ae_size), Decoder(nfc, ae_size))
             for module, name in zip(modules, AE_NETWORKS):
-                module.load_state_dict(nets[name])
+                module.load_state_dict(networks[name])
             generator = build_generator(arch["preset"], nfc, ae_size, arch["im_size_gan"])
-            generator.load_state_dict(nets["generator_ema"])
+            generator.load_state_dict(networks["generator"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             if isinstance(e, CheckpointError):
                 raise
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointError(f"{file}: a GAN checkpoint whose networks do not load ({first})") from None
-        return cls(*modules, generator, arch, device=device, source=file, iteration=ckpt.get("iteration"),
-                   sample_bn=sample_bn or ckpt.get("config", {}).get("SAMPLE_BN", "running"))
+            raise CheckpointError(f"{source}: a model whose networks do not load ({first})") from None
+        return cls(*modules, generator, arch, device=device, source=source, iteration=iteration, config=config,
+                   sample_bn=sample_bn or (config or {}).get("SAMPLE_BN", "running"))
+
+    def save_pretrained(self, path) -> Path:
+        """Write what inference needs (AE networks, EMA generator) as one safetensors file, atomically;
+        the architecture, training config and iteration go in its JSON metadata. No pickle."""
+        from safetensors.torch import save_file
+        tensors = {f"{net}.{name}": tensor.detach().cpu().contiguous().clone()
+                   for net in EXPORTED_NETWORKS for name, tensor in getattr(self, net).state_dict().items()}
+        meta = {"format": EXPORT_FORMAT, "format_version": EXPORT_VERSION,
+                "arch": json.dumps(self.arch, sort_keys=True), "config": json.dumps(self.config, sort_keys=True),
+                "iteration": "" if self.iteration is None else str(self.iteration),
+                "exported_from": "" if self.source is None else Path(self.source).name}
+        with atomic_path(path) as tmp:
+            save_file(tensors, tmp, metadata=meta)
+        return Path(path)
 
     def __repr__(self) -> str:
         return (f"SketchToImage(preset={self.preset!r}, nfc={self.nfc}, ae_size={self.ae_size}, "
@@ -493,12 +588,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Sketch + style image -> image in that style, with a trained GAN checkpoint.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""\
-Inputs: a train.py run folder or GAN checkpoint; a sketch and a style image, or two folders.
+Inputs: a train.py run folder, GAN checkpoint or exported model; a sketch and a style image, or two folders.
 Outputs: file + file: one image <out>/<sketch>__<style>.png; folder + folder: pairs by file name
 (<out>/<name>.png), or with --cross every sketch x every style; PNGs at the model's output size.
 Example:
     python inference.py --checkpoint train_results/<run> --sketch my_sketch.png --style photo.jpg --out results""")
-    p.add_argument("--checkpoint", required=True, help="run folder of train.py, or a GAN checkpoint file")
+    p.add_argument("--checkpoint", required=True,
+                   help="run folder of train.py, a GAN checkpoint file, or a .safetensors file from export.py")
     p.add_argument("--sketch", required=True, help="a sketch image or a folder of sketches")
     p.add_argument("--style", required=True, help="a style image or a folder of style images")
     p.add_argument("--out", required=True, help="output folder")
@@ -518,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         plan = plan_jobs(args.sketch, args.style, args.out, args.cross)
-        model = SketchToImage.from_checkpoint(args.checkpoint, args.device)
+        model = SketchToImage.from_pretrained(args.checkpoint, args.device)
         print(f"model: {model.preset}, {model.ae_size} px sketches -> {model.image_size} px images "
               f"({model.source}, iteration {model.iteration}) on {model.device}")
         for note in plan.notes:

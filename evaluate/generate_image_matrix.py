@@ -43,9 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 Inputs: a train.py run folder or GAN checkpoint; a folder of sketches and a folder of style images.
 Outputs: one PNG (--out): the styles across the top, the sketches down the side, sketch i in style j inside.
 Example:
-    python evaluate/generate_image_matrix.py --checkpoint train_results/<run> --sketches data/demo/test/sketches \\
+    p.add_argument("--checkpoint", required=True, help="run folder of train.py, a GAN checkpoint file, or a .safetensors file from export.py")
         --styles data/demo/test/images --n-sketches 4 --n-styles 5 --out matrix.png""")
-    p.add_argument("--checkpoint", required=True, help="run folder of train.py, or a GAN checkpoint file")
+    p.add_argument("--checkpoint", required=True, help="run folder of train.py, a GAN checkpoint file, or a .safetensors file from export.py")
     p.add_argument("--sketches", required=True, help="folder of sketches (or one sketch)")
     p.add_argument("--styles", required=True, help="folder of style images (or one)")
     p.add_argument("--n-sketches", type=int, default=4, help="rows (0: every sketch)")
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         if out.suffix.lower() != ".png":
             raise InferenceError(f"--out {out}: the matrix is written as PNG: give a .png file name")
         sketches, styles = image_files(args.sketches, "sketch"), image_files(args.styles, "style")
-        model = SketchToImage.from_checkpoint(args.checkpoint, args.device)
+        model = SketchToImage.from_pretrained(args.checkpoint, args.device)
         n_rows, n_cols = image_matrix(model, sketches, styles, out, args.n_sketches, args.n_styles, args.seed,
                                       args.batch_size)
     except (CheckpointError, DataError, InferenceError, OSError) as e:

@@ -161,8 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
 Inputs: a train.py run folder or GAN checkpoint; a sketch (or a folder of them); 2 to 4 style images.
 Outputs: <out>/mix_grid.png (one row per recipe) and <out>/images/<sketch>__<recipe>.png.
 Example:
-    python evaluate/generate_mix.py --checkpoint train_results/<run> --sketch s.png --styles a.jpg b.jpg --out mix""")
-    p.add_argument("--checkpoint", required=True, help="run folder of train.py, or a GAN checkpoint file")
+    p.add_argument("--checkpoint", required=True, help="run folder of train.py, a GAN checkpoint file, or a .safetensors file from export.py")
+    p.add_argument("--checkpoint", required=True, help="run folder of train.py, a GAN checkpoint file, or a .safetensors file from export.py")
     p.add_argument("--sketch", required=True, help="a sketch, or a folder of sketches")
     p.add_argument("--styles", required=True, nargs="+", help="2 to 4 style images: A B [C [D]]")
     p.add_argument("--recipe", action="append", default=[],
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise DataError(f"style image not found: {s}")
         recipes = [parse_recipe(r, len(style_files)) for r in args.recipe] or builtin_recipes(len(style_files))
         sketches = image_files(args.sketch, "sketch")
-        model = SketchToImage.from_checkpoint(args.checkpoint, args.device)
+        model = SketchToImage.from_pretrained(args.checkpoint, args.device)
         out = Path(args.out)
         grid = generate_mix(model, sketches, style_files, out, recipes, args.n_sketches, args.seed)
     except (CheckpointError, DataError, InferenceError, OSError) as e:

@@ -304,11 +304,11 @@ class _Passthrough(nn.Module):
         return ae_image
 
 
-def load_model(path, device: str) -> tuple[SketchToImage, bool]:
-    """(model, ae_only): a run folder or GAN checkpoint gives the whole model; an AE checkpoint, or a
-    run folder without a GAN stage, gives its AE alone (scored as the "AE stage" row)."""
+def load_model(path, device: str, sample_bn: str | None = None) -> tuple[SketchToImage, bool]:
+    """(model, ae_only): a run folder, GAN checkpoint or exported model gives the whole model; an AE
+    checkpoint, or a run folder without a GAN stage, gives its AE alone (scored as the "AE stage" row)."""
     try:
-        return SketchToImage.from_checkpoint(path, device), False
+        return SketchToImage.from_pretrained(path, device, sample_bn), False
     except CheckpointError:
         ae_file = _ae_checkpoint(Path(path))
         if ae_file is None:
@@ -337,10 +337,11 @@ def _ae_checkpoint(path: Path) -> Path | None:
 
 
 def run(checkpoint, data_root="data/demo", out="results/quality", swaps: int = 4, n: int = 0, device: str = "auto",
-        batch_size: int = 25, seed: int = 0, sketch_folder: str = "sketches", progress: bool = True) -> dict:
+        batch_size: int = 25, seed: int = 0, sketch_folder: str = "sketches", sample_bn: str | None = None,
+        progress: bool = True) -> dict:
     """The whole benchmark: load, score, write quality.json and quality.png; returns the JSON object."""
     data = load_split(data_root, "test", n, sketch_folder)
-    model, ae_only = load_model(checkpoint, device)
+    model, ae_only = load_model(checkpoint, device, sample_bn)
     size = model.image_size
     drawn = model_method(model, data, size, ae_only, seed)
     result = evaluate([drawn, baseline_method(data, size, mean_image(data.train_images, size))], data, size, swaps,
@@ -349,7 +350,7 @@ def run(checkpoint, data_root="data/demo", out="results/quality", swaps: int = 4
     picture(drawn, data, size, out / "quality.png", AE if ae_only else MODEL)
     result = {"checkpoint": str(model.source), "iteration": model.iteration, "data": str(data.root), "split": "test",
               "sketches": sketch_folder, "images": len(data.stems), "swaps": min(swaps, len(data.stems) - 1),
-              "size": size, "seed": seed,
+              "size": size, "seed": seed, "sample_bn": None if ae_only else model.sample_bn,
               **result}
     write_json(out / "quality.json", result)
     return result
@@ -374,6 +375,8 @@ Example:
     p.add_argument("--out", default="results/quality", help="folder for quality.json and quality.png")
     p.add_argument("--batch-size", type=int, default=25)
     p.add_argument("--seed", type=int, default=0, help="the refine generator's noise")
+    p.add_argument("--sample-bn", choices=("running", "batch"), default=None,
+                   help="the generator's BatchNorm statistics (default: the run's SAMPLE_BN)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -386,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         result = run(args.checkpoint, args.data, args.out, args.swaps, args.n, args.device, args.batch_size,
-                     args.seed, args.sketches, not args.quiet)
+                     args.seed, args.sketches, args.sample_bn, not args.quiet)
     except (CheckpointError, DataError, InferenceError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -154,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
 Inputs: a train.py run folder or GAN checkpoint; content photos; style photos; XDoG or a TOM checkpoint.
 Outputs: per content photo P: <out>/sketches/P.png, <out>/images/P__<style>.png and <out>/P_grid.png.
 Example:
-    python evaluate/style_transfer.py --checkpoint train_results/<run> --photos A/ --styles B/ --out st --sketcher xdog:bold""")
-    p.add_argument("--checkpoint", required=True, help="run folder of train.py, or a GAN checkpoint file")
+    p.add_argument("--checkpoint", required=True, help="run folder of train.py, a GAN checkpoint file, or a .safetensors file from export.py")
+    p.add_argument("--checkpoint", required=True, help="run folder of train.py, a GAN checkpoint file, or a .safetensors file from export.py")
     p.add_argument("--photos", required=True, help="content photo, or a folder of them")
     p.add_argument("--styles", required=True, help="style image, or a folder of them")
     p.add_argument("--sketcher", default=f"xdog:{XDOG_DEFAULT}", help="xdog[:thin|medium|bold] or tom:CHECKPOINT")
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         photos, styles = image_files(args.photos, "photo"), image_files(args.styles, "style")
-        model = SketchToImage.from_checkpoint(args.checkpoint, args.device)
+        model = SketchToImage.from_pretrained(args.checkpoint, args.device)
         sketcher = make_sketcher(args.sketcher, model.image_size, pick_device(args.device))
         out = Path(args.out)
         grids = style_transfer(model, photos, styles, sketcher, out, args.n, args.n_styles, args.seed,

@@ -1,0 +1,129 @@
+"""export.py and SketchToImage.from_pretrained: the slim safetensors model format."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import export
+import inference
+import train
+from conftest import tiny_train_args
+from evaluate import generate_mix
+from fileio import CheckpointDir, CheckpointError, load_checkpoint
+from inference import EXPORT_FORMAT, SketchToImage, is_exported
+
+
+@pytest.fixture(scope="module")
+def run_dir(demo_root, tmp_path_factory) -> Path:
+    """A run folder with AE and GAN checkpoints (two iterations each; 64 px AE, 128 px output)."""
+    folder = tmp_path_factory.mktemp("export")
+    args = tiny_train_args(demo_root, folder, IM_SIZE_GAN=128, ITERATION_AE=2, ITERATION_GAN=2, EMA_DECAY=0.5,
+                           TRIAL_NAME="run")
+    assert train.main(args) == 0
+    return folder / "runs" / "run"
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("exported") / "model.safetensors"
+    assert export.main([str(run_dir), "--out", str(out)]) == 0
+    return out
+
+
+def _inputs(model, demo_root):
+    names = sorted(p.name for p in (demo_root / "test" / "sketches").iterdir())[:3]
+    sketches = torch.cat([model.prepare_sketch(demo_root / "test" / "sketches" / n) for n in names])
+    styles = torch.cat([model.prepare_style(demo_root / "test" / "images" / n) for n in names])
+    return sketches, styles
+
+
+def test_the_exported_model_draws_exactly_what_the_checkpoint_draws(run_dir, exported, demo_root):
+    original = SketchToImage.from_pretrained(run_dir, device="cpu")
+    slim = SketchToImage.from_pretrained(exported, device="cpu")
+    assert is_exported(exported) and not is_exported(original.source)
+    assert (slim.arch, slim.iteration) == (original.arch, original.iteration)
+    assert slim.config == json.loads(json.dumps(original.config))  # as JSON: tuples read back as lists
+    assert slim.config["TEST_IMAGE_DIR"] == str(demo_root / "test" / "images")  # the app's default gallery
+    sketches, styles = _inputs(original, demo_root)
+    for seed in (0, 7):
+        out, ae = original.generate(sketches, styles, seed=seed, return_ae=True)
+        out2, ae2 = slim.generate(sketches, styles, seed=seed, return_ae=True)
+        assert torch.equal(out, out2) and torch.equal(ae, ae2)
+    ema = load_checkpoint(original.source)["state"]["networks"]["generator_ema"]
+    assert all(torch.equal(v, ema[k]) for k, v in slim.generator.state_dict().items())  # the EMA weights
+
+
+def test_the_file_is_tensors_and_json_and_a_fraction_of_the_checkpoint(run_dir, exported, capsys):
+    checkpoint = CheckpointDir(run_dir / "gan" / "checkpoints").last()
+    assert exported.stat().st_size < 0.5 * checkpoint.stat().st_size  # no D, no optimizers, no live G
+    with safe_open(str(exported), framework="pt") as f:
+        meta, keys = f.metadata(), list(f.keys())
+    assert meta["format"] == EXPORT_FORMAT and meta["format_version"] == "1"
+    assert json.loads(meta["arch"]) == {"preset": "demo", "nfc": 8, "im_size_ae": 64, "im_size_gan": 128,
+                                        "im_size_d": 64}
+    assert json.loads(meta["config"])["DATA_NAME"] == "demo" and meta["iteration"] == "2"
+    assert {k.partition(".")[0] for k in keys} == {"style_encoder", "content_encoder", "decoder", "generator"}
+    assert not exported.read_bytes().startswith(b"PK")  # not a torch/pickle zip archive
+
+
+def test_every_script_takes_the_exported_file(exported, demo_root, tmp_path):
+    sketch = demo_root / "test" / "sketches" / sorted(p.name for p in (demo_root / "test" / "sketches").iterdir())[0]
+    style = demo_root / "test" / "images" / sketch.name
+    assert inference.main(["--checkpoint", str(exported), "--sketch", str(sketch), "--style", str(style),
+                           "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet"]) == 0
+    assert len(list((tmp_path / "out").glob("*.png"))) == 1
+    other = sorted((demo_root / "test" / "images").iterdir())[1]
+    assert generate_mix.main(["--checkpoint", str(exported), "--sketch", str(sketch), "--styles", str(style),
+                              str(other), "--out", str(tmp_path / "mix"), "--device", "cpu"]) == 0
+    assert (tmp_path / "mix" / "mix_grid.png").is_file()
+    again = tmp_path / "again.safetensors"  # an exported file exports again, unchanged
+    assert export.main([str(exported), "--out", str(again)]) == 0
+    a, b = SketchToImage.from_pretrained(exported, "cpu"), SketchToImage.from_pretrained(again, "cpu")
+    assert all(torch.equal(v, b.generator.state_dict()[k]) for k, v in a.generator.state_dict().items())
+
+
+def test_export_refuses_in_one_line(run_dir, exported, tmp_path, capsys):
+    def one_line(argv, *expected):
+        assert export.main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err
+        for text in expected:
+            assert text in err
+    one_line([str(run_dir), "--out", str(exported)], "exists", "--overwrite")
+    one_line([str(run_dir), "--out", str(tmp_path / "model.pt")], "*.safetensors")
+    one_line([str(run_dir / "ae" / "checkpoints" / "ckpt_00000002.pt"), "--out", str(tmp_path / "x.safetensors")],
+             "AE-stage checkpoint")
+    one_line([str(tmp_path / "missing"), "--out", str(tmp_path / "y.safetensors")], "not found")
+    assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "y.safetensors").exists()
+    before = SketchToImage.from_pretrained(exported, "cpu").generator.state_dict()
+    assert export.main([str(run_dir), "--out", str(exported), "--overwrite"]) == 0
+    after = SketchToImage.from_pretrained(exported, "cpu").generator.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+
+
+def test_bad_safetensors_files_are_one_line(exported, tmp_path):
+    with safe_open(str(exported), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    cases = {}
+    save_file({"w": torch.zeros(3)}, tmp_path / "foreign.safetensors")
+    cases["foreign.safetensors"] = "not a model written by export.py"
+    save_file(tensors, tmp_path / "future.safetensors", metadata={**meta, "format_version": "9"})
+    cases["future.safetensors"] = "format version '9'"
+    save_file({k: v for k, v in tensors.items() if not k.startswith("decoder.")}, tmp_path / "partial.safetensors",
+              metadata=meta)
+    cases["partial.safetensors"] = "without decoder"
+    save_file(tensors, tmp_path / "other_arch.safetensors", metadata={**meta, "arch": json.dumps(
+        {**json.loads(meta["arch"]), "nfc": 16})})
+    cases["other_arch.safetensors"] = "do not load"
+    (tmp_path / "text.safetensors").write_text("hello")
+    cases["text.safetensors"] = "not a readable safetensors file"
+    (tmp_path / "cut.safetensors").write_bytes(exported.read_bytes()[:1000])
+    cases["cut.safetensors"] = "not a readable safetensors file"
+    for name, expected in cases.items():
+        with pytest.raises(CheckpointError) as e:
+            SketchToImage.from_pretrained(tmp_path / name, device="cpu")
+        assert expected in str(e.value) and name in str(e.value) and "\n" not in str(e.value), name

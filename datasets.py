@@ -83,14 +83,26 @@ def resize(img: Image.Image, size: int) -> Image.Image:
 # --------------------------------------------------------------------------- pairing
 
 def list_images(folder) -> dict[str, Path]:
-    """Image files of a folder (flat, any listed extension in any case) keyed by file stem."""
+    """Image files of a folder (flat, any listed extension in any case) keyed by file stem.
+
+    Files pair by stem, so two images with one stem (a.jpg and a.png) are refused with a DataError
+    naming them: either could be the one a sketch was drawn from.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"folder not found: {folder}")
     found: dict[str, Path] = {}
+    clashes: dict[str, list[str]] = {}
     for path in sorted(folder.iterdir()):
         if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
-            found.setdefault(path.stem, path)  # a.jpg and a.png: the first in sorted order wins
+            if path.stem in found:
+                clashes.setdefault(path.stem, [found[path.stem].name]).append(path.name)
+            found.setdefault(path.stem, path)
+    if clashes:
+        shown = "; ".join(", ".join(names) for names in list(clashes.values())[:5])
+        raise DataError(f"{folder}: {len(clashes)} name(s) used by more than one image ({shown}"
+                        f"{'; ...' if len(clashes) > 5 else ''}): files pair by "
+                        f"name without extension, so rename or remove all but one of each")
     return found
 
 
@@ -138,6 +150,21 @@ def pair_folders(image_dir, sketch_dirs) -> Pairs:
     return Pairs(images=[images[s] for s in stems],
                  sketches=[tuple(m[s] for m in sketch_maps) for s in stems],
                  missing={d: s for d, s in missing.items() if s})
+
+
+def require_readable(pairs: Pairs) -> Pairs:
+    """`pairs`, or a DataError if not one image and its sketches can be read (checked until the first
+    readable pair: one read when the data is fine). Unreadable files are otherwise skipped in training."""
+    first_error = None
+    for image, sketches in zip(pairs.images, pairs.sketches):
+        try:
+            for path, mode in ((image, "RGB"), *((s, "L") for s in sketches)):
+                load_image(path, mode)
+            return pairs
+        except DataError as e:
+            first_error = first_error or e
+    raise DataError(f"none of the {len(pairs)} image/sketch pairs of {pairs.images[0].parent} can be read "
+                    f"(first: {first_error})")
 
 
 # --------------------------------------------------------------------------- datasets

@@ -43,8 +43,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import weights
+from config import ConfigError
 from datasets import READ_ERRORS, DataError, load_image, require_images, resize, to_float, to_uint8_tensor
-from fileio import CheckpointError, atomic_path, save_png, write_json
+from fileio import CheckpointError, OutputError, atomic_path, check_writable, save_png, write_json
+from training import resolve_device
 
 INCEPTION_SIZE = 299
 MIN_SAMPLES = 2048          # below this many samples the 2048-d covariance is singular
@@ -107,7 +109,7 @@ def statistics(features) -> tuple[np.ndarray, np.ndarray]:
     """(N, D) features -> (mean, covariance) in float64; warns below 2048 samples."""
     features = np.asarray(features, dtype=np.float64)
     if features.ndim != 2 or features.shape[0] < 2:
-        raise ValueError(f"statistics need (N >= 2, D) features, got shape {features.shape}")
+        raise StatsError(f"statistics need at least 2 images ((N >= 2, D) features), got shape {features.shape}")
     warn_if_few(features.shape[0])
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
@@ -131,7 +133,7 @@ def kid(feats_a, feats_b, n_subsets: int = 100, subset_size: int = 1000, seed: i
     a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
     m = min(subset_size, len(a), len(b))
     if m < 2:
-        raise ValueError(f"KID needs at least 2 samples on each side, got {len(a)} and {len(b)}")
+        raise StatsError(f"KID needs at least 2 samples on each side, got {len(a)} and {len(b)}")
     rng = np.random.default_rng(seed)
     values = [mmd2_unbiased(a[rng.choice(len(a), m, replace=False)], b[rng.choice(len(b), m, replace=False)])
               for _ in range(n_subsets)]
@@ -259,9 +261,13 @@ class ImageFiles(Dataset):
 
 
 def folder_files(folder, max_samples: int | None = None) -> list[Path]:
-    """The folder's images in file-name order, the first `max_samples` of them if given."""
+    """The folder's images in file-name order, the first `max_samples` of them if given (at least 2:
+    a covariance needs two samples)."""
     paths = list(require_images(folder).values())
-    return paths[:max_samples] if max_samples else paths
+    paths = paths[:max_samples] if max_samples else paths
+    if len(paths) < 2:
+        raise DataError(f"{folder}: statistics need at least 2 images, there is {len(paths)}")
+    return paths
 
 
 def folder_features(folder, model: nn.Module, device, size: int | None = None, batch_size: int = 50,
@@ -314,9 +320,24 @@ def load_stats(path) -> Stats:
     mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise StatsError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not match")
+    check_gaussian(mu, sigma, path)
     n = int(data["n"]) if "n" in data else -1  # -1: unknown (pytorch-fid's files do not say)
     info = json.loads(str(data["info"])) if "info" in data else {}
     return Stats(mu, sigma, n, data.get("features"), info)
+
+
+def check_gaussian(mu: np.ndarray, sigma: np.ndarray, source) -> None:
+    """StatsError unless (mu, sigma) can be a mean and a covariance: finite, sigma symmetric and positive
+    semi-definite, both to a relative tolerance of 1e-6 of sigma's largest entry (rounding, float32 files)."""
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise StatsError(f"{source}: the statistics hold NaN or Inf values")
+    tol = 1e-6 * max(float(np.abs(sigma).max(initial=0.0)), np.finfo(np.float64).tiny)
+    if np.abs(sigma - sigma.T).max(initial=0.0) > tol:
+        raise StatsError(f"{source}: sigma is not symmetric, so it is not a covariance")
+    try:  # Cholesky succeeds iff sigma + tol I is positive definite: sigma is PSD up to tol
+        np.linalg.cholesky(sigma + tol * np.eye(len(sigma)))
+    except np.linalg.LinAlgError:
+        raise StatsError(f"{source}: sigma has negative eigenvalues, so it is not a covariance") from None
 
 
 def content_digest(paths: list[Path]) -> str:
@@ -368,7 +389,10 @@ def folder_stats(folder, model_fn: Callable[[], nn.Module], device, size: int | 
     feats = folder_features(folder, model_fn(), device, size, batch_size, workers, max_samples, reading)
     stats = Stats.of(feats, keep_features, {"key": key, "folder": str(folder)})
     if path is not None:
-        save_stats(path, stats)
+        try:
+            save_stats(path, stats)
+        except OutputError as e:  # a read-only cache costs the next run time, not this result
+            warnings.warn(f"statistics not cached: {e}", stacklevel=2)
     stats.info["cached"] = False
     return stats
 
@@ -679,6 +703,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if getattr(args, "checkpoint", None) and not (args.sketch and args.style):
         p.error("--checkpoint needs --sketch and --style folders")
+    least = dict(batch_size=1, size=1, max_samples=2, kid_subsets=1, kid_subset_size=2, dims=1, repeats=1, images=1,
+                 image_size=1, workers=0)
+    for name, low in least.items():
+        value = getattr(args, name, None)
+        if value is not None and value < low:
+            p.error(f"--{name.replace('_', '-')} {value}: must be at least {low}")
+    try:
+        args.device = resolve_device(args.device)
+    except ConfigError as e:
+        p.error(str(e))
     if getattr(args, "workers", 0) is None:
         args.workers = 4 if torch.device(args.device).type == "cuda" else 0
     return args
@@ -689,13 +723,17 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     command = {"fid": cmd_fid, "stats": cmd_stats, "speed": cmd_speed}[args.command]
     try:
+        if getattr(args, "out", None):  # outputs are checked first: a bad one costs no measurement
+            check_writable(args.out)
+        if getattr(args, "checkpoint", None):
+            check_writable(args.save_dir, folder=True)
         result = command(args)
-    except (DataError, StatsError, weights.WeightsError, CheckpointError) as e:
+        if getattr(args, "out", None) and args.command != "stats":
+            write_json(args.out, {"argv": list(sys.argv[1:] if argv is None else argv), **result})
+            print(f"results written to {args.out}")
+    except (DataError, StatsError, weights.WeightsError, CheckpointError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if getattr(args, "out", None) and args.command != "stats":
-        write_json(args.out, {"argv": list(sys.argv[1:] if argv is None else argv), **result})
-        print(f"results written to {args.out}")
     return 0
 
 

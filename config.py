@@ -138,6 +138,7 @@ class Config:
     SEED: int = 0                            # seeds data order, augmentation and initialisation
     DETERMINISTIC: bool = False              # deterministic kernels (for exact-resume checks)
     NAN_POLICY: str = "stop"                 # a NaN/Inf loss: "stop" the run or "skip" the step
+    NAN_SKIP_LIMIT: int = 20                 # NAN_POLICY=skip: stop after this many skipped steps in a row
 
     def __post_init__(self):
         _check_choice("DATA_NAME", self.DATA_NAME, PRESETS)
@@ -155,8 +156,11 @@ class Config:
                               f"or twice it")
         if self.NFC < 8 or self.NFC % 8:
             raise ConfigError(f"NFC={self.NFC}: must be a multiple of 8")
+        if self.IM_SIZE_D > self.IM_SIZE_GAN:
+            raise ConfigError(f"IM_SIZE_D={self.IM_SIZE_D}: must be at most IM_SIZE_GAN ({self.IM_SIZE_GAN})")
         positive = ("NBR_CLS", "BATCH_SIZE_AE", "BATCH_SIZE_GAN", "LOG_INTERVAL", "SAVE_IMAGE_INTERVAL",
-                    "SAVE_MODEL_INTERVAL", "KEEP_CHECKPOINTS", "SUBSET_PASSES", "GRID_N", "LPIPS_SIZE")
+                    "SAVE_MODEL_INTERVAL", "KEEP_CHECKPOINTS", "SUBSET_PASSES", "GRID_N", "LPIPS_SIZE",
+                    "MI_HIDDEN", "FID_N_SAMPLES", "NAN_SKIP_LIMIT", "LR_AE", "LR_AE_AFTER_SWITCH", "LR_GAN")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be positive")
@@ -172,6 +176,15 @@ class Config:
             raise ConfigError("TRAIN_AE_ONLY and TRAIN_GAN_ONLY are both set: choose one")
         if not 0.0 <= self.EMA_DECAY < 1.0:
             raise ConfigError(f"EMA_DECAY={self.EMA_DECAY}: must be in [0, 1)")
+        if not all(0.0 <= beta < 1.0 for beta in self.BETAS):
+            raise ConfigError(f"BETAS={','.join(map(str, self.BETAS))}: each must be in [0, 1) (Adam's betas)")
+        for name in _FLOATS:  # checked here, before any run folder exists (Adam would raise only later)
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name}={getattr(self, name)}: must be a finite number")
+            if name.startswith("W_") and getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)}: a loss weight must be >= 0")
+        if self.CONTENT_MARGIN < 0:
+            raise ConfigError(f"CONTENT_MARGIN={self.CONTENT_MARGIN}: must be >= 0")
 
     def _check_sampling(self) -> None:
         _check_choice("SAMPLE_BN", self.SAMPLE_BN, ("running", "batch"))
@@ -335,6 +348,7 @@ def _text(value) -> str:
 
 _HINTS = typing.get_type_hints(Config)
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}  # the field defaults
+_FLOATS = [name for name, tp in _HINTS.items() if tp is float]
 
 
 def _check_known(key: str) -> None:

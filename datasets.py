@@ -110,17 +110,28 @@ def list_images(folder, nested: bool = False) -> dict[str, Path]:
     Flat: the files directly inside, keyed by file stem. Nested (ImageFolder-style trees, as the
     reference's TOM read): every sub-folder too, hidden files and folders left out, keyed by
     `flat_name` (cats/01.jpg -> cats__01), so names stay unique in one flat output folder.
+    Files pair by that name, so two images with one name (a.jpg and a.png) are refused with a
+    DataError naming them: either could be the one a sketch was drawn from.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"folder not found: {folder}")
     found: dict[str, Path] = {}
+    clashes: dict[str, list[str]] = {}
     for path in sorted(folder.rglob("*") if nested else folder.iterdir()):
         rel = path.relative_to(folder)
         if nested and any(part.startswith(".") for part in rel.parts):
             continue
         if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
-            found.setdefault(flat_name(rel), path)  # a.jpg and a.png: the first in sorted order wins
+            name = flat_name(rel)
+            if name in found:
+                clashes.setdefault(name, [found[name].name]).append(path.name)
+            found.setdefault(name, path)
+    if clashes:
+        shown = "; ".join(", ".join(names) for names in list(clashes.values())[:5])
+        raise DataError(f"{folder}: {len(clashes)} name(s) used by more than one image ({shown}"
+                        f"{'; ...' if len(clashes) > 5 else ''}): files pair by "
+                        f"name without extension, so rename or remove all but one of each")
     return found
 
 
@@ -178,6 +189,21 @@ def pair_folders(image_dir, sketch_dirs) -> Pairs:
     return Pairs(images=[images[s] for s in stems],
                  sketches=[tuple(m[s] for m in sketch_maps) for s in stems],
                  missing={d: s for d, s in missing.items() if s})
+
+
+def require_readable(pairs: Pairs) -> Pairs:
+    """`pairs`, or a DataError if not one image and its sketches can be read (checked until the first
+    readable pair: one read when the data is fine). Unreadable files are otherwise skipped in training."""
+    first_error = None
+    for image, sketches in zip(pairs.images, pairs.sketches):
+        try:
+            for path, mode in ((image, "RGB"), *((s, "L") for s in sketches)):
+                load_image(path, mode)
+            return pairs
+        except DataError as e:
+            first_error = first_error or e
+    raise DataError(f"none of the {len(pairs)} image/sketch pairs of {pairs.images[0].parent} can be read "
+                    f"(first: {first_error})")
 
 
 # --------------------------------------------------------------------------- datasets

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import os
 import pickle  # only for the exception type torch.load(weights_only=True) raises on a pickled object
@@ -16,10 +18,22 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 CHECKPOINT_FORMAT = 1  # bump when the layout of the checkpoint dict changes
+CHECKSUM_KEY = "checksum"  # "sha256:<hex>" of the rest of the checkpoint dict (state_checksum); absent in old files
+TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # atomic_path's temporary names: .<name>.<8 random>.tmp
 
 
 class CheckpointError(Exception):
-    """A checkpoint is missing, unreadable, unsafe, or of the wrong kind."""
+    """A checkpoint is missing, unreadable, unsafe, damaged, or of the wrong kind."""
+
+
+class OutputError(Exception):
+    """An output cannot be written: no space left, no permission, a file where a folder should be."""
+
+
+def _output_error(path: Path, e: OSError) -> OutputError:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutputError(f"no space left on {path.parent} (writing {path.name})")
+    return OutputError(f"cannot write {path}: {e.strerror or e}")
 
 
 @contextlib.contextmanager
@@ -27,21 +41,59 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds.
 
     A process killed mid-write leaves the previous file intact (plus at worst a hidden
-    `.name.*.tmp` file), never a half-written `path`.
+    `.name.*.tmp` file, see remove_stale_temporaries), never a half-written `path`. An OSError
+    (no space left, no permission) becomes an OutputError naming the path.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _output_error(path, e) from None
     os.close(fd)
     try:
         yield Path(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise _output_error(path, e) from None
         raise
+
+
+def check_writable(path, folder: bool = False) -> None:
+    """Raise OutputError now if `path` (a file; with folder=True a folder) could not be written later.
+
+    Commands call it before their long work, so that a bad --out costs a second, not the whole
+    measurement. Creates nothing: it probes the nearest existing folder with a temporary file.
+    """
+    path = Path(path)
+    if path.is_dir() and not folder:
+        raise OutputError(f"{path} is a folder: give a file name")
+    if path.exists() and not path.is_dir() and folder:
+        raise OutputError(f"{path} is a file: give a folder")
+    existing = path if path.is_dir() else path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"cannot write {path}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise _output_error(path, e) from None
+
+
+def remove_stale_temporaries(folder) -> int:
+    """Delete the temporary files that writes killed mid-way (kill -9, power loss) left in `folder`
+    and below; returns how many. Only when no other process writes there (e.g. as a run resumes)."""
+    stale = [p for p in Path(folder).rglob(".*.tmp") if TEMPORARY.match(p.name) and p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
 
 
 def write_text(path, text: str) -> None:
@@ -80,14 +132,86 @@ def save_grid(images: torch.Tensor, path, nrow: int) -> None:
 
 # --------------------------------------------------------------------------- checkpoints
 
+def state_checksum(obj) -> str:
+    """"sha256:<hex>" over a checkpoint's contents in order: every tensor's dtype, shape and bytes,
+    every key and plain value. It is stored in the checkpoint and checked when it loads."""
+    h = hashlib.sha256()
+    _hash_into(h, obj)
+    return "sha256:" + h.hexdigest()
+
+
+def _hash_into(h, value) -> None:
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    elif isinstance(value, dict):
+        h.update(f"D{len(value)}".encode())
+        for k, v in value.items():
+            _hash_into(h, k)
+            _hash_into(h, v)
+    elif isinstance(value, (list, tuple)):
+        h.update(f"L{len(value)}".encode())
+        for v in value:
+            _hash_into(h, v)
+    else:
+        h.update(f"{type(value).__name__}:{value!r};".encode())
+
+
+def nonfinite_tensors(obj) -> list[str]:
+    """Key paths (e.g. "state/networks/decoder/conv.weight") of floating-point tensors holding NaN or Inf."""
+    flags = []
+    stack = [("", obj)]
+    while stack:
+        name, value = stack.pop()
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point() and value.numel():  # NaN and Inf show in the min or max (fast on CPU)
+                flags.append((name, ~torch.isfinite(torch.stack(torch.aminmax(value.detach()))).all()))
+        elif isinstance(value, dict):
+            stack.extend((f"{name}/{k}" if name else str(k), v) for k, v in value.items())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((f"{name}/{i}", v) for i, v in enumerate(value))
+    return sorted(name for name, flag in flags if bool(flag))  # reads flags computed on the device
+
+
+class _RecordingWriter:
+    """A file object for torch.save that keeps the OSError of a failed write: torch replaces it by an
+    opaque "unexpected pos" RuntimeError, and the errno (no space left...) is what the user needs."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def __getattr__(self, name):  # flush, seek, tell...
+        return getattr(self.f, name)
+
+
 def save_checkpoint(obj: dict, path) -> None:
-    """torch.save a dict of tensors and plain data, atomically."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """torch.save a dict of tensors and plain data with its checksum, atomically.
+
+    A failed write (e.g. no space left) is an OutputError naming the path; the file is not replaced.
+    """
+    body = {k: v for k, v in obj.items() if k != CHECKSUM_KEY}
+    body[CHECKSUM_KEY] = state_checksum(body)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        writer = _RecordingWriter(f)
+        try:
+            torch.save(body, writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
 
 
 def load_checkpoint(path, map_location="cpu", kind: str | None = None) -> dict:
-    """Load a checkpoint with weights_only=True (no arbitrary code); check its kind."""
+    """Load a checkpoint with weights_only=True (no arbitrary code); check its checksum (when it has
+    one: older files do not), that its tensors are finite, and its kind."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -96,53 +220,94 @@ def load_checkpoint(path, map_location="cpu", kind: str | None = None) -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f" (it refers to {found.group(1)})" if found else ""
         raise CheckpointError(
-            f"{path}: refused: the file holds pickled Python objects, not only tensors and plain "
-            f"data, so loading it could run code. Only checkpoints written by this project load. "
-            f"({str(e).splitlines()[0]})") from None
+            f"{path}: refused: the file holds pickled Python objects{what}, not only tensors and plain "
+            f"data, and loading those can run any code. Only checkpoints written by this project load.") from None
     except Exception as e:  # a truncated zip, a text file, ...: say which file and why
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {e}") from None
     if not isinstance(ckpt, dict) or "kind" not in ckpt:
         raise CheckpointError(f"{path}: not a checkpoint of this project (no 'kind' entry)")
+    stored = ckpt.pop(CHECKSUM_KEY, None)
+    if stored is not None and stored != state_checksum(ckpt):
+        raise CheckpointError(f"{path}: damaged: its contents do not match the checksum stored in it (a disk "
+                              f"or copy error); use another checkpoint")
+    bad = nonfinite_tensors(ckpt)
+    if bad:
+        raise CheckpointError(f"{path}: holds NaN/Inf values ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})"
+                              f": written after the run diverged; use an earlier checkpoint")
     if kind is not None and ckpt["kind"] != kind:
         raise CheckpointError(f"{path}: is a '{ckpt['kind']}' checkpoint, expected '{kind}'")
     return ckpt
 
 
+def is_checkpoint(path, kind: str | None = None) -> bool:
+    """Cheap test that a file is a checkpoint of this project (of `kind` if given): reads its small
+    pickle and maps its tensors without reading them (no checksum check)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return False
+    return isinstance(ckpt, dict) and "kind" in ckpt and (kind is None or ckpt["kind"] == kind)
+
+
 class CheckpointDir:
-    """A folder of numbered checkpoints with a `last` pointer; keeps the `keep` newest."""
+    """A folder of numbered checkpoints with a `last` pointer; keeps the `keep` newest.
+
+    Only files that load as checkpoints (of `kind`, when given) count: a stray `ckpt_99999999.pt`
+    is never picked, counted or deleted, and the pointer only names a file of this folder.
+    """
 
     POINTER = "last.txt"
     PATTERN = re.compile(r"^ckpt_(\d+)\.pt$")
 
-    def __init__(self, folder, keep: int = 3):
+    def __init__(self, folder, keep: int = 3, kind: str | None = None):
         self.folder = Path(folder)
         self.keep = max(1, keep)
+        self.kind = kind
 
     def save(self, obj: dict, iteration: int) -> Path:
-        """Write the checkpoint, then move the pointer, then prune: every moment is loadable."""
+        """Write the checkpoint, then move the pointer, then prune: every moment is loadable.
+
+        Weights holding NaN/Inf are refused (CheckpointError), and a failed write (OutputError) keeps
+        the pointer and every older checkpoint as they were.
+        """
         path = self.folder / f"ckpt_{iteration:08d}.pt"
-        save_checkpoint(obj, path)
+        bad = nonfinite_tensors(obj)
+        if bad:
+            raise CheckpointError(f"iteration {iteration}: the weights hold NaN/Inf ({', '.join(bad[:3])}); not "
+                                  f"saved, the last good checkpoint is kept: {self.last() or 'none yet'}")
+        try:
+            save_checkpoint(obj, path)
+        except OutputError as e:
+            raise OutputError(f"{e}: checkpoint not written; the last good one is kept: {self.last() or 'none yet'}") \
+                from None
         write_text(self.folder / self.POINTER, path.name + "\n")
-        for old in self._numbered()[:-self.keep]:
+        older = [p for p in self._numbered() if self._number(p) < iteration]
+        ours = [p for p in older if is_checkpoint(p, obj.get("kind", self.kind))]
+        for old in ours[:max(0, len(ours) - (self.keep - 1))]:
             old.unlink(missing_ok=True)
         return path
 
     def last(self) -> Path | None:
-        """Path of the newest checkpoint, following the pointer (or the highest number)."""
+        """The newest checkpoint: the pointer's file if it is a valid one in this folder, else the
+        highest-numbered valid one."""
         pointer = self.folder / self.POINTER
         if pointer.is_file():
-            target = self.folder / pointer.read_text(encoding="utf-8").strip()
-            if target.is_file():
-                return target
-        numbered = self._numbered()
-        return numbered[-1] if numbered else None
+            name = pointer.read_text(encoding="utf-8", errors="replace").strip()
+            if self.PATTERN.match(name) and is_checkpoint(self.folder / name, self.kind):
+                return self.folder / name
+        return next((p for p in reversed(self._numbered()) if is_checkpoint(p, self.kind)), None)
+
+    def _number(self, path: Path) -> int:
+        return int(self.PATTERN.match(path.name).group(1))
 
     def _numbered(self) -> list[Path]:
         if not self.folder.is_dir():
             return []
-        found = [p for p in self.folder.iterdir() if self.PATTERN.match(p.name)]
-        return sorted(found, key=lambda p: int(self.PATTERN.match(p.name).group(1)))
+        found = [p for p in self.folder.iterdir() if self.PATTERN.match(p.name) and p.is_file()]
+        return sorted(found, key=self._number)
 
 
 def newest_checkpoint(folder, subfolders: tuple[str, ...] = ()) -> Path | None:
@@ -164,8 +329,11 @@ class JsonlLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, record: dict) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record, sort_keys=True) + "\n")
+        except OSError as e:
+            raise _output_error(self.path, e) from None
 
     def truncate_after(self, iteration: int) -> None:
         """Drop records past `iteration` (a resumed run will write them again)."""

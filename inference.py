@@ -46,9 +46,11 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from config import ConfigError
 from datasets import DataError, _to_mode, load_image, require_images, resize, to_float, to_uint8_tensor
-from fileio import CheckpointError, atomic_path, load_checkpoint, newest_checkpoint, save_png, to_pil
+from fileio import CheckpointError, OutputError, atomic_path, load_checkpoint, newest_checkpoint, save_png, to_pil
 from models import BN_MODES, ContentEncoder, Decoder, NoiseInjection, StyleEncoder, batch_norm_mode, build_generator
+from training import resolve_device
 
 ImageInput = Union[str, Path, Image.Image]
 
@@ -126,20 +128,12 @@ def _wrong_kind(path: Path, kind) -> CheckpointError:
 
 
 def pick_device(name: str | torch.device = "auto") -> torch.device:
-    """"auto" -> the first CUDA device if there is one, else the CPU; otherwise a torch device name."""
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """"auto" -> the first CUDA device if there is one, else the CPU; otherwise a torch device name
+    (training.resolve_device, with this module's error type)."""
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InferenceError(f"--device {name!r}: not a device name (auto, cpu, cuda, cuda:1, mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InferenceError(f"--device {name}: CUDA is not available here (use --device cpu)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise InferenceError(f"--device {name}: MPS is not available here (use --device cpu)")
-    return device
+        return resolve_device(name)
+    except ConfigError as e:
+        raise InferenceError(f"--{e}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -463,6 +457,7 @@ class SketchToImage:
         and counted, never fatal."""
         if batch_size < 1:
             raise InferenceError(f"batch size {batch_size}: must be >= 1")
+        check_outputs(jobs)
         report = RunReport()
         sketches = _Cache(lambda p: self.prepare_sketch(p, invert=invert, fit=fit))
         styles = _Cache(lambda p: self.prepare_style(p, fit=fit))
@@ -559,14 +554,38 @@ def _inputs(path: Path, what: str) -> dict[str, Path]:
     return require_images(path, what)
 
 
+def check_outputs(jobs: Sequence[Job]) -> None:
+    """InferenceError unless every output is a new name: never an input file, never twice in one run."""
+    inputs = {p.resolve() for job in jobs for p in (job.sketch, job.style)}
+    seen = set()
+    for job in jobs:
+        out = job.out.resolve()
+        if out in inputs:
+            raise InferenceError(f"output {job.out} would overwrite an input file: choose another --out folder")
+        if out in seen:
+            raise InferenceError(f"two outputs would be written to {job.out}")
+        seen.add(out)
+
+
+def output_stem(stem: str) -> str:
+    """A file stem as one part of a `<sketch>__<style>` output name, escaped so that every name splits
+    back into one (sketch, style) pair: a stem holding "__" or "%", or starting or ending with "_",
+    is written with "%" -> "%25" and "_" -> "%5F" (other stems stay as they are)."""
+    if "__" in stem or "%" in stem or stem.startswith("_") or stem.endswith("_"):
+        return stem.replace("%", "%25").replace("_", "%5F")
+    return stem
+
+
 def plan_jobs(sketch, style, out, cross: bool = False) -> Plan:
     """What to generate: file + file -> one image; one side a file -> it with every file of the other;
-    folder + folder -> pairs by file name (<name>.png), or every sketch x every style with `cross`."""
+    folder + folder -> pairs by file name (<name>.png), or every sketch x every style with `cross`
+    (<sketch>__<style>.png, see `output_stem`). Outputs never overwrite an input (`check_outputs`)."""
     sketch, style, out = Path(sketch), Path(style), Path(out)
     sketches, styles = _inputs(sketch, "sketch"), _inputs(style, "style")
     if sketch.is_dir() and style.is_dir() and not cross:
         common = [s for s in sketches if s in styles]
         plan = Plan([Job(sketches[s], styles[s], out / f"{s}.png") for s in common])
+        check_outputs(plan.jobs)
         lonely_sketches = len(sketches) - len(common)
         lonely_styles = len(styles) - len(common)
         if lonely_sketches or lonely_styles:
@@ -577,7 +596,10 @@ def plan_jobs(sketch, style, out, cross: bool = False) -> Plan:
             raise InferenceError(f"no sketch in {sketch} has a style image of the same file name in {style}; "
                                  f"use --cross for every sketch with every style")
         return plan
-    return Plan([Job(sk, st, out / f"{a}__{b}.png") for a, sk in sketches.items() for b, st in styles.items()])
+    plan = Plan([Job(sk, st, out / f"{output_stem(a)}__{output_stem(b)}.png")
+                 for a, sk in sketches.items() for b, st in styles.items()])
+    check_outputs(plan.jobs)
+    return plan
 
 
 # ----------------------------------------------------------------------------------------------
@@ -621,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
             print(note)
         Path(args.out).mkdir(parents=True, exist_ok=True)
         report = model.run(plan.jobs, args.batch_size, args.seed, args.invert, args.fit, progress=not args.quiet)
-    except (CheckpointError, DataError, InferenceError) as e:
+    except (CheckpointError, DataError, InferenceError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # e.g. an output folder that cannot be created

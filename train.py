@@ -18,9 +18,23 @@ Examples:
 """
 from __future__ import annotations
 
+import sys
+
+
+def _quiet_interrupt(kind, value, tb):
+    """Ctrl-C while the libraries load (before main runs): one line, no traceback."""
+    if issubclass(kind, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+    else:
+        sys.__excepthook__(kind, value, tb)
+
+
+if __name__ == "__main__":
+    sys.excepthook = _quiet_interrupt
+
+import itertools  # after the hook: the imports below take seconds (torch)
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -28,14 +42,16 @@ import torch.distributed as dist
 
 import config as C
 from config import Config, ConfigError
-from datasets import DataError, pair_folders
-from fileio import CheckpointError, load_checkpoint, newest_checkpoint, write_json, write_text
+from datasets import DataError, pair_folders, require_readable
+from fileio import (CheckpointError, OutputError, load_checkpoint, newest_checkpoint, remove_stale_temporaries,
+                    write_json, write_text)
 from monitor import require_tensorboard
 from train_step_1_ae import AEStage, build_lpips
-from train_step_2_gan import GANStage
+from train_step_2_gan import GANStage, load_autoencoder
 from training import NonFiniteLoss, Runtime, from_rank0, print_resume_hint, run_stage, setup_runtime
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLoss)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLoss, OutputError)
+RUN_ENTRIES = {"config.json", "settings.txt", "ae", "gan"}  # what a run folder holds
 ARCH_KEYS = ("DATA_NAME", "NFC", "IM_SIZE_AE", "IM_SIZE_GAN", "IM_SIZE_D")  # fixed for the life of a run
 
 
@@ -48,6 +64,9 @@ def main(argv: list[str]) -> int:
         errors = USER_ERRORS
     wants_help = any(arg in ("-h", "--help") for arg in argv)
     argv = [arg for arg in argv if arg not in ("-h", "--help")]
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints escaped, never crashes
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         cfg, origins = load_config(argv)
         if wants_help:
@@ -60,6 +79,9 @@ def main(argv: list[str]) -> int:
     except errors as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C during start-up, or a second one while saving
+        print("interrupted: nothing saved since the last checkpoint", file=sys.stderr)
+        return 130
 
 
 def load_config(argv: list[str]) -> tuple[Config, dict[str, str]]:
@@ -72,7 +94,14 @@ def load_config(argv: list[str]) -> tuple[Config, dict[str, str]]:
     run_dir = Path(wanted.get("SAVE_FOLDER", Config.SAVE_FOLDER)) / str(wanted.get("TRIAL_NAME"))
     if not wanted.get("TRIAL_NAME") or not (run_dir / "config.json").is_file():
         raise ConfigError(f"RESUME=true needs TRIAL_NAME of an existing run (no {run_dir / 'config.json'})")
-    saved = Config.from_dict(json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
+    try:
+        values = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{run_dir / 'config.json'} is damaged ({e}): restore it (every run's settings are "
+                          f"also in its checkpoints, under 'config')") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{run_dir / 'config.json'} is damaged: not a JSON object of settings")
+    saved = Config.from_dict(values)
     changed = [k for k in ARCH_KEYS if k in wanted and wanted[k] != getattr(saved, k)]
     if changed:  # refused before config.json is rewritten: a failed resume must not change the run
         raise ConfigError(f"run {run_dir} was trained with " + ", ".join(f"{k}={getattr(saved, k)}" for k in changed)
@@ -97,12 +126,19 @@ def train(cfg: Config, settings: str = "") -> int:
         from demo_data import ensure_demo_data  # the built-in data: made on first use
         ensure_demo_data()
     _barrier(runtime)
-    pairs = pair_folders(cfg.IMAGE_DIR, cfg.SKETCH_DIRS)
-    grid_pairs = pair_folders(cfg.TEST_IMAGE_DIR, [cfg.TEST_SKETCH_DIR]) if cfg.TEST_IMAGE_DIR else pairs
+    # every input is checked before the run folder exists: a mistake costs no run folder
+    pairs = require_readable(pair_folders(cfg.IMAGE_DIR, cfg.SKETCH_DIRS))
+    grid_pairs = pairs
+    if cfg.TEST_IMAGE_DIR:
+        grid_pairs = require_readable(pair_folders(cfg.TEST_IMAGE_DIR, [cfg.TEST_SKETCH_DIR]))
     if cfg.FID_INTERVAL and not cfg.TRAIN_AE_ONLY and not cfg.TEST_IMAGE_DIR:  # Config pairs it with TEST_SKETCH_DIR
         raise ConfigError("FID_INTERVAL > 0 needs a held-out set: set TEST_IMAGE_DIR and TEST_SKETCH_DIR "
                           "(FID on augmented training crops is not a valid number), or FID_INTERVAL=0")
-    # pretrained weights load before the run folder exists: a missing file costs no empty run folder
+    pretrained = None
+    if cfg.TRAIN_GAN_ONLY and cfg.PRETRAINED_AE_PATH:
+        pretrained = load_checkpoint(find_ae_checkpoint(cfg, None, None), kind="ae")
+        _check_preset(pretrained, cfg)
+        load_autoencoder(pretrained["state"], cfg)  # its sizes match this run's
     lpips = build_lpips(max(cfg.W_REC_LPIPS, cfg.W_GAN_LPIPS), runtime)
     fid = _fid_callback(cfg, runtime, grid_pairs) if cfg.FID_INTERVAL and not cfg.TRAIN_AE_ONLY else None
     run_dir = prepare_run_dir(cfg, runtime)
@@ -121,8 +157,11 @@ def train(cfg: Config, settings: str = "") -> int:
         ae_checkpoint = result.last_checkpoint
         _barrier(runtime)
     if not cfg.TRAIN_AE_ONLY:
-        ae_state = load_checkpoint(find_ae_checkpoint(cfg, run_dir, ae_checkpoint), kind="ae")
-        _check_preset(ae_state, cfg)
+        if pretrained is not None and ae_checkpoint is None:
+            ae_state = pretrained
+        else:
+            ae_state = load_checkpoint(find_ae_checkpoint(cfg, run_dir, ae_checkpoint), kind="ae")
+            _check_preset(ae_state, cfg)
         stage = GANStage(cfg, runtime, pairs, grid_pairs, ae_state["state"], lpips, fid)
         result = run_stage(stage, cfg, run_dir / "gan", cfg.ITERATION_GAN, runtime, resume=cfg.RESUME,
                            eval_interval=cfg.FID_INTERVAL)
@@ -134,21 +173,57 @@ def train(cfg: Config, settings: str = "") -> int:
 
 
 def prepare_run_dir(cfg: Config, runtime: Runtime) -> Path:
-    """Name the run folder, refuse to reuse one by accident, write config.json (rank 0)."""
-    name = cfg.TRIAL_NAME or f"{cfg.DATA_NAME}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(cfg.SAVE_FOLDER) / name
+    """Name the run folder, refuse to reuse one by accident, write config.json (rank 0).
+
+    Without TRIAL_NAME the name is <DATA_NAME>-<date>-<time>, with -2, -3, ... when runs start in
+    the same second (made with an atomic mkdir, so concurrent runs never share a folder). An
+    existing TRIAL_NAME folder is reused only by RESUME=true, or when it holds nothing but an
+    earlier attempt that saved no checkpoint (e.g. one stopped by a bad input).
+    """
+    run_dir = None
     if runtime.is_main:
-        if not cfg.RESUME and run_dir.exists() and any(run_dir.iterdir()):
-            raise ConfigError(f"run folder {run_dir} already exists: continue it with RESUME=true, or choose "
-                              f"another TRIAL_NAME")
         try:
+            run_dir = _claim_run_dir(cfg)
+            stale = remove_stale_temporaries(run_dir)
+            if stale:
+                print(f"removed {stale} temporary file(s) left in {run_dir} by an interrupted write")
+            name = run_dir.relative_to(cfg.SAVE_FOLDER).as_posix()
             write_json(run_dir / "config.json", cfg.replace(TRIAL_NAME=name).to_dict())
-        except OSError as e:
-            raise ConfigError(f"cannot write the run folder {run_dir} ({e.strerror}): set SAVE_FOLDER") from None
+        except (OSError, OutputError) as e:
+            where = Path(cfg.SAVE_FOLDER) / (cfg.TRIAL_NAME or "")
+            reason = e.strerror if isinstance(e, OSError) else str(e)
+            raise ConfigError(f"cannot write the run folder {where} ({reason}): set SAVE_FOLDER") from None
     return from_rank0(run_dir, runtime)  # every rank uses rank 0's folder name
 
 
-def find_ae_checkpoint(cfg: Config, run_dir: Path, just_trained: Path | None) -> Path:
+def _claim_run_dir(cfg: Config) -> Path:
+    parent = Path(cfg.SAVE_FOLDER)
+    if not cfg.TRIAL_NAME:
+        base = f"{cfg.DATA_NAME}-{time.strftime('%Y%m%d-%H%M%S')}"
+        parent.mkdir(parents=True, exist_ok=True)
+        for n in itertools.count(1):
+            run_dir = parent / (base if n == 1 else f"{base}-{n}")
+            try:
+                run_dir.mkdir()
+                return run_dir
+            except FileExistsError:
+                continue
+    run_dir = parent / cfg.TRIAL_NAME
+    if run_dir.exists() and not cfg.RESUME and not _holds_no_run(run_dir):
+        raise ConfigError(f"run folder {run_dir} already exists: continue it with RESUME=true, or choose "
+                          f"another TRIAL_NAME")
+    return run_dir
+
+
+def _holds_no_run(run_dir: Path) -> bool:
+    """True for an empty folder, or one that holds only an earlier attempt that saved no checkpoint."""
+    if not run_dir.is_dir():
+        return False
+    return ({p.name for p in run_dir.iterdir()} <= RUN_ENTRIES
+            and not any(run_dir.glob("*/checkpoints/ckpt_*.pt")))
+
+
+def find_ae_checkpoint(cfg: Config, run_dir: Path | None, just_trained: Path | None) -> Path:
     """The AE checkpoint for the GAN stage: this run's, or PRETRAINED_AE_PATH (file or run folder)."""
     if just_trained is not None:
         return just_trained

@@ -81,12 +81,27 @@ class Runtime:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
 
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """The one device resolver of every command: "auto" -> the first CUDA device if there is one,
+    else the CPU; otherwise a torch device name that must exist here (ConfigError if not)."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device {name!r}: not a device name (auto, cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name}: CUDA is not available here (use cpu or auto)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {name}: MPS is not available here (use cpu or auto)")
+    return device
+
+
 def setup_runtime(cfg: Config) -> Runtime:
     """Pick the device, join a torchrun process group if there is one, seed, set kernels."""
-    auto = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(auto if cfg.DEVICE == "auto" else cfg.DEVICE)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"DEVICE={cfg.DEVICE} but CUDA is not available (use DEVICE=cpu or auto)")
+    device = resolve_device(cfg.DEVICE)
     if cfg.SYNC_BN and device.type != "cuda":
         raise ConfigError("SYNC_BN=true needs CUDA devices (torch's SyncBatchNorm runs on GPUs only)")
     runtime = join_torchrun(device)
@@ -184,8 +199,17 @@ def infinite_batches(dataset: Dataset, batch_size: int, cfg: Config, runtime: Ru
     seeds = torch.Generator().manual_seed(sampler.seed * 7_919 + start)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
                         pin_memory=runtime.device.type == "cuda", persistent_workers=False,
-                        prefetch_factor=4 if workers else None, generator=seeds)
+                        prefetch_factor=4 if workers else None, generator=seeds,
+                        worker_init_fn=ignore_stop_signals if workers else None)
     return iter(loader)
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """DataLoader workers ignore SIGINT and SIGTERM: a signal sent to the whole process group (Ctrl-C,
+    `timeout`, Slurm) must stop the main process cleanly (StopRequest: finish the step, save), not kill
+    the workers under it. Workers still end with their loader, or when the main process is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def sync_gradients(params, runtime: Runtime) -> None:
@@ -243,21 +267,30 @@ class NanGuard:
 
     "stop": the first bad iteration of each loss is recorded on the device and checked at log
     and checkpoint time, where the run stops naming the step, the loss and the last good
-    checkpoint. "skip": each step is checked before its optimizer steps (one sync per step).
+    checkpoint. "skip": each step is checked before its optimizer steps (one sync per step);
+    `skip_limit` skipped steps in a row stop the run (the weights themselves are broken then).
     """
 
-    def __init__(self, policy: str, device: torch.device):
-        self.policy, self.device = policy, device
+    def __init__(self, policy: str, device: torch.device, skip_limit: int = 20):
+        self.policy, self.device, self.skip_limit = policy, device, skip_limit
         self.first_bad: dict[str, torch.Tensor] = {}
         self.skipped = 0
+        self.in_a_row = 0
+        self.last_good: Path | None = None  # named when the run stops (run_stage keeps it current)
 
     def ok(self, it: int, losses: dict[str, torch.Tensor]) -> bool:
         """Call before an optimizer step; False means: skip this update."""
         if self.policy == "skip":
             bad = [k for k, v in losses.items() if not torch.isfinite(v.detach()).all()]
+            self.in_a_row = self.in_a_row + 1 if bad else 0
             if bad:
                 self.skipped += 1
                 tqdm.write(f"warning: iteration {it}: non-finite {', '.join(bad)}; step skipped", file=sys.stderr)
+            if self.in_a_row >= self.skip_limit:
+                raise NonFiniteLoss(f"{self.in_a_row} steps in a row skipped for NaN/Inf losses (up to iteration "
+                                    f"{it}; NAN_SKIP_LIMIT={self.skip_limit}): the weights themselves are broken. "
+                                    f"Last good checkpoint: {self.last_good or 'none saved yet'}. Lower the "
+                                    f"learning rate and resume from it.")
             return not bad
         for name, value in losses.items():
             record = self.first_bad.setdefault(name, torch.full((), -1, dtype=torch.long, device=self.device))
@@ -327,13 +360,15 @@ class StageResult:
 def run_stage(stage: Stage, cfg: Config, stage_dir: Path, total: int, runtime: Runtime, resume: bool,
               eval_interval: int = 0) -> StageResult:
     """Train `stage` to `total` iterations in `stage_dir`, resuming from its last checkpoint if asked."""
-    ckpts = CheckpointDir(stage_dir / "checkpoints", cfg.KEEP_CHECKPOINTS)
+    ckpts = CheckpointDir(stage_dir / "checkpoints", cfg.KEEP_CHECKPOINTS, kind=stage.kind)
     log = JsonlLog(stage_dir / "log.jsonl")
-    start = _resume(stage, ckpts, log, runtime) if resume else 0
+    start = _resume(stage, ckpts, runtime) if resume else 0
+    if runtime.is_main:
+        log.truncate_after(start - 1)  # records past the checkpoint (or all, from 0) will be written again
     stage.restart_data(start)
-    guard = NanGuard(cfg.NAN_POLICY, runtime.device)
+    guard = NanGuard(cfg.NAN_POLICY, runtime.device, cfg.NAN_SKIP_LIMIT)
     monitor = StageMonitor(stage_dir, cfg.LOGGER, start, enabled=runtime.is_main)  # curves, TensorBoard
-    last = ckpts.last()
+    last = guard.last_good = ckpts.last()
     sums: dict[str, torch.Tensor] = {}
     count, t0, it = 0, time.perf_counter(), start
 
@@ -374,7 +409,7 @@ def run_stage(stage: Stage, cfg: Config, stage_dir: Path, total: int, runtime: R
                     tqdm.write(f"[{stage.kind}] iteration {done}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
             if done % cfg.SAVE_MODEL_INTERVAL == 0 or done == total or stop.requested:
                 if runtime.is_main:
-                    last = save(done)
+                    last = guard.last_good = save(done)
                 if stop.requested:
                     bar.close()
                     monitor.close()
@@ -398,7 +433,7 @@ def _fixed_rng(seed: int, runtime: Runtime):
         yield
 
 
-def _resume(stage: Stage, ckpts: CheckpointDir, log: JsonlLog, runtime: Runtime) -> int:
+def _resume(stage: Stage, ckpts: CheckpointDir, runtime: Runtime) -> int:
     path = ckpts.last()
     if path is None:
         return 0
@@ -407,7 +442,6 @@ def _resume(stage: Stage, ckpts: CheckpointDir, log: JsonlLog, runtime: Runtime)
     stage.load_state_dict(ckpt["state"])
     set_rng_state({k: (v.cpu() if torch.is_tensor(v) else [t.cpu() for t in v]) for k, v in ckpt["rng"].items()})
     if runtime.is_main:
-        log.truncate_after(ckpt["iteration"] - 1)
         tqdm.write(f"[{stage.kind}] resumed from {path} at iteration {ckpt['iteration']}")
     return ckpt["iteration"]
 
@@ -431,8 +465,10 @@ def _log_record(it, sums, count, seconds, stage: Stage, guard: NanGuard) -> dict
 
 
 def print_resume_hint(cfg: Config, run_dir: Path) -> None:
-    """Tell the user the exact command that continues a stopped run (absolute paths: works from any folder)."""
+    """Tell the user the exact command that continues a stopped run: absolute paths (it works from any
+    folder), and TRIAL_NAME with its sub-folders."""
     train_py = Path(__file__).resolve().parent / "train.py"
+    name = run_dir.relative_to(cfg.SAVE_FOLDER).as_posix()
     print(f"stopped cleanly; resume with:\n  {shlex.quote(sys.executable)} {shlex.quote(str(train_py))} "
           f"{shlex.quote(f'SAVE_FOLDER={os.path.abspath(cfg.SAVE_FOLDER)}')} "
-          f"{shlex.quote(f'TRIAL_NAME={run_dir.name}')} RESUME=true", file=sys.stderr)
+          f"{shlex.quote(f'TRIAL_NAME={name}')} RESUME=true", file=sys.stderr)

@@ -21,8 +21,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from config import ConfigError
 from datasets import DataError, list_images, load_image, resize, to_float, to_uint8_tensor
-from fileio import write_json
+from fileio import OutputError, check_writable, write_json
+from training import resolve_device
+
+MIN_SIZE = {"vgg": 16, "alex": 31}  # smallest input whose deepest layer LPIPS reads is still 1x1
 
 
 def matched_pairs(dir0, dir1) -> tuple[list[tuple[Path, Path]], list[str], list[str]]:
@@ -120,7 +124,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=0, help="image decoding processes")
     p.add_argument("--out", help="write the result as JSON here")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.size < MIN_SIZE[args.net]:
+        p.error(f"--size {args.size}: LPIPS-{args.net} needs at least {MIN_SIZE[args.net]} px")
+    for name, low in (("batch_size", 1), ("max_pairs", 1), ("workers", 0)):
+        if getattr(args, name) < low:
+            p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least {low}")
+    try:
+        args.device = resolve_device(args.device)
+    except ConfigError as e:
+        p.error(str(e))
+    return args
 
 
 def main(argv=None) -> int:
@@ -129,6 +143,8 @@ def main(argv=None) -> int:
     from lpips import LPIPS  # here, not at import: `python -m lpips` loads the package first anyway
     from weights import WeightsError
     try:
+        if args.out:  # before the work: an unwritable --out costs no measurement
+            check_writable(args.out)
         if args.dir1:
             pairs, only0, only1 = matched_pairs(args.dir0, args.dir1)
             mode = "paired"
@@ -139,7 +155,7 @@ def main(argv=None) -> int:
         if not pairs:
             raise DataError(f"no pairs to compare in {args.dir0}" + (f" and {args.dir1}" if args.dir1 else ""))
         model = LPIPS(args.net)
-    except (DataError, WeightsError) as e:
+    except (DataError, WeightsError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     distances, bad = pair_distances(model, pairs, args.size, args.batch_size, args.device, args.workers)
@@ -160,5 +176,9 @@ def main(argv=None) -> int:
     for path in sorted(bad):
         print(f"warning: skipped unreadable {path}", file=sys.stderr)
     if args.out:
-        write_json(args.out, result)
+        try:
+            write_json(args.out, result)
+        except OutputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     return 0

@@ -27,11 +27,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from config import ConfigError
 from datasets import DataError, FolderDataset, require_images, to_float
-from fileio import CheckpointError, load_checkpoint
+from fileio import CheckpointError, OutputError, check_writable, load_checkpoint
 from sketch_styletransfer.tom_models import (VGGFeatures, check_size, generator_from_checkpoint, sketch_photos,
                                              to_sketch)
-from sketch_styletransfer.train import KIND, RunError, resolve_checkpoint, resolve_device
+from sketch_styletransfer.train import KIND, RunError, resolve_checkpoint
+from training import resolve_device
 from sketch_styletransfer.xdog import write_png
 
 
@@ -158,6 +160,7 @@ Example:
         for checkpoint in args.checkpoint:  # refuse bad inputs before loading the VGG weights
             resolve_checkpoint(checkpoint)
         require_images(args.path_content, nested=True)
+        check_writable(args.path_result, folder=True)
         if vgg_features is None:
             import weights  # only the command line needs the pretrained weights
             try:
@@ -166,7 +169,7 @@ Example:
                 raise RunError(str(e)) from None
         summary = make_sketches(vgg_features, args.checkpoint, args.path_content, args.path_result, thresholds,
                                 args.size, args.batch_size, device, args.overwrite, max(0, args.workers))
-    except (RunError, DataError, CheckpointError) as e:
+    except (RunError, DataError, CheckpointError, ConfigError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {summary['written']} sketches, kept {summary['kept']} existing")

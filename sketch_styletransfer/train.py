@@ -38,12 +38,13 @@ from tqdm import tqdm
 
 from datasets import (DataError, FolderDataset, InfiniteSampler, iteration_generator, paired_crop_flip,
                       require_images, to_float)
-from fileio import (CheckpointDir, CheckpointError, JsonlLog, load_checkpoint, newest_checkpoint, save_grid,
-                    write_json)
+from fileio import (CheckpointDir, CheckpointError, JsonlLog, OutputError, load_checkpoint, newest_checkpoint,
+                    save_grid, write_json)
 from sketch_styletransfer.tom_models import (THRESHOLD, StyleDiscriminator, TOMGenerator, VGGFeatures, check_size,
                                              content_loss, d_hinge, gram_input, gram_loss, sketch_photos, to_sketch)
-from training import (Runtime, StopRequest, from_rank0, join_torchrun, rng_state, seed_everything, set_rng_state,
-                      sync_gradients)
+from config import ConfigError
+from training import (Runtime, StopRequest, from_rank0, ignore_stop_signals, join_torchrun, resolve_device,
+                      rng_state, seed_everything, set_rng_state, sync_gradients)
 
 KIND, FORMAT = "tom", 1
 CROP_SCALE = 292 / 256   # the reference resizes 256 px training images to 292, then crops 256
@@ -144,7 +145,8 @@ class Stream:
         sampler = InfiniteSampler(self.n, seed=seed * 7919 + stream, start=start * batch_size, rank=runtime.rank,
                                   world_size=runtime.world_size)
         self.loader = iter(DataLoader(_ByPosition(data), batch_size=batch_size, sampler=sampler, num_workers=workers,
-                                      pin_memory=runtime.device.type == "cuda", persistent_workers=workers > 0))
+                                      pin_memory=runtime.device.type == "cuda", persistent_workers=workers > 0,
+                                      worker_init_fn=ignore_stop_signals if workers else None))
         self.size, self.seed, self.stream, self.rt = size, seed, stream, runtime
         self.skipped = 0
 
@@ -193,16 +195,6 @@ def run_folder_of(checkpoint: Path) -> Path:
 
 def _holds_run(folder: Path) -> bool:
     return any((folder / name).exists() for name in ("checkpoints", "log.jsonl", "args.json", "images"))
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda if available, else cpu; anything else as torch understands it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RunError(f"--device {name}: CUDA is not available here (use --device cpu or auto)")
-    return device
 
 
 @dataclass
@@ -371,6 +363,10 @@ Example:
         value = getattr(args, key)
         if value is not None and value < (0 if key == "total_iter" else 1):
             p.error(f"--{key} must be positive")
+    for key in ("lr", "mse_weight", "gram_weight"):
+        value = getattr(args, key)
+        if value is not None and not (math.isfinite(value) and (value > 0 if key == "lr" else value >= 0)):
+            p.error(f"--{key} {value}: must be a finite number " + ("> 0" if key == "lr" else ">= 0"))
     return args
 
 
@@ -391,7 +387,7 @@ def main(argv: list[str] | None = None, vgg_features: nn.Module | None = None) -
             except weights.WeightsError as e:
                 raise RunError(str(e)) from None
         out = train(plan, vgg_features, runtime=runtime)
-    except (RunError, DataError, CheckpointError) as e:
+    except (RunError, DataError, CheckpointError, ConfigError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if not runtime.is_main:

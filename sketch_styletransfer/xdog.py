@@ -18,6 +18,7 @@ level I, so flat areas stay white whatever their tone and only outlines are draw
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -35,6 +36,9 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from datasets import DataError, load_image, require_images, resize
+from fileio import OutputError, check_writable
+
+MAX_SIGMA = 100.0  # px: a wider blur draws no lines, and its filter grows with it
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,16 @@ class Setting:
     eps: float = -4.0
     phi: float = 0.5
     width: int = 1
+
+    def __post_init__(self):
+        """Every value finite (NaN gave all-white or all-black sketches, Inf a crash); sigma, k, phi > 0;
+        the wider Gaussian (k * sigma) at most MAX_SIGMA px; width a whole number >= 1."""
+        if not all(math.isfinite(v) for v in asdict(self).values()):
+            raise ValueError(f"setting values must be finite numbers ({self})")
+        if self.sigma <= 0 or self.k <= 0 or self.phi <= 0 or self.width < 1 or int(self.width) != self.width:
+            raise ValueError(f"sigma, k and phi must be > 0 and width a whole number >= 1 ({self})")
+        if self.k * self.sigma > MAX_SIGMA:
+            raise ValueError(f"k * sigma must be at most {MAX_SIGMA} px ({self})")
 
 
 # Tuned on the demo images (128 px): every outline drawn, no texture speckle (tests/test_xdog.py
@@ -65,6 +79,7 @@ def xdog(gray: np.ndarray, sigma: float = 0.9, k: float = 1.6, p: float = 400.0,
     binary=True gives exactly 0 or 1: the phi -> infinity limit (dark wherever u < eps); the soft
     result draws the same strokes with grey fringes where u is just below eps.
     """
+    Setting(sigma, k, p, eps, phi, width)  # validates the values
     gray = np.asarray(gray, dtype=np.float64)
     sharpened = (1 + p) * ndimage.gaussian_filter(gray, sigma, mode="nearest") \
         - p * ndimage.gaussian_filter(gray, k * sigma, mode="nearest")
@@ -94,9 +109,10 @@ def parse_setting(text: str) -> tuple[str, Setting]:
             number = int(value) if key == "width" else float(value)
         except ValueError:
             raise ValueError(f"setting {name!r}: {key}={value!r} is not a number") from None
-        setting = replace(setting, **{key: number})
-    if setting.sigma <= 0 or setting.k <= 0 or setting.width < 1 or setting.phi <= 0:
-        raise ValueError(f"setting {name!r}: sigma, k and phi must be > 0 and width >= 1 ({setting})")
+        try:
+            setting = replace(setting, **{key: number})
+        except ValueError as e:
+            raise ValueError(f"setting {name!r}: {e}") from None
     return name, setting
 
 
@@ -218,9 +234,10 @@ Example:
     if args.size is not None and args.size < 8:
         p.error("--size must be at least 8")
     try:
+        check_writable(args.output, folder=True)
         summary = make_sketch_folders(args.input, args.output, settings, args.size, args.binary,
                                       args.overwrite, max(1, args.workers))
-    except DataError as e:
+    except (DataError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"{summary['images']} images: wrote {summary['written']} sketches, kept {summary['kept']} existing")

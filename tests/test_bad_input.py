@@ -5,6 +5,8 @@ inference) or a one-line error naming the file (the benchmark: an FID over fewer
 asked would be a different number); users' mistakes are one `error:` line, never a traceback;
 no half-written output is left behind.
 """
+import json
+import os
 import shutil
 import struct
 import zlib
@@ -21,9 +23,10 @@ import inference
 import train
 import weights
 from conftest import tiny_config, tiny_train_args
-from training import check_arch
+from training import Runtime, check_arch
 from datasets import DataError, PairedDataset, load_image, pair_folders
-from fileio import CheckpointError, load_checkpoint, save_checkpoint
+from fileio import CheckpointDir, CheckpointError, JsonlLog, load_checkpoint, save_checkpoint
+from lpips.metric import main as lpips_main
 from sketch_styletransfer import evaluate as tom_evaluate
 from sketch_styletransfer import train as tom_train
 from sketch_styletransfer import xdog
@@ -328,3 +331,310 @@ def test_an_unwritable_save_folder_is_one_line(demo_root, tmp_path, capsys):
     blocker.write_text("a file where the run folder's parent should be")
     assert train.main(tiny_train_args(demo_root, tmp_path, SAVE_FOLDER=str(blocker / "runs"))) == 1
     _one_error_line(capsys.readouterr().err, "cannot write the run folder")
+
+
+# --------------------------------------------------------------------------- red team (issue 18): silent wrong answers
+
+def _folder(path: Path, names: list[str], mode: str = "RGB") -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        Image.fromarray(_gradient(40, 30)).convert(mode).save(path / name)
+    return path
+
+
+def test_two_images_with_one_name_are_refused_everywhere(demo_root, run_dir, tmp_path, capsys):
+    images = _folder(tmp_path / "images", ["a.jpg", "a.png", "b.png"])
+    sketches = _folder(tmp_path / "sketches", ["a.png", "b.png"], "L")
+    with pytest.raises(DataError, match=r"1 name\(s\) used by more than one image \(a.jpg, a.png\)"):
+        pair_folders(images, [sketches])
+    args = tiny_train_args(demo_root, tmp_path, IMAGE_DIR=str(images), SKETCH_DIRS=(str(sketches),))
+    assert train.main(args) == 1
+    _one_error_line(capsys.readouterr().err, "a.jpg, a.png")
+    assert not (tmp_path / "runs").exists()
+    assert xdog.main(["--input", str(images), "--output", str(tmp_path / "x")]) == 1
+    _one_error_line(capsys.readouterr().err, "a.jpg, a.png")
+    argv = ["--checkpoint", str(run_dir), "--sketch", str(sketches), "--style", str(images), "--out",
+            str(tmp_path / "out"), "--device", "cpu", "--quiet"]
+    assert inference.main(argv) == 1
+    _one_error_line(capsys.readouterr().err, "a.jpg, a.png")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "out").exists()
+
+
+def _stats_file(path: Path, mu, sigma) -> str:
+    np.savez(path, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
+    return str(path)
+
+
+@pytest.mark.parametrize("case,message", [("nan_mu", "NaN or Inf"), ("negative_sigma", "negative eigenvalues"),
+                                          ("asymmetric_sigma", "not symmetric")])
+def test_statistics_that_cannot_be_a_gaussian_are_refused(tmp_path, capsys, case, message):
+    sigma = {"nan_mu": np.eye(4), "negative_sigma": -np.eye(4), "asymmetric_sigma": np.triu(np.ones((4, 4)))}[case]
+    mu = [np.nan, 0, 0, 0] if case == "nan_mu" else np.zeros(4)
+    good = _stats_file(tmp_path / "good.npz", np.zeros(4), np.eye(4))
+    bad = _stats_file(tmp_path / "bad.npz", mu, sigma)
+    assert B.main(["fid", "--real", good, "--fake", bad, "--device", "cpu", "--out", str(tmp_path / "r.json")]) == 2
+    _one_error_line(capsys.readouterr().err, "bad.npz", message)
+    assert not (tmp_path / "r.json").exists()
+    singular = np.diag([1.0, 1.0, 0.0, 0.0])  # a covariance of few samples: singular, still valid
+    _stats_file(tmp_path / "singular.npz", np.zeros(4), singular)
+    assert B.main(["fid", "--real", good, "--fake", str(tmp_path / "singular.npz"), "--device", "cpu"]) == 0
+
+
+@pytest.mark.parametrize("setting,message", [("x:sigma=nan", "finite"), ("x:p=nan", "finite"),
+                                             ("x:sigma=inf", "finite"), ("x:eps=-inf", "finite"),
+                                             ("x:sigma=500", "at most")])
+def test_xdog_settings_must_be_finite_and_sane(folders, tmp_path, capsys, setting, message):
+    with pytest.raises(SystemExit) as e:
+        xdog.main(["--input", str(folders["images"]), "--output", str(tmp_path / "x"), "--setting", setting])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="finite"):
+        xdog.xdog(np.ones((8, 8)), sigma=float("nan"))
+
+
+def test_a_damaged_or_diverged_checkpoint_generates_nothing(folders, run_dir, tmp_path, capsys):
+    from test_fileio import _tensor_offset
+    gan = inference.resolve_checkpoint(run_dir)
+    raw = bytearray(gan.read_bytes())
+    start = _tensor_offset(gan) + 1024
+    raw[start:start + 64] = bytes(64)
+    (tmp_path / "damaged.pt").write_bytes(bytes(raw))
+    ckpt = load_checkpoint(gan)
+    next(iter(ckpt["state"]["networks"]["generator_ema"].values())).fill_(float("nan"))
+    torch.save(ckpt, tmp_path / "diverged.pt")  # NaN weights, as an unguarded run would have saved them
+    for name, message in (("damaged.pt", "damaged"), ("diverged.pt", "NaN/Inf")):
+        argv = ["--checkpoint", str(tmp_path / name), "--sketch", str(folders["sketches"]), "--style",
+                str(folders["images"]), "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet"]
+        assert inference.main(argv) == 1
+        _one_error_line(capsys.readouterr().err, name, message)
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- red team: lost work
+
+def test_inference_never_overwrites_an_input(demo_root, run_dir, tmp_path, capsys):
+    sketches, styles = tmp_path / "sketches", tmp_path / "styles"
+    for src, dst in ((demo_root / "test" / "sketches", sketches), (demo_root / "test" / "images", styles)):
+        dst.mkdir()
+        for path in sorted(src.iterdir())[:2]:
+            shutil.copy(path, dst / path.name)
+    before = {p.name: p.read_bytes() for p in sketches.iterdir()}
+    argv = ["--checkpoint", str(run_dir), "--sketch", str(sketches), "--style", str(styles), "--out", str(sketches),
+            "--device", "cpu", "--quiet"]
+    assert inference.main(argv) == 1
+    _one_error_line(capsys.readouterr().err, "would overwrite an input file")
+    assert {p.name: p.read_bytes() for p in sketches.iterdir()} == before
+
+
+def test_cross_output_names_are_unambiguous(demo_root, run_dir, tmp_path, capsys):
+    source = sorted((demo_root / "test" / "images").iterdir())[0]
+    sketches, styles = tmp_path / "sketches", tmp_path / "styles"
+    for folder, stems in ((sketches, ["a__b", "a"]), (styles, ["c", "b__c"])):
+        folder.mkdir()
+        for stem in stems:
+            shutil.copy(source, folder / f"{stem}.png")
+    argv = ["--checkpoint", str(run_dir), "--sketch", str(sketches), "--style", str(styles), "--out",
+            str(tmp_path / "out"), "--cross", "--device", "cpu", "--quiet"]
+    assert inference.main(argv) == 0
+    assert "wrote 4 image(s)" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        ["a%5F%5Fb__c.png", "a%5F%5Fb__b%5F%5Fc.png", "a__c.png", "a__b%5F%5Fc.png"])
+    same = tmp_path / "out" / "x.png"
+    with pytest.raises(inference.InferenceError, match="two outputs would be written to"):
+        inference.check_outputs([inference.Job(source, source, same), inference.Job(source, source, same)])
+
+
+def test_a_full_disk_during_training_is_one_line_and_keeps_the_last_checkpoint(demo_root, tmp_path, monkeypatch,
+                                                                                 capsys):
+    import builtins
+    import fileio
+    from test_fileio import _FullDisk
+
+    def full_after_first_checkpoint(file, mode="r", *args, **kwargs):
+        f = builtins.open(file, mode, *args, **kwargs)
+        return _FullDisk(f) if "w" in mode and Path(file).name.startswith(".ckpt_00000004") else f
+    monkeypatch.setattr(fileio, "open", full_after_first_checkpoint, raising=False)
+    args = tiny_train_args(demo_root, tmp_path, TRAIN_AE_ONLY=True, ITERATION_AE=4, TRIAL_NAME="full")
+    assert train.main(args) == 1
+    checkpoints = tmp_path / "runs" / "full" / "ae" / "checkpoints"
+    _one_error_line(capsys.readouterr().err, f"no space left on {checkpoints}", "the last good one is kept",
+                    "ckpt_00000002.pt")
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["ckpt_00000002.pt", "last.txt"]  # no temporary left
+    assert load_checkpoint(CheckpointDir(checkpoints).last(), kind="ae")["iteration"] == 2
+
+
+def test_resume_after_a_kill_before_the_first_checkpoint(demo_root, tmp_path, capsys):
+    """kill -9 before a stage's first checkpoint leaves log records and a temporary file: the resumed
+    run starts the log afresh (no duplicated records) and removes the temporary."""
+    args = tiny_train_args(demo_root, tmp_path, TRAIN_AE_ONLY=True, ITERATION_AE=3, LOG_INTERVAL=1,
+                           SAVE_MODEL_INTERVAL=100, TRIAL_NAME="killed")
+    assert train.main(args) == 0
+    run = tmp_path / "runs" / "killed"
+    shutil.rmtree(run / "ae" / "checkpoints")  # as if killed before the (only) checkpoint was written
+    (run / "ae" / "checkpoints").mkdir()
+    stale = run / "ae" / "checkpoints" / ".ckpt_00000003.pt.ab_cd123.tmp"
+    stale.write_bytes(b"PK half a checkpoint")
+    assert train.main([f"SAVE_FOLDER={tmp_path / 'runs'}", "TRIAL_NAME=killed", "RESUME=true"]) == 0
+    assert [r["iter"] for r in JsonlLog(run / "ae" / "log.jsonl").read()] == [0, 1, 2]
+    assert not stale.exists() and "removed 1 temporary file(s)" in capsys.readouterr().out
+
+
+def test_default_run_names_are_unique_within_one_second(demo_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(train.time, "strftime", lambda fmt: "20250101-120000")
+    cfg = tiny_config(demo_root, tmp_path)
+    folders = [train.prepare_run_dir(cfg, Runtime(torch.device("cpu"))) for _ in range(3)]
+    assert [f.name for f in folders] == ["demo-20250101-120000", "demo-20250101-120000-2", "demo-20250101-120000-3"]
+    assert all(json.loads((f / "config.json").read_text())["TRIAL_NAME"] == f.name for f in folders)
+
+
+# --------------------------------------------------------------------------- red team: one line, not a traceback
+
+@pytest.mark.parametrize("arg,needle", [("LR_AE=-1", "LR_AE=-1.0: must be positive"),
+                                        ("LR_AE=nan", "LR_AE=nan: must be a finite number"),
+                                        ("BETAS=2,0.5", "BETAS=2.0,0.5: each must be in [0, 1)"),
+                                        ("LR_GAN=-1", "LR_GAN=-1.0: must be positive"),
+                                        ("W_ADV=inf", "W_ADV=inf: must be a finite number"),
+                                        ("W_REC_L1=-1", "loss weight must be >= 0"),
+                                        ("EMA_DECAY=nan", "EMA_DECAY=nan"),
+                                        ("IM_SIZE_D=128", "IM_SIZE_D=128: must be at most IM_SIZE_GAN (64)"),
+                                        ("NAN_SKIP_LIMIT=0", "NAN_SKIP_LIMIT=0: must be positive"),
+                                        ("DEVICE=foo", "device 'foo': not a device name")])
+def test_a_bad_setting_is_one_line_before_any_folder_exists(demo_root, tmp_path, capsys, arg, needle):
+    assert train.main([*tiny_train_args(demo_root, tmp_path, TRIAL_NAME="r"), arg]) == 1
+    _one_error_line(capsys.readouterr().err, needle)
+    assert not (tmp_path / "runs").exists()
+    assert train.main([*tiny_train_args(demo_root, tmp_path, TRIAL_NAME="r", TRAIN_AE_ONLY=True,
+                                        ITERATION_AE=0)]) == 0  # the corrected retry with the same name runs
+
+
+def test_a_bad_device_is_one_line_in_every_command(folders, run_dir, tmp_path, capsys):
+    dummy = tmp_path / "dummy.pt"
+    dummy.write_bytes(b"")
+    out = str(tmp_path / "out")
+    commands = [
+        (tom_train.main, ["--path_a", str(folders["images"]), "--path_b", str(folders["sketches"]), "--device", "foo"]),
+        (tom_evaluate.main, ["--path_content", str(folders["images"]), "--path_result", out, "--checkpoint",
+                             str(dummy), "--device", "foo"]),
+        (inference.main, ["--checkpoint", str(run_dir), "--sketch", str(folders["sketches"]), "--style",
+                          str(folders["images"]), "--out", out, "--device", "foo"]),
+    ]
+    for main, argv in commands:
+        assert main(argv) == 1, argv
+        _one_error_line(capsys.readouterr().err, "'foo': not a device name")
+    for main, argv in ((B.main, ["stats", "--folder", str(folders["images"]), "--out", out, "--device", "foo"]),
+                       (lpips_main, ["--dir0", str(folders["images"]), "--device", "foo"])):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2 and "'foo': not a device name" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_file_name_that_is_not_utf8_is_reported_not_a_crash(demo_root, tmp_path, capsys):
+    images = tmp_path / "images"
+    shutil.copytree(demo_root / "train" / "images", images)
+    first = sorted(images.iterdir())[0]
+    shutil.copy(first, os.fsdecode(os.fsencode(str(images)) + b"/\xff.png"))  # not UTF-8, without a sketch
+    args = tiny_train_args(demo_root, tmp_path, IMAGE_DIR=str(images), TRAIN_AE_ONLY=True, ITERATION_AE=0)
+    assert train.main(args) == 0  # capsys's streams are strict UTF-8, as with PYTHONIOENCODING=utf-8:strict
+    out = capsys.readouterr().out
+    assert "1 image(s) have no sketch" in out and "left out: \\udcff" in out  # the byte 0xff, escaped
+
+
+def test_inputs_are_checked_before_the_run_folder_and_a_retry_reuses_it(demo_root, folders, tmp_path, capsys):
+    base = dict(TRIAL_NAME="r")
+    args = tiny_train_args(demo_root, tmp_path, TRAIN_GAN_ONLY=True, PRETRAINED_AE_PATH=str(tmp_path / "nope"), **base)
+    assert train.main(args) == 1
+    _one_error_line(capsys.readouterr().err, "PRETRAINED_AE_PATH", "nope")
+    unreadable = tmp_path / "unreadable"
+    unreadable.mkdir()
+    for i in range(4):
+        shutil.copy(folders["images"] / "text.png", unreadable / f"{i}.png")
+    assert train.main(tiny_train_args(demo_root, tmp_path, IMAGE_DIR=str(unreadable), SKETCH_DIRS=(str(unreadable),),
+                                      **base)) == 1
+    _one_error_line(capsys.readouterr().err, "none of the 4 image/sketch pairs", "can be read")
+    assert not (tmp_path / "runs").exists()
+
+    run = tmp_path / "runs" / "r"  # an earlier attempt that stopped before any checkpoint
+    (run / "ae").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    (run / "ae" / "log.jsonl").write_text('{"iter": 7, "stale": 1}\n')
+    assert train.main(tiny_train_args(demo_root, tmp_path, TRAIN_AE_ONLY=True, ITERATION_AE=2, **base)) == 0
+    assert all("stale" not in r for r in JsonlLog(run / "ae" / "log.jsonl").read())
+    assert train.main(tiny_train_args(demo_root, tmp_path, TRAIN_AE_ONLY=True, ITERATION_AE=2, **base)) == 1
+    _one_error_line(capsys.readouterr().err, "already exists")  # now it holds a checkpoint: never reused
+
+
+def test_a_damaged_config_json_on_resume_is_one_line(tmp_path, capsys):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.json").write_text('{"NFC": 8, "IM_SIZE')
+    assert train.main([f"SAVE_FOLDER={tmp_path}", "TRIAL_NAME=r", "RESUME=true"]) == 1
+    _one_error_line(capsys.readouterr().err, "config.json is damaged")
+
+
+@pytest.mark.parametrize("case", ["one_image", "batch_zero", "size_negative", "out_under_a_file", "out_is_a_folder",
+                                  "stats_out_under_a_file", "save_dir_under_a_file"])
+def test_benchmark_mistakes_are_one_line_before_measuring(folders, run_dir, tmp_path, capsys, monkeypatch, case):
+    monkeypatch.setattr(weights, "fid_inception", lambda allow_download=True: pytest.fail("measurement started"))
+    blocker = tmp_path / "file"
+    blocker.write_text("a file")
+    one = _folder(tmp_path / "one", ["a.png"])
+    good = str(folders["sketches"])
+    fid = ["fid", "--real", good, "--fake", good, "--device", "cpu", "--no-cache"]
+    argv, message = {
+        "one_image": (["fid", "--real", str(one), "--fake", str(one), "--device", "cpu"], "at least 2 images"),
+        "batch_zero": ([*fid, "--batch-size", "0"], "--batch-size 0: must be at least 1"),
+        "size_negative": ([*fid, "--size", "-5"], "--size -5: must be at least 1"),
+        "out_under_a_file": ([*fid, "--out", str(blocker / "r.json")], "is a file, not a folder"),
+        "out_is_a_folder": ([*fid, "--out", str(tmp_path)], "is a folder"),
+        "stats_out_under_a_file": (["stats", "--folder", good, "--out", str(blocker / "s.npz"), "--device", "cpu"],
+                                   "is a file, not a folder"),
+        "save_dir_under_a_file": (["fid", "--real", good, "--checkpoint", str(run_dir), "--sketch", good, "--style",
+                                   good, "--save-dir", str(blocker / "png"), "--device", "cpu"], "is a file"),
+    }[case]
+    if case in ("batch_zero", "size_negative"):
+        with pytest.raises(SystemExit) as e:
+            B.main(argv)
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    else:
+        assert B.main(argv) == 2
+        _one_error_line(capsys.readouterr().err, message)
+
+
+@pytest.mark.parametrize("extra,message", [(["--size", "0"], "--size 0: LPIPS-alex needs at least 31 px"),
+                                           (["--size", "8", "--net", "vgg"], "LPIPS-vgg needs at least 16 px"),
+                                           (["--batch-size", "0"], "--batch-size 0: must be at least 1")])
+def test_lpips_argument_mistakes_are_one_line(folders, capsys, extra, message):
+    with pytest.raises(SystemExit) as e:
+        lpips_main(["--dir0", str(folders["sketches"]), *extra])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "a_folder"])
+def test_lpips_refuses_an_unwritable_out_before_computing(folders, tmp_path, capsys, monkeypatch, where):
+    import lpips
+    monkeypatch.setattr(lpips, "LPIPS", lambda *a, **k: pytest.fail("measurement started"))
+    blocker = tmp_path / "file"
+    blocker.write_text("a file")
+    out = blocker / "r.json" if where == "under_a_file" else tmp_path
+    assert lpips_main(["--dir0", str(folders["sketches"]), "--out", str(out)]) == 2
+    _one_error_line(capsys.readouterr().err, "is a f")
+
+
+def test_sketch_makers_refuse_an_output_that_is_a_file(folders, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file")
+    for output in (blocker, blocker / "sub"):
+        assert xdog.main(["--input", str(folders["images"]), "--output", str(output)]) == 1
+        _one_error_line(capsys.readouterr().err, "is a file")
+        argv = ["--path_content", str(folders["images"]), "--path_result", str(output), "--checkpoint", str(blocker),
+                "--device", "cpu"]
+        assert tom_evaluate.main(argv, vgg_features=torch.nn.Sequential()) == 1
+        _one_error_line(capsys.readouterr().err, "is a file")
+    assert blocker.read_text() == "a file"
+
+
+@pytest.mark.parametrize("arg", ["--lr=nan", "--lr=-1", "--mse_weight=inf", "--gram_weight=-1"])
+def test_tom_numbers_must_be_finite(folders, capsys, arg):
+    with pytest.raises(SystemExit) as e:
+        tom_train.main(["--path_a", str(folders["images"]), "--path_b", str(folders["sketches"]), arg])
+    assert e.value.code == 2 and "must be a finite number" in capsys.readouterr().err

@@ -1,6 +1,9 @@
-"""fileio.py: atomic writes survive a kill, unsafe checkpoints are refused, rotation, JSON lines."""
+"""fileio.py: atomic writes survive a kill, unsafe or damaged checkpoints are refused, rotation, JSON lines."""
+import builtins
+import errno
 import os
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -10,7 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fileio import CheckpointDir, CheckpointError, JsonlLog, load_checkpoint, save_checkpoint, save_grid
+import fileio
+from fileio import (CheckpointDir, CheckpointError, JsonlLog, OutputError, check_writable, load_checkpoint,
+                    remove_stale_temporaries, save_checkpoint, save_grid)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,3 +99,139 @@ def test_save_grid_writes_png(tmp_path):
     img = Image.open(tmp_path / "g.png")
     assert img.format == "PNG" and img.mode == "RGB" and img.size == (3 * 10 + 2, 2 * 10 + 2)
     assert not list(tmp_path.glob(".*tmp"))
+
+
+# --------------------------------------------------------------------------- red-team cases (lost work)
+
+def test_pickle_refusal_says_why_and_never_suggests_weights_only_false(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"kind": "ae", "payload": Evil()}, path)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    message = str(e.value)
+    assert "posix.system" in message and "can run any code" in message and "\n" not in message
+    assert "weights_only=False" not in message and "weights_only` set to `False" not in message
+
+
+def _tensor_offset(path: Path) -> int:
+    """Where the bytes of the largest tensor start inside a torch.save zip (stored, not compressed)."""
+    import zipfile
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    assert info.file_size >= 2048 and info.compress_type == zipfile.ZIP_STORED
+    with open(path, "rb") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", f.read(4))
+    return info.header_offset + 30 + name_len + extra_len
+
+
+def test_a_checkpoint_with_damaged_tensor_bytes_is_refused_naming_the_file(tmp_path):
+    obj = {"kind": "gan", "iteration": 7, "state": {"w": torch.randn(4096)}}
+    save_checkpoint(obj, tmp_path / "good.pt")
+    assert torch.equal(load_checkpoint(tmp_path / "good.pt")["state"]["w"], obj["state"]["w"])
+    raw = bytearray((tmp_path / "good.pt").read_bytes())
+    start = _tensor_offset(tmp_path / "good.pt") + 1000
+    raw[start:start + 64] = bytes(64)  # 64 zeroed bytes inside the tensor data: still a valid zip and pickle
+    (tmp_path / "damaged.pt").write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(tmp_path / "damaged.pt")
+    assert "damaged.pt: damaged" in str(e.value) and "checksum" in str(e.value)
+
+
+def test_an_old_checkpoint_without_a_checksum_loads_as_before(tmp_path):
+    obj = {"kind": "ae", "iteration": 3, "w": torch.arange(5.0)}
+    torch.save(obj, tmp_path / "old.pt")  # what the project wrote before checksums
+    assert torch.equal(load_checkpoint(tmp_path / "old.pt", kind="ae")["w"], obj["w"])
+
+
+def test_non_finite_weights_are_never_saved_nor_loaded(tmp_path):
+    ckpts = CheckpointDir(tmp_path, keep=1)
+    good = ckpts.save({"kind": "ae", "iteration": 2, "w": torch.ones(3)}, 2)
+    with pytest.raises(CheckpointError, match=r"iteration 4: the weights hold NaN/Inf \(w\); not saved.*ckpt_00000002"):
+        ckpts.save({"kind": "ae", "iteration": 4, "w": torch.tensor([1.0, float("nan"), 0.0])}, 4)
+    assert ckpts.last() == good and load_checkpoint(good)["iteration"] == 2  # not pruned by the refused save
+    assert not (tmp_path / "ckpt_00000004.pt").exists()
+    torch.save({"kind": "gan", "w": torch.tensor([float("inf")])}, tmp_path / "diverged.pt")  # written elsewhere
+    with pytest.raises(CheckpointError, match="diverged.pt: holds NaN/Inf values"):
+        load_checkpoint(tmp_path / "diverged.pt")
+
+
+def test_pruning_and_resume_ignore_a_foreign_numbered_file(tmp_path):
+    junk = tmp_path / "ckpt_99999999.pt"
+    junk.write_text("not ours\n")
+    ckpts = CheckpointDir(tmp_path, keep=2, kind="ae")
+    for it in (10, 20, 30):
+        ckpts.save({"kind": "ae", "iteration": it}, it)
+    assert sorted(p.name for p in tmp_path.glob("ckpt_*.pt")) == ["ckpt_00000020.pt", "ckpt_00000030.pt",
+                                                                   "ckpt_99999999.pt"]
+    assert junk.read_text() == "not ours\n"  # neither counted nor deleted
+    (tmp_path / "last.txt").unlink()
+    assert ckpts.last().name == "ckpt_00000030.pt"  # the newest *valid* numbered checkpoint
+    CheckpointDir(tmp_path).save({"kind": "gan", "iteration": 5}, 5)  # another stage's file is not counted either
+    assert CheckpointDir(tmp_path, kind="ae").last().name == "ckpt_00000030.pt"
+
+
+@pytest.mark.parametrize("pointer", ["/etc/passwd", "../outside/ckpt_00000001.pt", "ckpt_00000099.pt"])
+def test_a_pointer_outside_the_folder_or_to_nothing_falls_back(tmp_path, pointer):
+    (tmp_path / "outside").mkdir()
+    save_checkpoint({"kind": "ae", "iteration": 1}, tmp_path / "outside" / "ckpt_00000001.pt")
+    ckpts = CheckpointDir(tmp_path / "run", kind="ae")
+    ckpts.save({"kind": "ae", "iteration": 20}, 20)
+    (tmp_path / "run" / "last.txt").write_text(pointer + "\n")
+    assert ckpts.last() == tmp_path / "run" / "ckpt_00000020.pt"
+
+
+class _FullDisk:
+    """A file whose writes fail with ENOSPC: a full disk."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def test_a_full_disk_while_saving_names_the_folder_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    ckpts = CheckpointDir(tmp_path, keep=1)
+    good = ckpts.save({"kind": "ae", "iteration": 2, "w": torch.ones(1000)}, 2)
+    monkeypatch.setattr(fileio, "open", lambda file, mode="r", *a, **k: _FullDisk(builtins.open(file, mode, *a, **k))
+                        if "w" in mode else builtins.open(file, mode, *a, **k), raising=False)
+    with pytest.raises(OutputError) as e:
+        ckpts.save({"kind": "ae", "iteration": 4, "w": torch.ones(1000)}, 4)
+    assert f"no space left on {tmp_path}" in str(e.value) and "ckpt_00000002.pt" in str(e.value)
+    monkeypatch.undo()
+    assert ckpts.last() == good and load_checkpoint(good)["iteration"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_00000002.pt", "last.txt"]  # no temporary left
+
+
+def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
+    (tmp_path / "ae" / "checkpoints").mkdir(parents=True)
+    stale = tmp_path / "ae" / "checkpoints" / ".ckpt_00000002.pt.k3x_9abc.tmp"  # atomic_path's name pattern
+    stale.write_bytes(b"half a checkpoint")
+    keep = [tmp_path / "notes.tmp", tmp_path / ".hidden.tmp", tmp_path / "ae" / "log.jsonl"]
+    for path in keep:
+        path.write_text("x")
+    assert remove_stale_temporaries(tmp_path) == 1
+    assert not stale.exists() and all(p.exists() for p in keep)
+
+
+def test_check_writable(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file")
+    check_writable(tmp_path / "new" / "deep" / "out.json")
+    check_writable(tmp_path / "new" / "folder", folder=True)
+    assert not (tmp_path / "new").exists()  # probes create nothing
+    for path, folder, message in ((tmp_path, False, "is a folder"), (blocker, True, "is a file"),
+                                  (blocker / "out.json", False, "is a file, not a folder"),
+                                  (blocker / "sub", True, "is a file, not a folder")):
+        with pytest.raises(OutputError, match=message):
+            check_writable(path, folder)

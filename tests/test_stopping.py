@@ -1,4 +1,5 @@
-"""Stopping well: SIGINT/SIGTERM finish the step, save, exit 0 and print the resume command."""
+"""Stopping well: SIGINT/SIGTERM (to the process or its whole group) finish the step, save, exit 0 and
+print the resume command; Ctrl-C before training is one line."""
 import os
 import shlex
 import signal
@@ -43,3 +44,68 @@ def test_signal_saves_and_prints_resume_command(demo_root, tmp_path, sig):
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"resumed from {last}" in done.stdout + done.stderr
     assert load_checkpoint(CheckpointDir(last.parent).last())["iteration"] == stopped_at + 2
+
+
+def _wait_for_log(proc, log: Path, lines: int = 2) -> None:
+    deadline = time.time() + 300
+    while not (log.exists() and log.read_text().count("\n") >= lines):  # a few steps done
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "timeout"
+        time.sleep(0.2)
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_saves(demo_root, tmp_path):
+    """What `timeout`, Slurm and most schedulers do: SIGTERM to every process of the group, the
+    DataLoader workers included. The run still finishes the step, saves, exits 0, and the printed
+    command (TRIAL_NAME with a sub-folder) resumes it."""
+    args = tiny_train_args(demo_root, tmp_path, TEST_IMAGE_DIR=None, TEST_SKETCH_DIR=None, ITERATION_AE=100000,
+                           LOG_INTERVAL=1, SAVE_MODEL_INTERVAL=100000, SAVE_IMAGE_INTERVAL=100000,
+                           TRAIN_AE_ONLY=True, TRIAL_NAME="grp/stop", DATALOADER_WORKERS=1)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = tmp_path / "runs" / "grp" / "stop"
+    try:
+        _wait_for_log(proc, run / "ae" / "log.jsonl")
+        os.killpg(proc.pid, signal.SIGTERM)  # the whole group: main process and loader workers
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:  # a failed wait: leave no training running
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0 and "Traceback" not in err, err[-2000:]
+    stopped_at = load_checkpoint(CheckpointDir(run / "ae" / "checkpoints").last(), kind="ae")["iteration"]
+    command = err.split("resume with:")[1].strip().splitlines()[0]
+    assert "TRIAL_NAME=grp/stop" in command
+    resume = shlex.split(command)[2:] + ["ITERATION_AE=" + str(stopped_at + 1)]
+    done = subprocess.run([sys.executable, "train.py", *resume], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert load_checkpoint(CheckpointDir(run / "ae" / "checkpoints").last())["iteration"] == stopped_at + 1
+
+
+def test_ctrl_c_while_the_libraries_load_prints_no_traceback(demo_root, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "train.py", *tiny_train_args(demo_root, tmp_path)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal
+    try:
+        deadline = time.time() + 300
+        while "libtorch" not in Path(f"/proc/{proc.pid}/maps").read_text():  # torch is being imported
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0 and "Traceback" not in err and "interrupted" in err, err[-2000:]
+
+
+def test_ctrl_c_during_start_up_is_one_line(demo_root, tmp_path, monkeypatch, capsys):
+    import train
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "pair_folders", interrupted)
+    assert train.main(tiny_train_args(demo_root, tmp_path)) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "interrupted: nothing saved since the last checkpoint"

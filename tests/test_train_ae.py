@@ -5,7 +5,7 @@ import torch
 
 import losses as L
 from conftest import tiny_config
-from fileio import load_checkpoint
+from fileio import CheckpointError, load_checkpoint
 from models import ContentEncoder, Decoder, StyleEncoder
 from train_step_1_ae import AEStage, fixed_batch
 from training import NanGuard, NonFiniteLoss, run_stage, setup_runtime
@@ -158,3 +158,33 @@ def test_sample_grid_rows(demo_root, demo_pairs, tmp_path):
     assert nrow == cfg.GRID_N and images.shape == (4 * cfg.GRID_N, 3, 64, 64)
     assert torch.equal(images[:nrow], stage.grid["image"])  # first row: the style images
     assert all(n.training for n in stage.networks().values())  # back in training mode
+
+
+def _poison_weights_at(stage, monkeypatch, iteration: int):
+    """From `iteration` on the decoder's weights are NaN (what an infinite learning rate does)."""
+    real = stage.step
+
+    def step(it, guard):
+        if it == iteration:
+            with torch.no_grad():
+                next(stage.decoder.parameters()).fill_(float("nan"))
+        return real(it, guard)
+    monkeypatch.setattr(stage, "step", step)
+
+
+def test_skipping_stops_after_the_limit_and_keeps_the_good_checkpoint(demo_root, demo_pairs, tmp_path, monkeypatch):
+    stage, cfg = _stage(demo_root, demo_pairs, tmp_path, NAN_POLICY="skip", NAN_SKIP_LIMIT=3, KEEP_CHECKPOINTS=1)
+    _poison_weights_at(stage, monkeypatch, 2)
+    with pytest.raises(NonFiniteLoss, match=r"3 steps in a row skipped .* Last good checkpoint: .*ckpt_00000002\.pt"):
+        run_stage(stage, cfg, tmp_path / "ae", 20, setup_runtime(cfg), resume=False)
+    checkpoints = sorted(p.name for p in (tmp_path / "ae" / "checkpoints").glob("ckpt_*.pt"))
+    assert checkpoints == ["ckpt_00000002.pt"]
+    assert load_checkpoint(tmp_path / "ae" / "checkpoints" / "ckpt_00000002.pt", kind="ae")["iteration"] == 2
+
+
+def test_non_finite_weights_are_never_saved_over_a_good_checkpoint(demo_root, demo_pairs, tmp_path, monkeypatch):
+    stage, cfg = _stage(demo_root, demo_pairs, tmp_path, NAN_POLICY="skip", NAN_SKIP_LIMIT=1000, KEEP_CHECKPOINTS=1)
+    _poison_weights_at(stage, monkeypatch, 2)
+    with pytest.raises(CheckpointError, match=r"iteration 4: the weights hold NaN/Inf .* kept: .*ckpt_00000002\.pt"):
+        run_stage(stage, cfg, tmp_path / "ae", 20, setup_runtime(cfg), resume=False)
+    assert sorted(p.name for p in (tmp_path / "ae" / "checkpoints").glob("ckpt_*.pt")) == ["ckpt_00000002.pt"]

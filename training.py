@@ -16,6 +16,7 @@ import random
 import shlex
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,11 +206,25 @@ def infinite_batches(dataset: Dataset, batch_size: int, cfg: Config, runtime: Ru
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:
-    """DataLoader workers ignore SIGINT and SIGTERM: a signal sent to the whole process group (Ctrl-C,
-    `timeout`, Slurm) must stop the main process cleanly (StopRequest: finish the step, save), not kill
-    the workers under it. Workers still end with their loader, or when the main process is gone."""
+    """A DataLoader worker's init: it ignores SIGINT, and SIGTERM from anyone but its parent.
+
+    A signal sent to the whole process group or job (Ctrl-C, `timeout`, Slurm) must stop the main
+    process cleanly (StopRequest: finish the step, save), not kill the workers under it. The
+    parent's own SIGTERM (its loader's shutdown, or multiprocessing's at exit) still ends the
+    worker at once: a thread waits for SIGTERM with its sender's pid (Linux; elsewhere torch's
+    default handling is kept).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):
+        return
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started later inherit the mask
+
+    def watch():
+        while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+            pass
+        os._exit(0)  # as torch's own handler does for its parent's SIGTERM
+    threading.Thread(target=watch, name="sigterm-from-parent", daemon=True).start()
 
 
 def sync_gradients(params, runtime: Runtime) -> None:

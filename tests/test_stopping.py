@@ -5,6 +5,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -80,6 +81,22 @@ def test_sigterm_to_the_process_group_with_loader_workers_saves(demo_root, tmp_p
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert load_checkpoint(CheckpointDir(run / "ae" / "checkpoints").last())["iteration"] == stopped_at + 1
+
+
+def test_a_crash_with_loader_workers_alive_still_exits():
+    """Workers ignore SIGTERM from others, not from their parent: at exit after an uncaught error,
+    multiprocessing terminates and joins them, and a worker ignoring that would hang the process."""
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from torch.utils.data import DataLoader
+        from training import ignore_stop_signals
+        loader = iter(DataLoader(list(range(100)), batch_size=2, num_workers=1, worker_init_fn=ignore_stop_signals))
+        next(loader)
+        raise RuntimeError("a bug, with loader workers alive")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "a bug, with loader workers alive" in done.stderr
 
 
 def test_ctrl_c_while_the_libraries_load_prints_no_traceback(demo_root, tmp_path):

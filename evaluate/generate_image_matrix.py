@@ -40,10 +40,10 @@ def image_matrix(model: SketchToImage, sketches: list[Path], styles: list[Path],
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Sketches x styles: one picture, inputs on the margins.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""\
-Inputs: a train.py run folder or GAN checkpoint; a folder of sketches and a folder of style images.
+Inputs: a train.py run folder, GAN checkpoint or exported model; a folder of sketches and a folder of style images.
 Outputs: one PNG (--out): the styles across the top, the sketches down the side, sketch i in style j inside.
 Example:
-    p.add_argument("--checkpoint", required=True, help="run folder of train.py, a GAN checkpoint file, or a .safetensors file from export.py")
+    python evaluate/generate_image_matrix.py --checkpoint train_results/<run> --sketches data/demo/test/sketches \\
         --styles data/demo/test/images --n-sketches 4 --n-styles 5 --out matrix.png""")
     p.add_argument("--checkpoint", required=True, help="run folder of train.py, a GAN checkpoint file, or a .safetensors file from export.py")
     p.add_argument("--sketches", required=True, help="folder of sketches (or one sketch)")

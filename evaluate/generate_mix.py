@@ -158,10 +158,10 @@ def generate_mix(model: SketchToImage, sketches: list[Path], style_files: list[P
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Style mixing: style vectors of 2-4 exemplars combined per scale.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""\
-Inputs: a train.py run folder or GAN checkpoint; a sketch (or a folder of them); 2 to 4 style images.
+Inputs: a train.py run folder, GAN checkpoint or exported model; a sketch (or a folder of them); 2 to 4 style images.
 Outputs: <out>/mix_grid.png (one row per recipe) and <out>/images/<sketch>__<recipe>.png.
 Example:
-    p.add_argument("--checkpoint", required=True, help="run folder of train.py, a GAN checkpoint file, or a .safetensors file from export.py")
+    python evaluate/generate_mix.py --checkpoint train_results/<run> --sketch s.png --styles a.jpg b.jpg --out mix""")
     p.add_argument("--checkpoint", required=True, help="run folder of train.py, a GAN checkpoint file, or a .safetensors file from export.py")
     p.add_argument("--sketch", required=True, help="a sketch, or a folder of sketches")
     p.add_argument("--styles", required=True, nargs="+", help="2 to 4 style images: A B [C [D]]")

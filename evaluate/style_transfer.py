@@ -151,10 +151,10 @@ def style_transfer(model: SketchToImage, photos: list[Path], styles: list[Path],
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Photo -> sketch -> image in the style of other photos.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""\
-Inputs: a train.py run folder or GAN checkpoint; content photos; style photos; XDoG or a TOM checkpoint.
+Inputs: a train.py run folder, GAN checkpoint or exported model; content photos; style photos; XDoG or a TOM checkpoint.
 Outputs: per content photo P: <out>/sketches/P.png, <out>/images/P__<style>.png and <out>/P_grid.png.
 Example:
-    p.add_argument("--checkpoint", required=True, help="run folder of train.py, a GAN checkpoint file, or a .safetensors file from export.py")
+    python evaluate/style_transfer.py --checkpoint train_results/<run> --photos A/ --styles B/ --out st --sketcher xdog:bold""")
     p.add_argument("--checkpoint", required=True, help="run folder of train.py, a GAN checkpoint file, or a .safetensors file from export.py")
     p.add_argument("--photos", required=True, help="content photo, or a folder of them")
     p.add_argument("--styles", required=True, help="style image, or a folder of them")

@@ -420,7 +420,14 @@ def launch(page, host: str, port: int, **kwargs):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="A local web page: draw a sketch, pick an exemplar, get the image.")
+    p = argparse.ArgumentParser(
+        description="A local web page: draw a sketch, pick an exemplar, get the image.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""\
+Inputs: a train.py run folder, a GAN checkpoint or an exported .safetensors model (default: the newest demo run);
+        exemplars from the model's held-out images or --styles.
+Outputs: a page at http://HOST:PORT; the generated image downloads from the page as PNG.
+Example:
+    python app.py --checkpoint train_results/demo-20261202-120000 --port 7860""")
     p.add_argument("--checkpoint", help="run folder, GAN checkpoint or exported .safetensors file "
                                         "(default: the newest demo run under --runs)")
     p.add_argument("--runs", default="train_results", help="where to look for demo runs (default: train_results)")

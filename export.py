@@ -34,7 +34,13 @@ def export(source, out, overwrite: bool = False) -> tuple[SketchToImage, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Export a trained model (AE + EMA generator) as one safetensors file.")
+    p = argparse.ArgumentParser(
+        description="Export a trained model (AE + EMA generator) as one safetensors file.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""\
+Inputs: a train.py run folder (its newest GAN checkpoint), a GAN checkpoint file, or an exported file.
+Outputs: --out, a .safetensors file with the architecture as JSON metadata (no pickle, no D, no optimizers).
+Example:
+    python export.py train_results/demo-20261202-120000 --out demo.safetensors""")
     p.add_argument("source", help="run folder of train.py, a GAN checkpoint file, or an exported file")
     p.add_argument("--out", required=True, help="the .safetensors file to write")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")

@@ -39,11 +39,11 @@ EXTRA_SETS = {"xdog_fine": Setting(sigma=0.5, width=2), "xdog_broad": Setting(si
 _TRAIN = "data/demo/train/"
 STUDIES = {
     "mi": {"W_MI=0": ["W_MI=0"], "W_MI=0.1": ["W_MI=0.1"]},
-    "sketch_sets": {
+    "sketch_sets": {  # the exact line drawings last: the set step A reads and the others draw most often
         "1 set (exact)": [f"SKETCH_DIRS={_TRAIN}sketches"],
-        "3 sets (exact, thin, bold)": [f"SKETCH_DIRS={_TRAIN}sketches,{_TRAIN}xdog_thin,{_TRAIN}xdog_bold"],
-        "5 sets (+ fine, broad)": [f"SKETCH_DIRS={_TRAIN}sketches,{_TRAIN}xdog_thin,{_TRAIN}xdog_bold,"
-                                   f"{_TRAIN}xdog_fine,{_TRAIN}xdog_broad"]},
+        "3 sets (thin, bold, exact)": [f"SKETCH_DIRS={_TRAIN}xdog_thin,{_TRAIN}xdog_bold,{_TRAIN}sketches"],
+        "5 sets (+ fine, broad)": [f"SKETCH_DIRS={_TRAIN}xdog_thin,{_TRAIN}xdog_bold,{_TRAIN}xdog_fine,"
+                                   f"{_TRAIN}xdog_broad,{_TRAIN}sketches"]},
 }
 COLUMNS = ("own", "swapped")
 

@@ -267,7 +267,7 @@ def _fake_run(root: Path, name: str, data_name: str, stage: str = "gan", when: f
     (run / stage / "checkpoints").mkdir(parents=True)
     (run / "config.json").write_text(json.dumps({"DATA_NAME": data_name}))
     ckpt = run / stage / "checkpoints" / "ckpt_00000100.pt"
-    ckpt.write_bytes(b"x")
+    save_checkpoint({"kind": stage, "iteration": 100}, ckpt)  # only files that load as checkpoints count
     os.utime(ckpt, (when, when))
     return run
 

@@ -192,7 +192,7 @@ def test_ablation_variants_train_once_then_are_reused(tmp_path, monkeypatch):
         run = Path(next(a for a in args if a.startswith("SAVE_FOLDER=")).split("=", 1)[1])
         name = next(a for a in args if a.startswith("TRIAL_NAME=")).split("=", 1)[1]
         (run / name / "ae" / "checkpoints").mkdir(parents=True)
-        (run / name / "ae" / "checkpoints" / "ckpt_00000001.pt").write_bytes(b"")
+        save_checkpoint({"kind": "ae", "iteration": 1}, run / name / "ae" / "checkpoints" / "ckpt_00000001.pt")
         return 0
 
     monkeypatch.setattr(ablation.train, "main", fake_main)

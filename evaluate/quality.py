@@ -33,7 +33,6 @@ table. An AE-stage checkpoint (or a run without a GAN stage) is scored as its AE
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from dataclasses import dataclass

@@ -88,7 +88,7 @@ def test_a_shapes_fill_follows_from_its_kind(demo_root):
 def test_restyle_is_the_ground_truth_of_a_style_swap():
     scene, style = D.scene_for(0, "test", 0), D.scene_for(0, "test", 1)
     assert scene["palette"] != style["palette"]
-    (image, sketch), (swapped, swapped_sketch) = D.render(scene), D.render(D.restyle(scene, style))
+    (_, sketch), (_, swapped_sketch) = D.render(scene), D.render(D.restyle(scene, style))
     assert np.array_equal(np.asarray(sketch), np.asarray(swapped_sketch))  # the same drawing
     assert D.restyle(scene, scene) == scene and D.restyle(scene, style)["shapes"] == scene["shapes"]
     flat = D.render(D.restyle(scene, {"palette": style["palette"], "texture": FLAT}))[0]

@@ -300,6 +300,10 @@ class CheckpointDir:
                 return self.folder / name
         return next((p for p in reversed(self._numbered()) if is_checkpoint(p, self.kind)), None)
 
+    def all(self) -> list[tuple[int, Path]]:
+        """(iteration, file) of every valid checkpoint in the folder, oldest first."""
+        return [(self._number(p), p) for p in self._numbered() if is_checkpoint(p, self.kind)]
+
     def _number(self, path: Path) -> int:
         return int(self.PATTERN.match(path.name).group(1))
 

@@ -213,3 +213,30 @@ def test_ablation_studies_name_real_settings_and_folders():
              for d in C.parse_overrides(v)["SKETCH_DIRS"]}
     assert names == {"sketches", "xdog_thin", "xdog_bold", *ablation.EXTRA_SETS}
     assert ablation.HELD_OUT_STYLE not in names  # the held-out sketch style is never trained on
+
+
+# --------------------------------------------------------------------------- training time -> quality
+
+def test_quality_curve_scores_every_checkpoint_of_a_run(demo_root, run_dir, tmp_path, capsys):
+    from evaluate import quality_curve
+    found = quality_curve.checkpoints(run_dir)
+    assert [s for s, _, _ in found] == sorted(s for s, _, _ in found) and {s for s, _, _ in found} == {"ae", "gan"}
+    out = tmp_path / "curve"
+    argv = ["--run", str(run_dir), "--data", str(demo_root), "--swaps", "1", "--out", str(out), "--device", "cpu"]
+    assert quality_curve.main(argv) == 0
+    points = json.loads((out / "curve.json").read_text())["points"]
+    assert [(p["stage"], p["iteration"]) for p in points] == [(s, it) for s, it, _ in found]
+    assert all(p["minutes"] >= 0 for p in points)
+    gan = points[-1]  # the same numbers as the benchmark run on that checkpoint alone
+    alone = Q.run(gan["checkpoint"], demo_root, tmp_path / "alone", swaps=1, device="cpu", progress=False)
+    assert gan["scores"] == alone["summary"][Q.MODEL]
+    printed = capsys.readouterr().out
+    assert printed.count("| AE ") + printed.count("| GAN ") == len(points) and "ignore exemplar" in printed
+
+
+def test_quality_curve_of_a_folder_without_checkpoints_is_one_line(tmp_path, capsys):
+    from evaluate import quality_curve
+    (tmp_path / "config.json").write_text("{}")
+    assert quality_curve.main(["--run", str(tmp_path), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: no checkpoint")

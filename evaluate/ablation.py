@@ -52,7 +52,8 @@ def prepare_sketch_sets() -> None:
     """The demo data, its two extra training sketch sets and the held-out XDoG "medium" sketches."""
     ensure_demo_data(DATA)
     for split, sets in (("train", EXTRA_SETS), ("test", {HELD_OUT_STYLE: BUILTIN_SETTINGS["medium"]})):
-        missing = {name: s for name, s in sets.items() if not (DATA / split / name).is_dir()}
+        # make_sketch_folders names its folders xdog_<name>
+        missing = {name.removeprefix("xdog_"): s for name, s in sets.items() if not (DATA / split / name).is_dir()}
         if missing:
             make_sketch_folders(DATA / split / "images", DATA / split, missing)
 

@@ -240,3 +240,16 @@ def test_quality_curve_of_a_folder_without_checkpoints_is_one_line(tmp_path, cap
     assert quality_curve.main(["--run", str(tmp_path), "--device", "cpu"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("error: no checkpoint")
+
+
+def test_ablation_makes_the_sketch_folders_its_studies_read(demo_root, tmp_path, monkeypatch):
+    import shutil
+    from evaluate import ablation
+    root = tmp_path / "demo"
+    shutil.copytree(demo_root, root)
+    monkeypatch.setattr(ablation, "DATA", root)
+    ablation.prepare_sketch_sets()
+    for name in ablation.EXTRA_SETS:
+        assert len(list((root / "train" / name).glob("*.png"))) == 32, name
+    assert len(list((root / "test" / ablation.HELD_OUT_STYLE).glob("*.png"))) == 8
+    assert not list(root.glob("*/xdog_xdog_*"))  # the folder names the studies use, not doubled prefixes

@@ -70,13 +70,11 @@ def test_killed_during_save_leaves_previous_checkpoint_loadable(tmp_path):
     # the child's checkpoint file blocks half-way through writing the 16 MB tensor, so the kill lands inside it
     script = textwrap.dedent(f"""
         import builtins, sys, time, torch
-        sys.path.insert(0, {str(ROOT)!r})
+        sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / "tests")!r}]
         import fileio
+        from test_fileio import _FullDisk
 
-        class Blocking:
-            def __init__(self, f):
-                self.f = f
-
+        class Blocking(_FullDisk):
             def write(self, data):
                 if len(data) > 1_000_000:
                     self.f.write(memoryview(data)[:len(data) // 2])
@@ -84,15 +82,6 @@ def test_killed_during_save_leaves_previous_checkpoint_loadable(tmp_path):
                     print("blocked", self.f.name, flush=True)
                     time.sleep(600)
                 return self.f.write(data)
-
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc):
-                self.f.close()
-
-            def __getattr__(self, name):
-                return getattr(self.f, name)
 
         def blocking_open(file, mode="r", *args, **kwargs):
             f = builtins.open(file, mode, *args, **kwargs)

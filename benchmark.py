@@ -42,9 +42,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+import inference
 import weights
 from config import ConfigError
-from datasets import READ_ERRORS, DataError, load_image, require_images, resize, to_float, to_uint8_tensor
+from datasets import (READ_ERRORS, DataError, PairedDataset, load_image, require_images, resize, to_float,
+                      to_uint8_tensor)
 from fileio import CheckpointError, OutputError, atomic_path, check_writable, save_png, write_json
 from training import resolve_device
 
@@ -428,7 +430,6 @@ def training_fid(cfg, runtime, held_out, model: nn.Module | None = None, cache_d
     """
     if not runtime.is_main:
         return lambda generate: {}
-    from datasets import PairedDataset
     model = (InceptionFeatures() if model is None else model).to(runtime.device)
     data = PairedDataset(held_out, cfg.IM_SIZE_GAN, crop=False)
     n = min(cfg.FID_N_SAMPLES, len(data))
@@ -465,7 +466,6 @@ def checkpoint_pairs(sketch_dir, style_dir, pairing: str) -> list[tuple[Path, Pa
 
 def checkpoint_stats(args, model_fn) -> Stats:
     """Statistics of images a GAN checkpoint draws from --sketch and --style (saved as PNG first)."""
-    import inference
     pairs = checkpoint_pairs(args.sketch, args.style, args.pairing)[:args.max_samples or None]
     save_dir = Path(args.save_dir)
     jobs = [inference.Job(sketch, style, save_dir / f"{i:06d}.png") for i, (sketch, style) in enumerate(pairs)]

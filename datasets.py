@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import sys
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -511,8 +510,3 @@ def sketch_variants(sketch: torch.Tensor, thick: torch.Tensor,
     `sketch_bold`, cropped with it): bold, erased, bold + erased."""
     return thick, erase(sketch, g), erase(thick, g)
 
-
-def warn_missing(pairs: Pairs) -> None:
-    """Print the pairing report (images left out for lack of a sketch) if there is one."""
-    if pairs.missing:
-        warnings.warn(pairs.report(), stacklevel=2)

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
-CHECKPOINT_FORMAT = 1  # bump when the layout of the checkpoint dict changes
+CHECKPOINT_FORMAT = 1  # bump when the layout of the checkpoint dict changes; load_checkpoint refuses newer ones
 CHECKSUM_KEY = "checksum"  # "sha256:<hex>" of the rest of the checkpoint dict (state_checksum); absent in old files
 TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # atomic_path's temporary names: .<name>.<8 random>.tmp
 
@@ -210,8 +210,8 @@ def save_checkpoint(obj: dict, path) -> None:
 
 
 def load_checkpoint(path, map_location="cpu", kind: str | None = None) -> dict:
-    """Load a checkpoint with weights_only=True (no arbitrary code); check its checksum (when it has
-    one: older files do not), that its tensors are finite, and its kind."""
+    """Load a checkpoint with weights_only=True (no arbitrary code); check that its format is one this
+    code reads, its checksum (when it has one: older files do not), that its tensors are finite, and its kind."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -229,6 +229,11 @@ def load_checkpoint(path, map_location="cpu", kind: str | None = None) -> dict:
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {e}") from None
     if not isinstance(ckpt, dict) or "kind" not in ckpt:
         raise CheckpointError(f"{path}: not a checkpoint of this project (no 'kind' entry)")
+    # the format before the checksum: a newer layout may store or compute that differently
+    layout = ckpt.get("format", 1)  # absent in files written before the format number: the first layout
+    if not isinstance(layout, int) or layout > CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {layout!r} is newer than this code reads "
+                              f"({CHECKPOINT_FORMAT}): update the code to load it")
     stored = ckpt.pop(CHECKSUM_KEY, None)
     if stored is not None and stored != state_checksum(ckpt):
         raise CheckpointError(f"{path}: damaged: its contents do not match the checksum stored in it (a disk "

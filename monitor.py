@@ -11,25 +11,27 @@ Only rank 0 monitors (enabled=False elsewhere).
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torchvision.utils import make_grid
 
+import plot_log
 from config import ConfigError
 
 CURVE_BUDGET = 0.02   # share of training time the loss-curve drawings may take
 
 
-def require_tensorboard() -> None:
-    """A one-line ConfigError before any training when LOGGER=tensorboard cannot work."""
+def require_tensorboard() -> type:
+    """torch's SummaryWriter class, or a one-line ConfigError (before any training) when LOGGER=tensorboard
+    cannot work. Imported only here: tensorboard is optional and slow to import."""
     try:
-        import torch.utils.tensorboard  # noqa: F401  (needs the tensorboard package)
+        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
     except ImportError:
         raise ConfigError("LOGGER=tensorboard needs the tensorboard package: pip install tensorboard "
                           "(or LOGGER=none)") from None
+    return SummaryWriter
 
 
 class StageMonitor:
@@ -38,15 +40,13 @@ class StageMonitor:
     def __init__(self, stage_dir, logger: str = "none", start: int = 0, enabled: bool = True,
                  budget: float = CURVE_BUDGET):
         self.stage_dir, self.enabled, self.budget = Path(stage_dir), enabled, budget
-        self.curves = enabled       # False after matplotlib failed to import
         self.next_draw = 0.0        # perf_counter time before which a log write does not redraw
         self.pending = False        # records logged since the last drawing
         self.writer = None
         if enabled and logger == "tensorboard":
-            require_tensorboard()
-            from torch.utils.tensorboard import SummaryWriter
+            summary_writer = require_tensorboard()
             # purge_step: a resumed stage drops the events logged after its checkpoint
-            self.writer = SummaryWriter(str(self.stage_dir / "tensorboard"), purge_step=start or None)
+            self.writer = summary_writer(str(self.stage_dir / "tensorboard"), purge_step=start or None)
 
     def log(self, record: dict) -> None:
         """A record just written to log.jsonl."""
@@ -54,13 +54,12 @@ class StageMonitor:
             return
         self.pending = True
         if self.writer is not None:
-            from plot_log import BOOKKEEPING, FID_KEYS
             for key, value in record.items():
                 if key != "iter" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    group = "fid" if key in FID_KEYS else "train" if key in BOOKKEEPING else "loss"
+                    group = "fid" if key in plot_log.FID_KEYS else "train" if key in plot_log.BOOKKEEPING else "loss"
                     self.writer.add_scalar(f"{group}/{key}", value, record["iter"])
             self.writer.flush()
-        if self.curves and time.perf_counter() >= self.next_draw:
+        if time.perf_counter() >= self.next_draw:
             self.draw()
 
     def grid(self, images: torch.Tensor, nrow: int, it: int) -> None:
@@ -74,23 +73,18 @@ class StageMonitor:
 
     def draw(self) -> None:
         """Redraw loss_curves.png from log.jsonl now; the next log-time drawing waits cost / budget."""
-        import plot_log
         t0 = time.perf_counter()
         records = plot_log.read_log(self.stage_dir / "log.jsonl")
         if records:
-            try:
-                plot_log.draw(records, self.stage_dir / plot_log.CURVES_FILE,
-                              title=f"{self.stage_dir.parent.name}/{self.stage_dir.name}")
-            except ImportError as e:  # a broken install must not stop training: say so once
-                print(f"warning: no loss curves ({e}); pip install matplotlib", file=sys.stderr)
-                self.curves = False
+            plot_log.draw(records, self.stage_dir / plot_log.CURVES_FILE,
+                          title=f"{self.stage_dir.parent.name}/{self.stage_dir.name}")
         self.pending = False
         now = time.perf_counter()
         self.next_draw = now + (now - t0) / self.budget
 
     def close(self) -> None:
         """End of the stage: the final curves, TensorBoard files closed."""
-        if self.curves and self.pending:
+        if self.pending:
             self.draw()
         if self.writer is not None:
             self.writer.close()

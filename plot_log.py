@@ -22,6 +22,8 @@ import math
 import sys
 from pathlib import Path
 
+from fileio import atomic_path
+
 CURVES_FILE = "loss_curves.png"
 BOOKKEEPING = ("iter", "img_per_s", "subset", "lr_style", "skipped_files", "skipped_steps", "skipped", "fid_n")
 FID_KEYS = ("fid", "fid_mismatched")
@@ -58,11 +60,9 @@ def panels(records: list[dict]) -> dict[str, dict[str, tuple[list[int], list[flo
 
 def draw(records: list[dict], out, title: str = "") -> Path:
     """Draw the curves of `records` into the PNG `out` (written atomically); returns its path."""
-    import matplotlib  # only when drawing: importing this module stays cheap
+    import matplotlib  # only when drawing: slow to import, and training imports this module
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
-
-    from fileio import atomic_path
 
     groups = panels(records)
     if not groups:

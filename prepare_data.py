@@ -36,8 +36,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+import weights
 from datasets import DataError, list_images, load_image, require_images, resize
 from fileio import CheckpointError, write_json
+from sketch_styletransfer import evaluate as tom
 from sketch_styletransfer.train import RunError, resolve_checkpoint, resolve_device
 from sketch_styletransfer.xdog import BUILTIN_SETTINGS, make_sketch_folders, write_png
 
@@ -125,7 +127,6 @@ def make_sketches(out: Path, args, vgg_features=None, progress: bool = True) -> 
             folders[part] = [os.path.abspath(f) for f in copy_sketches(args.sketch_dirs, images, sketches,
                                                                         args.overwrite)]
         elif args.tom:
-            from sketch_styletransfer import evaluate as tom
             summary = tom.make_sketches(vgg_features, args.tom, images, sketches, args.thresholds,
                                         batch_size=args.batch_size, device=args.device, overwrite=args.overwrite,
                                         workers=0, progress=progress)
@@ -204,9 +205,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--tom makes sketches, --sketch-dirs brings them: choose one")
     args.workers = max(1, args.workers)
     if args.tom:
-        from sketch_styletransfer.evaluate import parse_threshold
         try:
-            args.thresholds = list(dict.fromkeys(parse_threshold(t) for t in args.threshold))
+            args.thresholds = list(dict.fromkeys(tom.parse_threshold(t) for t in args.threshold))
         except ValueError as e:
             p.error(str(e))
     return args
@@ -227,8 +227,7 @@ def main(argv: list[str] | None = None, vgg_features=None) -> int:
             for checkpoint in args.tom:
                 resolve_checkpoint(checkpoint)
             if vgg_features is None:
-                import weights  # only TOM needs the pretrained VGG16
-                try:
+                try:  # only TOM needs the pretrained VGG16
                     vgg_features = weights.vgg16_features()
                 except weights.WeightsError as e:
                     raise RunError(str(e)) from None

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torchvision
+from pytorch_fid import inception as pf
 from torchvision.models import AlexNet_Weights, VGG16_Weights
 
 LPIPS_URL = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/{net}.pth"
@@ -207,7 +208,6 @@ def build_fid_inception() -> nn.Module:
     The same construction as `pytorch_fid.inception.fid_inception_v3()` (with the package's own
     patched blocks), minus its unconditional download.
     """
-    from pytorch_fid import inception as pf
     net = torchvision.models.inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=False)
     net.Mixed_5b = pf.FIDInceptionA(192, pool_features=32)
     net.Mixed_5c = pf.FIDInceptionA(256, pool_features=64)

@@ -24,7 +24,9 @@ from tqdm import tqdm
 from config import ConfigError
 from datasets import DataError, list_images, load_image, resize, to_float, to_uint8_tensor
 from fileio import OutputError, check_writable, write_json
+from lpips import LPIPS
 from training import resolve_device
+from weights import WeightsError
 
 MIN_SIZE = {"vgg": 16, "alex": 31}  # smallest input whose deepest layer LPIPS reads is still 1x1
 
@@ -140,8 +142,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     """Run the metric command; 0 on success, 2 on a data or weights problem (with its reason)."""
     args = parse_args(argv)
-    from lpips import LPIPS  # here, not at import: `python -m lpips` loads the package first anyway
-    from weights import WeightsError
     try:
         if args.out:  # before the work: an unwritable --out costs no measurement
             check_writable(args.out)

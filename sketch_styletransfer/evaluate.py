@@ -27,6 +27,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+import weights
 from config import ConfigError
 from datasets import DataError, FolderDataset, require_images, to_float
 from fileio import CheckpointError, OutputError, check_writable, load_checkpoint
@@ -162,8 +163,7 @@ Example:
         require_images(args.path_content, nested=True)
         check_writable(args.path_result, folder=True)
         if vgg_features is None:
-            import weights  # only the command line needs the pretrained weights
-            try:
+            try:  # only the command line needs the pretrained weights
                 vgg_features = weights.vgg16_features()
             except weights.WeightsError as e:
                 raise RunError(str(e)) from None

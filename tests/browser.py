@@ -3,6 +3,7 @@ browser). Used by tests/test_app_browser.py; small functions, each one thing a u
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import os
 import re
@@ -29,9 +30,7 @@ def missing_browser() -> str | None:
     """Why the browser test cannot run here, or None."""
     if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
         return f"no chromium at {CHROMIUM}: apt-get install -y chromium (.ci/run does)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("playwright") is None:
         return "the playwright package is not installed (pip install -r requirements-dev.txt)"
     return None
 
@@ -72,7 +71,7 @@ def running_app(args: list[str], log: Path, port: int):
 @contextlib.contextmanager
 def browser_page(profile: Path, width: int = 1400, height: int = 1000):
     """A page in headless chromium with a fresh profile folder."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import sync_playwright  # here: optional (missing_browser says whether it is there)
     shutil.rmtree(profile, ignore_errors=True)
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(

@@ -7,6 +7,7 @@ import torch
 import config as C
 import weights
 from datasets import pair_folders
+from demo_data import make_demo_data
 
 
 class Pooled(torch.nn.Module):
@@ -25,7 +26,6 @@ def cheap_inception(monkeypatch):
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     """32 training + 8 held-out demo images at 128 px with their exact line drawings."""
-    from demo_data import make_demo_data
     root = tmp_path_factory.mktemp("demo")
     make_demo_data(root, n_train=32, n_test=8, size=128, seed=0, progress=False)
     return root

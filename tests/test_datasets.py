@@ -1,4 +1,7 @@
 """datasets.py: pairing, robust loading of every image mode, skips, augmentations, samplers."""
+import struct
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -117,8 +120,6 @@ def test_unreadable_files_raise_data_error(tmp_path, name):
 
 def test_decompression_bomb_is_refused(tmp_path):
     """A PNG whose header claims 20000 x 20000 pixels is refused before decoding."""
-    import struct
-    import zlib
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     header = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
@@ -202,11 +203,16 @@ def test_sketch_variants():
     assert (erased > sketch).any() and (thick_erased > thick).any()
 
 
-def test_augmentations_are_device_and_generator_deterministic():
-    src = torch.rand(4, 3, 83, 83) * 2 - 1
-    a = D.style_view(src, 64, torch.Generator().manual_seed(5))
-    b = D.style_view(src, 64, torch.Generator().manual_seed(5))
+@pytest.mark.parametrize("augment", [lambda x, g: D.style_view(x, 64, g), lambda x, g: D.erase(x, g),
+                                     lambda x, g: D.paired_crop_flip([x], 64, g)[0]])
+def test_augmentations_depend_on_their_generator_only(augment):
+    src = torch.rand(16, 3, 83, 83) * 2 - 1
+    torch.manual_seed(0)
+    a = augment(src, torch.Generator().manual_seed(5))
+    torch.manual_seed(1)  # the global generator plays no part
+    b = augment(src, torch.Generator().manual_seed(5))
     assert torch.equal(a, b)
+    assert not torch.equal(a, augment(src, torch.Generator().manual_seed(6)))
 
 
 # --------------------------------------------------------------------------- samplers

@@ -5,8 +5,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
+from config import ConfigError
 from conftest import tiny_config, tiny_train_args
 from fileio import CheckpointDir, load_checkpoint
+from models import ResBlkG
+from training import setup_runtime, to_sync_batchnorm
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -32,9 +38,6 @@ def test_ranks_keep_identical_weights(demo_root, tmp_path):
 def test_sync_batchnorm_conversion_keeps_parametrization_and_keys():
     """SYNC_BN swaps every BatchNorm (spectral-normed ones included) for SyncBatchNorm with the same
     state-dict keys and the same eval outputs (the multi-GPU run itself needs CUDA)."""
-    import torch
-    from models import ResBlkG
-    from training import to_sync_batchnorm
     torch.manual_seed(0)
     net = torch.nn.Sequential(ResBlkG(8), torch.nn.BatchNorm2d(8)).eval()
     x = torch.randn(2, 8, 4, 4)
@@ -46,9 +49,6 @@ def test_sync_batchnorm_conversion_keeps_parametrization_and_keys():
 
 
 def test_sync_batchnorm_on_cpu_is_a_clear_error(demo_root, tmp_path):
-    import pytest
-    from config import ConfigError
-    from training import setup_runtime
     with pytest.raises(ConfigError, match="SYNC_BN=true needs CUDA"):
         setup_runtime(tiny_config(demo_root, tmp_path, SYNC_BN=True))
 

@@ -7,15 +7,16 @@ import struct
 import subprocess
 import sys
 import textwrap
-import time
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 import fileio
-from fileio import (CheckpointDir, CheckpointError, JsonlLog, OutputError, check_writable, load_checkpoint,
-                    remove_stale_temporaries, save_checkpoint, save_grid)
+from fileio import (CHECKPOINT_FORMAT, CheckpointDir, CheckpointError, JsonlLog, OutputError, check_writable,
+                    load_checkpoint, remove_stale_temporaries, save_checkpoint, save_grid)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,24 +64,46 @@ def test_rotation_keeps_newest_and_pointer(tmp_path):
 
 
 def test_killed_during_save_leaves_previous_checkpoint_loadable(tmp_path):
-    """A process SIGKILLed while writing a large checkpoint: the old one still loads, nothing half-written."""
+    """A process SIGKILLed in the middle of writing a checkpoint: the old one still loads, nothing half-written."""
     ckpts = CheckpointDir(tmp_path, keep=3)
     ckpts.save({"kind": "ae", "iteration": 1, "w": torch.zeros(3)}, 1)
+    # the child's checkpoint file blocks half-way through writing the 16 MB tensor, so the kill lands inside it
     script = textwrap.dedent(f"""
-        import sys, torch
-        sys.path.insert(0, {str(ROOT)!r})
-        from fileio import CheckpointDir
-        print("saving", flush=True)
-        CheckpointDir({str(tmp_path)!r}, keep=3).save({{"kind": "ae", "iteration": 2, "w": torch.randn(60_000_000)}}, 2)
+        import builtins, sys, time, torch
+        sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / "tests")!r}]
+        import fileio
+        from test_fileio import _FullDisk
+
+        class Blocking(_FullDisk):
+            def write(self, data):
+                if len(data) > 1_000_000:
+                    self.f.write(memoryview(data)[:len(data) // 2])
+                    self.f.flush()
+                    print("blocked", self.f.name, flush=True)
+                    time.sleep(600)
+                return self.f.write(data)
+
+        def blocking_open(file, mode="r", *args, **kwargs):
+            f = builtins.open(file, mode, *args, **kwargs)
+            return Blocking(f) if "w" in mode else f
+
+        fileio.open = blocking_open
+        checkpoint = {{"kind": "ae", "iteration": 2, "w": torch.randn(4_000_000)}}
+        fileio.CheckpointDir({str(tmp_path)!r}, keep=3).save(checkpoint, 2)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "saving"
-    time.sleep(0.3)  # inside torch.save of ~240 MB
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    try:
+        word, partial = proc.stdout.readline().split()
+        assert word == "blocked" and Path(partial).parent == tmp_path
+        assert 8_000_000 <= Path(partial).stat().st_size < 16_000_000  # the write is under way
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / "ckpt_00000002.pt").exists()
     last = CheckpointDir(tmp_path).last()
-    assert load_checkpoint(last, kind="ae")["iteration"] in (1, 2)  # never a broken file
-    assert not (tmp_path / "ckpt_00000002.pt").exists() or load_checkpoint(tmp_path / "ckpt_00000002.pt")
+    assert last.name == "ckpt_00000001.pt" and load_checkpoint(last, kind="ae")["iteration"] == 1
+    assert remove_stale_temporaries(tmp_path) == 1 and not Path(partial).exists()  # the half file, and only it
 
 
 def test_jsonl_truncate_after(tmp_path):
@@ -95,7 +118,6 @@ def test_jsonl_truncate_after(tmp_path):
 
 def test_save_grid_writes_png(tmp_path):
     save_grid(torch.rand(6, 1, 8, 8) * 2 - 1, tmp_path / "g.png", nrow=3)
-    from PIL import Image
     img = Image.open(tmp_path / "g.png")
     assert img.format == "PNG" and img.mode == "RGB" and img.size == (3 * 10 + 2, 2 * 10 + 2)
     assert not list(tmp_path.glob(".*tmp"))
@@ -115,7 +137,6 @@ def test_pickle_refusal_says_why_and_never_suggests_weights_only_false(tmp_path)
 
 def _tensor_offset(path: Path) -> int:
     """Where the bytes of the largest tensor start inside a torch.save zip (stored, not compressed)."""
-    import zipfile
     with zipfile.ZipFile(path) as z:
         info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
     assert info.file_size >= 2048 and info.compress_type == zipfile.ZIP_STORED
@@ -142,6 +163,18 @@ def test_an_old_checkpoint_without_a_checksum_loads_as_before(tmp_path):
     obj = {"kind": "ae", "iteration": 3, "w": torch.arange(5.0)}
     torch.save(obj, tmp_path / "old.pt")  # what the project wrote before checksums
     assert torch.equal(load_checkpoint(tmp_path / "old.pt", kind="ae")["w"], obj["w"])
+
+
+def test_a_checkpoint_of_a_newer_format_is_refused_in_one_line_and_older_ones_load(tmp_path):
+    for layout in (CHECKPOINT_FORMAT, 1):
+        save_checkpoint({"kind": "ae", "format": layout, "iteration": 3}, tmp_path / "ok.pt")
+        assert load_checkpoint(tmp_path / "ok.pt", kind="ae")["format"] == layout
+    # a newer layout may checksum differently: the format is what the message names, not "damaged"
+    torch.save({"kind": "ae", "format": CHECKPOINT_FORMAT + 1, "checksum": "sha256:new-scheme"}, tmp_path / "new.pt")
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(tmp_path / "new.pt", kind="ae")
+    assert str(e.value) == (f"{tmp_path / 'new.pt'}: checkpoint format {CHECKPOINT_FORMAT + 1} is newer than this "
+                            f"code reads ({CHECKPOINT_FORMAT}): update the code to load it")
 
 
 def test_non_finite_weights_are_never_saved_nor_loaded(tmp_path):

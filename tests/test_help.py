@@ -1,12 +1,14 @@
 """--help everywhere: every script names its inputs, outputs and an example; train.py lists every setting."""
 import re
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 import config as C
+import datasets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,11 +89,9 @@ def test_train_help_lists_every_setting_grouped_with_type_value_and_comment(monk
 
 
 def test_an_old_python_is_refused_at_start_in_one_line():
-    import subprocess
     code = "import sys; sys.version_info = (3, 10, 4, 'final', 0); sys.path.insert(0, sys.argv[1]); import datasets"
     done = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, timeout=1200)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == ["error: this project needs Python >= 3.11 (this is Python 3.10.4); "
                                                 "see README 'Quick start'"]
-    import datasets
     assert datasets.python_error() is None and datasets.python_error((3, 12, 0)) is None

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 import weights
+from datasets import load_image, resize, to_float, to_uint8_tensor
 from lpips import LPIPS
 from lpips.metric import main, sampled_pairs
 from weights import WeightsError
@@ -118,7 +119,6 @@ def alex_weights(tmp_path, monkeypatch) -> LPIPS:
 
 
 def _expected(model: LPIPS, pairs, size: int) -> list[float]:
-    from datasets import load_image, resize, to_float, to_uint8_tensor
     load = lambda p: to_float(to_uint8_tensor(resize(load_image(p), size)))[None]  # noqa: E731
     with torch.no_grad():
         return [model(load(a), load(b)).item() for a, b in pairs]

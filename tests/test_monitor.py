@@ -111,7 +111,7 @@ def fid_in_tmp(cheap_inception, monkeypatch, tmp_path):
 def test_a_run_logs_every_documented_key_draws_curves_and_feeds_tensorboard(demo_root, tmp_path, fid_in_tmp):
     pytest.importorskip("tensorboard", reason="LOGGER=tensorboard needs the optional tensorboard package "
                                               "(requirements-dev.txt installs it)")
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # optional: after the skip
     args = tiny_train_args(demo_root, tmp_path, TRIAL_NAME="tb", LOGGER="tensorboard", W_GREY=1.0, W_GAN_GREY=1.0,
                            W_MI=0.1, ITERATION_GAN=4, FID_INTERVAL=2, FID_N_SAMPLES=6)
     assert train.main(args) == 0

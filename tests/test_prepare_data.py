@@ -15,6 +15,7 @@ from PIL import Image
 import prepare_data as P
 import train
 from datasets import flat_name, list_images, pair_folders
+from fileio import CheckpointDir
 from sketch_styletransfer import evaluate as E
 from sketch_styletransfer import train as T
 
@@ -141,7 +142,6 @@ def test_empty_tree_and_a_nested_image_dir_say_what_to_do(tmp_path, capsys):
 
 
 def _tom_checkpoint(run: Path, vgg) -> Path:
-    from fileio import CheckpointDir
     torch.manual_seed(0)
     trainer = T.TOMTrainer(vgg, nfc=8)
     args = {**T.DEFAULTS, "path_a": "photos", "path_b": "sketches", "im_size": 32, "nfc": 8}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import train
 from conftest import tiny_train_args
 from fileio import CheckpointDir, load_checkpoint
 
@@ -118,8 +119,6 @@ def test_ctrl_c_while_the_libraries_load_prints_no_traceback(demo_root, tmp_path
 
 
 def test_ctrl_c_during_start_up_is_one_line(demo_root, tmp_path, monkeypatch, capsys):
-    import train
-
     def interrupted(*args):
         raise KeyboardInterrupt
     monkeypatch.setattr(train, "pair_folders", interrupted)

@@ -48,7 +48,7 @@ from fileio import (CheckpointError, OutputError, load_checkpoint, newest_checkp
 from monitor import require_tensorboard
 from train_step_1_ae import AEStage, build_lpips
 from train_step_2_gan import GANStage, load_autoencoder
-from training import NonFiniteLoss, Runtime, from_rank0, print_resume_hint, run_stage, setup_runtime
+from training import LoopOptions, NonFiniteLoss, Runtime, from_rank0, print_resume_hint, run_stage, setup_runtime
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLoss, OutputError)
 RUN_ENTRIES = {"config.json", "settings.txt", "ae", "gan"}  # what a run folder holds
@@ -151,7 +151,7 @@ def train(cfg: Config, settings: str = "") -> int:
     ae_checkpoint = None
     if not cfg.TRAIN_GAN_ONLY:
         stage = AEStage(cfg, runtime, pairs, grid_pairs, lpips)
-        result = run_stage(stage, cfg, run_dir / "ae", cfg.ITERATION_AE, runtime, resume=cfg.RESUME)
+        result = run_stage(stage, loop_options(cfg, cfg.ITERATION_AE), run_dir / "ae", runtime, resume=cfg.RESUME)
         if result.stopped:
             return _stopped(cfg, run_dir, runtime)
         ae_checkpoint = result.last_checkpoint
@@ -163,13 +163,21 @@ def train(cfg: Config, settings: str = "") -> int:
             ae_state = load_checkpoint(find_ae_checkpoint(cfg, run_dir, ae_checkpoint), kind="ae")
             _check_preset(ae_state, cfg)
         stage = GANStage(cfg, runtime, pairs, grid_pairs, ae_state["state"], lpips, fid)
-        result = run_stage(stage, cfg, run_dir / "gan", cfg.ITERATION_GAN, runtime, resume=cfg.RESUME,
-                           eval_interval=cfg.FID_INTERVAL)
+        result = run_stage(stage, loop_options(cfg, cfg.ITERATION_GAN, cfg.FID_INTERVAL), run_dir / "gan", runtime,
+                           resume=cfg.RESUME)
         if result.stopped:
             return _stopped(cfg, run_dir, runtime)
     if runtime.is_main:
         print(f"done: grids in {run_dir}/*/images, checkpoints in {run_dir}/*/checkpoints")
     return 0
+
+
+def loop_options(cfg: Config, total: int, eval_interval: int = 0) -> LoopOptions:
+    """The training loop's knobs for one stage of `cfg`; the whole config goes into its checkpoints."""
+    return LoopOptions(total=total, log_interval=cfg.LOG_INTERVAL, image_interval=cfg.SAVE_IMAGE_INTERVAL,
+                       save_interval=cfg.SAVE_MODEL_INTERVAL, keep=cfg.KEEP_CHECKPOINTS, seed=cfg.SEED,
+                       nan_policy=cfg.NAN_POLICY, nan_skip_limit=cfg.NAN_SKIP_LIMIT, eval_interval=eval_interval,
+                       logger=cfg.LOGGER, config=cfg.to_dict())
 
 
 def prepare_run_dir(cfg: Config, runtime: Runtime) -> Path:

@@ -22,7 +22,8 @@ from config import Config
 from datasets import (Pairs, PairedDataset, SelfSupervisedDataset, iteration_generator, only_last_set,
                       paired_crop_flip, sketch_set_weights, sketch_variants, style_view, to_float)
 from models import ContentEncoder, Decoder, InstanceClassifier, StyleEncoder
-from training import NanGuard, Runtime, adam, infinite_batches, sync_gradients
+from fileio import CHECKPOINT_FORMAT
+from training import NanGuard, Runtime, adam, infinite_batches, optimizer_step
 
 # independent random streams (data order and augmentation) of this stage
 STREAM_SS, STREAM_PAIRED, STREAM_AUG_A, STREAM_AUG_B = 11, 12, 13, 14
@@ -47,7 +48,7 @@ def fixed_batch(pairs: Pairs, n: int, size: int) -> dict[str, torch.Tensor]:
 class AEStage:
     """The AE stage's networks, optimizers, data and step; run by training.run_stage."""
 
-    kind = "ae"
+    kind, format = "ae", CHECKPOINT_FORMAT
 
     def __init__(self, cfg: Config, runtime: Runtime, pairs: Pairs, grid_pairs: Pairs, lpips=None):
         self.cfg, self.rt = cfg, runtime
@@ -171,7 +172,8 @@ class AEStage:
                  "content": cfg.W_CONTENT * L.content_consistency(c_variants, c, content_perms, cfg.CONTENT_MARGIN)}
         rec = self.reconstruction(fake, x)
         parts["rec_a"] = rec["total"]
-        self._update(sum(parts.values()), ("style", "content", "decoder", "head"), it, parts, guard)
+        optimizer_step(sum(parts.values()), self._optimizers("style", "content", "decoder", "head"), self.rt, guard,
+                       it, parts)
         return parts
 
     def _step_b(self, it: int, guard: NanGuard) -> dict[str, torch.Tensor]:
@@ -193,7 +195,8 @@ class AEStage:
         content_vec, style_vec = L.pooled_content(c), torch.cat(v, dim=1)
         if self.club is not None:  # the paper's term is on the content encoder: the style side is a fixed target
             parts["mi"] = cfg.W_MI * self.club(content_vec, style_vec.detach())
-        self._update(sum(parts.values()), ("style", "content", "decoder"), it, parts, guard)
+        optimizer_step(sum(parts.values()), self._optimizers("style", "content", "decoder"), self.rt, guard, it,
+                       parts)
         if self.club is not None:
             parts["club_nll"] = self._fit_club(content_vec, style_vec, it, guard)
         return parts
@@ -201,22 +204,12 @@ class AEStage:
     def _fit_club(self, content_vec, style_vec, it: int, guard: NanGuard) -> torch.Tensor:
         """Fit CLUB's q(style | content) on detached features (its own optimizer and gradients)."""
         loss = self.club.learning_loss(content_vec, style_vec)
-        self._update(loss, ("club",), it, {"club_nll": loss}, guard)
+        optimizer_step(loss, self._optimizers("club"), self.rt, guard, it, {"club_nll": loss})
         return loss.detach()
 
-    def _update(self, loss: torch.Tensor, names, it: int, parts: dict, guard: NanGuard) -> None:
-        """Backward `loss` and step the named optimizers (all gradients zeroed first)."""
-        for opt in self.opt.values():
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if not guard.ok(it, parts):
-            return
-        for name in names:
-            params = [p for group in self.opt[name].param_groups for p in group["params"]]
-            sync_gradients(params, self.rt)
-            self.opt[name].step()
-        for k in parts:
-            parts[k] = parts[k].detach()
+    def _optimizers(self, *names: str) -> list[torch.optim.Optimizer]:
+        """The named optimizers, looked up at each step: a subset switch replaces the head's."""
+        return [self.opt[name] for name in names]
 
     # --- sample grid -------------------------------------------------------------------------
     @torch.no_grad()

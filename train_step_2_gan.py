@@ -17,10 +17,10 @@ import torch
 import losses as L
 from config import Config
 from datasets import Pairs, PairedDataset, iteration_generator, paired_crop_flip, sketch_set_weights, to_float
-from fileio import CheckpointError
+from fileio import CHECKPOINT_FORMAT, CheckpointError
 from models import AutoEncoder, Discriminator, batch_norm_mode, build_generator
 from train_step_1_ae import fixed_batch
-from training import EMA, NanGuard, Runtime, adam, infinite_batches, sync_gradients
+from training import EMA, NanGuard, Runtime, adam, infinite_batches, optimizer_step
 
 STREAM_GAN, STREAM_AUG_GAN = 21, 22
 AE_NETWORKS = ("style_encoder", "content_encoder", "decoder")
@@ -41,7 +41,7 @@ def load_autoencoder(ae_state: dict, cfg: Config) -> AutoEncoder:
 class GANStage:
     """The GAN stage's networks, optimizers, data and step; run by training.run_stage."""
 
-    kind = "gan"
+    kind, format = "gan", CHECKPOINT_FORMAT
 
     def __init__(self, cfg: Config, runtime: Runtime, pairs: Pairs, grid_pairs: Pairs, ae_state: dict,
                  lpips=None, fid=None):
@@ -112,7 +112,7 @@ class GANStage:
             fake = self.generator(ae_image, style)
             real_logits, fake_logits = self.discriminator(x), self.discriminator(fake.detach())
         d_parts = {"d_loss": L.d_hinge(real_logits, fake_logits)}
-        self._update(d_parts["d_loss"], "discriminator", it, d_parts, guard)
+        optimizer_step(d_parts["d_loss"], [self.opt["discriminator"]], self.rt, guard, it, d_parts)
 
         self.discriminator.requires_grad_(False)  # G's backward needs no D gradients
         with self.rt.autocast():
@@ -120,7 +120,7 @@ class GANStage:
             g_parts["g_rec"] = self.reconstruction(fake, x)["total"]
             if cfg.W_GAN_GREY:
                 g_parts["g_grey"] = cfg.W_GAN_GREY * self._grey_term(sketch, x, g)
-        self._update(sum(g_parts.values()), "generator", it, g_parts, guard)
+        optimizer_step(sum(g_parts.values()), [self.opt["generator"]], self.rt, guard, it, g_parts)
         self.discriminator.requires_grad_(True)
         self.ema.update(self.generator)
         return {**d_parts, **g_parts, "d_real": real_logits.detach().float().mean(),
@@ -132,16 +132,6 @@ class GANStage:
         with torch.no_grad():
             ae_image, style = self.ae(sketch, x[perm])
         return L.grey_level(self.generator(ae_image, style), x)
-
-    def _update(self, loss, name: str, it: int, parts: dict, guard: NanGuard) -> None:
-        opt = self.opt[name]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if guard.ok(it, parts):
-            sync_gradients([p for group in opt.param_groups for p in group["params"]], self.rt)
-            opt.step()
-        for k in parts:
-            parts[k] = parts[k].detach()
 
     # --- sampling ------------------------------------------------------------------------------
     @torch.no_grad()

@@ -1,9 +1,11 @@
-"""The loop scaffold both training stages share: device, precision, data, EMA, checkpoints, logs.
+"""The loop scaffold every trainer shares: device, precision, data, EMA, checkpoints, logs.
 
-A stage (train_step_1_ae.AEStage, train_step_2_gan.GANStage) supplies only its networks and
-its `step`; `run_stage` does everything else: resume, the progress bar, the JSON-lines log,
-PNG sample grids, periodic evaluation, atomic checkpoints, NaN/Inf handling and clean stops
-on SIGINT/SIGTERM.
+A stage (train_step_1_ae.AEStage, train_step_2_gan.GANStage, sketch_styletransfer's TOMTrainer)
+supplies only its networks and its `step` (its updates through `optimizer_step`); `run_stage`
+does everything else: resume, the progress bar, the JSON-lines log, PNG sample grids, periodic
+evaluation, atomic checkpoints, NaN/Inf handling and clean stops on SIGINT/SIGTERM. Its knobs
+are its own `LoopOptions` (as EDM's training_loop takes its own arguments), so a trainer with
+another command line (TOM's) needs no project Config.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -32,7 +34,7 @@ from tqdm import tqdm
 
 from config import Config, ConfigError
 from datasets import InfiniteSampler
-from fileio import CHECKPOINT_FORMAT, CheckpointDir, CheckpointError, JsonlLog, load_checkpoint, save_grid
+from fileio import CheckpointDir, CheckpointError, JsonlLog, load_checkpoint, save_grid
 from monitor import StageMonitor
 
 
@@ -243,6 +245,27 @@ def sync_gradients(params, runtime: Runtime) -> None:
         offset += g.numel()
 
 
+def optimizer_step(loss: torch.Tensor, optimizers, runtime: Runtime, guard: NanGuard, it: int,
+                   losses: dict[str, torch.Tensor]) -> None:
+    """Backward `loss` and step `optimizers`, the one update of every trainer.
+
+    Only the stepped optimizers' gradients are zeroed first: they then hold this loss's gradients
+    alone (stale ones elsewhere are zeroed before their own update). Gradients are averaged over
+    ranks before the guard decides (the all-reduce is collective: no rank may leave it out), and
+    the step is taken only if the guard allows it. `losses` (the guard's inputs, logged by the
+    loop) are detached either way: no autograd graph outlives the step, skipped or not.
+    """
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
+    sync_gradients([p for opt in optimizers for group in opt.param_groups for p in group["params"]], runtime)
+    if guard.ok(it, losses):
+        for opt in optimizers:
+            opt.step()
+    for k in losses:
+        losses[k] = losses[k].detach()
+
+
 def adam(params, lr: float, cfg: Config, runtime: Runtime) -> torch.optim.Adam:
     """The optimizer of every network: Adam with the config's betas (fused on CUDA)."""
     fused = runtime.device.type == "cuda"
@@ -284,10 +307,12 @@ class NanGuard:
     and checkpoint time, where the run stops naming the step, the loss and the last good
     checkpoint. "skip": each step is checked before its optimizer steps (one sync per step);
     `skip_limit` skipped steps in a row stop the run (the weights themselves are broken then).
+    `skip_setting` is how this run's user asks for "skip" (its command line's words).
     """
 
-    def __init__(self, policy: str, device: torch.device, skip_limit: int = 20):
-        self.policy, self.device, self.skip_limit = policy, device, skip_limit
+    def __init__(self, policy: str, device: torch.device, skip_limit: int = 20,
+                 skip_setting: str = "NAN_POLICY=skip"):
+        self.policy, self.device, self.skip_limit, self.skip_setting = policy, device, skip_limit, skip_setting
         self.first_bad: dict[str, torch.Tensor] = {}
         self.skipped = 0
         self.in_a_row = 0
@@ -303,7 +328,7 @@ class NanGuard:
                 tqdm.write(f"warning: iteration {it}: non-finite {', '.join(bad)}; step skipped", file=sys.stderr)
             if self.in_a_row >= self.skip_limit:
                 raise NonFiniteLoss(f"{self.in_a_row} steps in a row skipped for NaN/Inf losses (up to iteration "
-                                    f"{it}; NAN_SKIP_LIMIT={self.skip_limit}): the weights themselves are broken. "
+                                    f"{it}; skip limit {self.skip_limit}): the weights themselves are broken. "
                                     f"Last good checkpoint: {self.last_good or 'none saved yet'}. Lower the "
                                     f"learning rate and resume from it.")
             return not bad
@@ -321,7 +346,7 @@ class NanGuard:
             it, _, name = bad[0]
             where = last_checkpoint or "none saved yet"
             raise NonFiniteLoss(f"loss '{name}' became NaN/Inf at iteration {it}. Last good checkpoint: "
-                                f"{where}. Lower the learning rate, or set NAN_POLICY=skip.")
+                                f"{where}. Lower the learning rate, or skip such steps with {self.skip_setting}.")
 
 
 class StopRequest:
@@ -353,7 +378,8 @@ class StopRequest:
 
 class Stage(Protocol):
     """What a training stage provides to `run_stage`."""
-    kind: str                  # checkpoint kind: "ae" or "gan"
+    kind: str                  # checkpoint kind: "ae", "gan" or "tom"
+    format: int                # version of this kind's checkpoint layout
 
     def arch(self) -> dict: ...                                  # preset and sizes: what must match to resume
     def state_dict(self) -> dict: ...
@@ -365,6 +391,23 @@ class Stage(Protocol):
     def items_per_step(self) -> int: ...                         # images per iteration, all ranks
 
 
+@dataclass(frozen=True)
+class LoopOptions:
+    """The loop's own knobs: train.py makes them from its Config, TOM from its command line."""
+    total: int                     # iterations in all, counting resumed ones
+    log_interval: int = 100        # iterations between log records
+    image_interval: int = 500      # iterations between sample grids
+    save_interval: int = 2000      # iterations between checkpoints
+    keep: int = 3                  # newest checkpoints kept
+    seed: int = 0                  # the fixed seed of grids and metrics (see _fixed_rng)
+    nan_policy: str = "stop"       # a NaN/Inf loss: "stop" the run or "skip" the step (NanGuard)
+    nan_skip_limit: int = 20       # "skip": stop after this many skipped steps in a row
+    nan_skip_setting: str = "NAN_POLICY=skip"  # how the user asks for "skip", named in the stop message
+    eval_interval: int = 0         # iterations between stage.evaluate calls (0: never)
+    logger: str = "none"           # "tensorboard": scalars and grids also in <stage_dir>/tensorboard
+    config: dict = field(default_factory=dict)  # the run's settings, stored in every checkpoint
+
+
 @dataclass
 class StageResult:
     last_checkpoint: Path | None
@@ -372,26 +415,27 @@ class StageResult:
     stopped: bool              # True if a signal stopped it before the end
 
 
-def run_stage(stage: Stage, cfg: Config, stage_dir: Path, total: int, runtime: Runtime, resume: bool,
-              eval_interval: int = 0) -> StageResult:
-    """Train `stage` to `total` iterations in `stage_dir`, resuming from its last checkpoint if asked."""
-    ckpts = CheckpointDir(stage_dir / "checkpoints", cfg.KEEP_CHECKPOINTS, kind=stage.kind)
+def run_stage(stage: Stage, options: LoopOptions, stage_dir: Path, runtime: Runtime,
+              resume: bool | Path = False) -> StageResult:
+    """Train `stage` to `options.total` iterations in `stage_dir`; `resume`: True continues from the
+    folder's newest checkpoint (if any), a path from that checkpoint (e.g. another run's)."""
+    total = options.total
+    ckpts = CheckpointDir(stage_dir / "checkpoints", options.keep, kind=stage.kind)
     log = JsonlLog(stage_dir / "log.jsonl")
-    start = _resume(stage, ckpts, runtime) if resume else 0
+    resume_from = resume if isinstance(resume, Path) else ckpts.last() if resume else None
+    start = _resume(stage, resume_from, runtime) if resume_from is not None else 0
     if runtime.is_main:
         log.truncate_after(start - 1)  # records past the checkpoint (or all, from 0) will be written again
     stage.restart_data(start)
-    guard = NanGuard(cfg.NAN_POLICY, runtime.device, cfg.NAN_SKIP_LIMIT)
-    monitor = StageMonitor(stage_dir, cfg.LOGGER, start, enabled=runtime.is_main)  # curves, TensorBoard
+    guard = NanGuard(options.nan_policy, runtime.device, options.nan_skip_limit, options.nan_skip_setting)
+    monitor = StageMonitor(stage_dir, options.logger, start, enabled=runtime.is_main)  # curves, TensorBoard
     last = guard.last_good = ckpts.last()
     sums: dict[str, torch.Tensor] = {}
     count, t0, it = 0, time.perf_counter(), start
 
     def save(iteration: int) -> Path:
         guard.check(last)  # never write a checkpoint after a NaN
-        state = {"kind": stage.kind, "format": CHECKPOINT_FORMAT, "iteration": iteration,
-                 "config": cfg.to_dict(), "state": stage.state_dict(), "rng": rng_state()}
-        return ckpts.save(state, iteration)
+        return ckpts.save(checkpoint(stage, iteration, options.config), iteration)
 
     bar = tqdm(range(start, total), initial=start, total=total, desc=stage.kind, disable=not runtime.is_main,
                dynamic_ncols=True)
@@ -402,7 +446,7 @@ def run_stage(stage: Stage, cfg: Config, stage_dir: Path, total: int, runtime: R
                 sums[k] = sums.get(k, 0) + v.detach().float()
             count += 1
             done = it + 1
-            if done % cfg.LOG_INTERVAL == 0 or done == total:
+            if done % options.log_interval == 0 or done == total:
                 guard.check(last)
                 record = _log_record(it, sums, count, time.perf_counter() - t0, stage, guard)
                 if runtime.is_main:
@@ -410,19 +454,19 @@ def run_stage(stage: Stage, cfg: Config, stage_dir: Path, total: int, runtime: R
                     monitor.log(record)
                     bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k in sums})
                 sums, count, t0 = {}, 0, time.perf_counter()
-            if runtime.is_main and (it % cfg.SAVE_IMAGE_INTERVAL == 0 or done == total):
-                with _fixed_rng(cfg.SEED, runtime):
+            if runtime.is_main and (it % options.image_interval == 0 or done == total):
+                with _fixed_rng(options.seed, runtime):
                     images, nrow = stage.sample_grid()
                 save_grid(images, stage_dir / "images" / f"iter_{it:08d}.png", nrow)
                 monitor.grid(images, nrow, it)
-            if eval_interval and done % eval_interval == 0:
-                with _fixed_rng(cfg.SEED, runtime):
+            if options.eval_interval and done % options.eval_interval == 0:
+                with _fixed_rng(options.seed, runtime):
                     metrics = stage.evaluate(it)
                 if runtime.is_main and metrics:
                     log.write({"iter": it, **metrics})
                     monitor.log({"iter": it, **metrics})
                     tqdm.write(f"[{stage.kind}] iteration {done}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-            if done % cfg.SAVE_MODEL_INTERVAL == 0 or done == total or stop.requested:
+            if done % options.save_interval == 0 or done == total or stop.requested:
                 if runtime.is_main:
                     last = guard.last_good = save(done)
                 if stop.requested:
@@ -430,9 +474,16 @@ def run_stage(stage: Stage, cfg: Config, stage_dir: Path, total: int, runtime: R
                     monitor.close()
                     return StageResult(last, done, stopped=True)
     if start >= total and last is None and runtime.is_main:
-        last = save(total)  # nothing to train (e.g. 0 iterations): still leave a loadable checkpoint
+        last = save(start)  # nothing to train (e.g. 0 iterations): still leave a loadable checkpoint
     monitor.close()
     return StageResult(last, max(start, total), stopped=False)
+
+
+def checkpoint(stage: Stage, iteration: int, config: dict) -> dict:
+    """The checkpoint of every stage: one self-describing dict of tensors and plain data (loadable with
+    weights_only=True): the stage's state, the run's settings, and the RNG for an exact resume."""
+    return {"kind": stage.kind, "format": stage.format, "iteration": iteration, "config": config,
+            "state": stage.state_dict(), "rng": rng_state()}
 
 
 @contextlib.contextmanager
@@ -448,10 +499,7 @@ def _fixed_rng(seed: int, runtime: Runtime):
         yield
 
 
-def _resume(stage: Stage, ckpts: CheckpointDir, runtime: Runtime) -> int:
-    path = ckpts.last()
-    if path is None:
-        return 0
+def _resume(stage: Stage, path: Path, runtime: Runtime) -> int:
     ckpt = load_checkpoint(path, map_location=runtime.device, kind=stage.kind)
     check_arch(ckpt["state"].get("arch", {}), stage.arch(), path)
     stage.load_state_dict(ckpt["state"])

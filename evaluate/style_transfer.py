@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evaluate import as_rgb, blank, choose, image_files  # noqa: E402
 from datasets import DataError, resize, to_float, to_uint8_tensor  # noqa: E402
-from fileio import CheckpointError, load_checkpoint, save_grid, save_png  # noqa: E402
+from fileio import CheckpointError, save_grid, save_png  # noqa: E402
 from inference import InferenceError, SketchToImage, open_image, pick_device  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -75,16 +75,16 @@ def tom_sketcher(checkpoint, device, vgg_features: torch.nn.Module | None = None
     try:
         from sketch_styletransfer.tom_models import (VGGFeatures, generator_from_checkpoint, sketch_photos,
                                                      to_sketch)
-        from sketch_styletransfer.train import KIND, resolve_checkpoint
+        from sketch_styletransfer.train import read_checkpoint, resolve_checkpoint
     except ImportError as e:
         raise InferenceError(f"the TOM sketcher needs sketch_styletransfer/ ({e})") from None
     path = resolve_checkpoint(checkpoint)
-    ckpt = load_checkpoint(path, kind=KIND)
+    ckpt = read_checkpoint(path)
     try:
         generator = generator_from_checkpoint(ckpt, path).to(device)
     except ValueError as e:
         raise CheckpointError(str(e)) from None
-    size = int(ckpt.get("args", {}).get("im_size", TOM_SIZE))
+    size = int(ckpt["config"].get("im_size", TOM_SIZE))
     if vgg_features is None:
         import weights
         try:

@@ -30,10 +30,10 @@ from tqdm import tqdm
 import weights
 from config import ConfigError
 from datasets import DataError, FolderDataset, require_images, to_float
-from fileio import CheckpointError, OutputError, check_writable, load_checkpoint
+from fileio import CheckpointError, OutputError, check_writable
 from sketch_styletransfer.tom_models import (VGGFeatures, check_size, generator_from_checkpoint, sketch_photos,
                                              to_sketch)
-from sketch_styletransfer.train import KIND, RunError, resolve_checkpoint
+from sketch_styletransfer.train import RunError, read_checkpoint, resolve_checkpoint
 from training import resolve_device
 from sketch_styletransfer.xdog import write_png
 
@@ -86,9 +86,9 @@ def make_sketches(vgg_features: nn.Module, checkpoints: list, path_content, path
     by_size: dict[int, FolderDataset] = {}   # the photo folder at each output size
     folders, written, kept, unreadable = [], 0, 0, set()
     for path, label in zip(paths, labels):
-        ckpt = load_checkpoint(path, map_location="cpu", kind=KIND)
+        ckpt = read_checkpoint(path)
         generator = generator_from_checkpoint(ckpt, path).to(device)
-        side = size or int(ckpt["args"]["im_size"])
+        side = size or int(ckpt["config"]["im_size"])
         check_size(side)
         data = by_size.setdefault(side, FolderDataset(path_content, side, "RGB", nested=True))
         stems = data.names  # cats/01.jpg -> cats__01.png: one flat folder of sketches per combination

@@ -167,10 +167,11 @@ def check_size(size: int) -> None:
 
 
 def generator_from_checkpoint(ckpt: dict, path: Path | str = "checkpoint") -> TOMGenerator:
-    """Rebuild the generator of a loaded TOM checkpoint (its widths come from the checkpoint's args)."""
-    g = TOMGenerator(nfc=int(ckpt["args"].get("nfc", 128)))
+    """Rebuild the generator of a TOM checkpoint as train.read_checkpoint returns it (its width comes
+    from the run's args, its `config`)."""
+    g = TOMGenerator(nfc=int(ckpt["config"].get("nfc", 128)))
     try:
-        g.load_state_dict(ckpt["networks"]["g"])
+        g.load_state_dict(ckpt["state"]["networks"]["g"])
     except (KeyError, RuntimeError) as e:
         raise CheckpointError(f"{path}: generator weights do not fit ({str(e).splitlines()[0]})") from None
     return g.eval()

@@ -11,9 +11,11 @@ Both folders are read with their sub-folders (flat folders or ImageFolder-style 
 (PNG grids: photos, their grey sketches, their binary sketches) and checkpoints/ (the newest
 --keep, last.txt points at the newest). --checkpoint takes a checkpoint file or a run folder and
 restores weights, optimizers and the iteration count; unspecified options keep the run's values.
-Ctrl-C finishes the current step, saves a checkpoint and stops. Then make sketches with
-evaluate.py. Under torchrun --batch_size is per process, every rank reads its own share of the
-photos and sketches, gradients are averaged (identical weights), and rank 0 alone writes.
+The loop is training.run_stage, the one of train.py (TOMTrainer is its stage): a NaN/Inf loss stops
+the run (or, with --nan_policy skip, skips that step), and Ctrl-C finishes the current step, saves
+a checkpoint and stops. Then make sketches with evaluate.py. Under torchrun --batch_size is per
+process, every rank reads its own share of the photos and sketches, gradients are averaged
+(identical weights), and rank 0 alone writes.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -34,47 +37,82 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from datasets import (DataError, FolderDataset, InfiniteSampler, iteration_generator, paired_crop_flip,
                       require_images, to_float)
-from fileio import (CheckpointDir, CheckpointError, JsonlLog, OutputError, load_checkpoint, newest_checkpoint,
-                    save_grid, write_json)
+from fileio import CheckpointError, OutputError, load_checkpoint, newest_checkpoint, write_json
 from sketch_styletransfer.tom_models import (THRESHOLD, StyleDiscriminator, TOMGenerator, VGGFeatures, check_size,
                                              content_loss, d_hinge, gram_input, gram_loss, sketch_photos, to_sketch)
 from config import ConfigError
-from training import (Runtime, StopRequest, from_rank0, ignore_stop_signals, join_torchrun, resolve_device,
-                      rng_state, seed_everything, set_rng_state, sync_gradients)
+from training import (LoopOptions, NanGuard, NonFiniteLoss, Runtime, StageResult, from_rank0, ignore_stop_signals,
+                      join_torchrun, optimizer_step, resolve_device, run_stage, seed_everything)
 
-KIND, FORMAT = "tom", 1
+KIND = "tom"
+FORMAT = 2  # 2: training.checkpoint's layout (config, state); 1: networks, optimizers and args at the top
 CROP_SCALE = 292 / 256   # the reference resizes 256 px training images to 292, then crops 256
 PHOTO_STREAM, SKETCH_STREAM = 1, 2   # separate random streams for the two unpaired folders
 DEFAULTS = dict(path_a=None, path_b=None, im_size=256, batch_size=4, total_iter=5000, lr=2e-4, mse_weight=0.2,
                 gram_weight=1.0, nfc=128, seed=0, save_interval=500, image_interval=100, log_interval=100,
-                keep=10, grid_n=8, workers=2)
+                keep=10, grid_n=8, workers=2, nan_policy="stop", nan_skip_limit=20)
 
 
 class RunError(Exception):
-    """A refused or impossible run (an existing run folder, missing arguments, non-finite losses)."""
+    """A refused or impossible run (an existing run folder, missing arguments)."""
 
 
-# --------------------------------------------------------------------------- the model and its step
+# --------------------------------------------------------------------------- the stage
 
 class TOMTrainer:
-    """TOM's networks and optimizers, and one training iteration (D step, then G step)."""
+    """TOM's networks, optimizers and data, and one training iteration (D step, then G step): a
+    training.Stage, run by training.run_stage. `args` are the run's (DEFAULTS fill the missing ones)."""
 
-    def __init__(self, vgg_features: nn.Sequential, nfc: int = 128, lr: float = 2e-4, mse_weight: float = 0.2,
-                 gram_weight: float = 1.0, device: torch.device | str = "cpu", runtime: Runtime | None = None):
-        self.rt = runtime or Runtime(device=torch.device(device))  # under torchrun: gradients averaged over ranks
-        self.device = self.rt.device
-        self.vgg = VGGFeatures(vgg_features).to(self.device)
-        self.g = TOMGenerator(nfc=nfc).to(self.device)
-        self.d = StyleDiscriminator().to(self.device)
+    kind, format = KIND, FORMAT
+
+    def __init__(self, vgg_features: nn.Sequential, args: dict, runtime: Runtime | None = None):
+        self.args = {**DEFAULTS, **args}
+        self.rt = runtime or Runtime(device=torch.device("cpu"))  # under torchrun: gradients averaged over ranks
+        device, lr = self.rt.device, self.args["lr"]
+        self.vgg = VGGFeatures(vgg_features).to(device)
+        self.g = TOMGenerator(nfc=self.args["nfc"]).to(device)
+        self.d = StyleDiscriminator().to(device)
         self.opt_g = torch.optim.Adam(self.g.parameters(), lr=lr, betas=(0.5, 0.99))
         self.opt_d = torch.optim.Adam(self.d.parameters(), lr=lr, betas=(0.5, 0.99))
-        self.mse_weight, self.gram_weight = mse_weight, gram_weight
 
-    def step(self, photos: torch.Tensor, sketches: torch.Tensor) -> dict[str, torch.Tensor]:
+    # --- the loop's interface ------------------------------------------------------------------
+    def arch(self) -> dict:
+        # the generator is fully convolutional: only its width must match to resume (--im_size may change)
+        return {"nfc": self.args["nfc"]}
+
+    def state_dict(self) -> dict:
+        return {"networks": {"g": self.g.state_dict(), "d": self.d.state_dict()},
+                "optimizers": {"g": self.opt_g.state_dict(), "d": self.opt_d.state_dict()}, "arch": self.arch()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.g.load_state_dict(state["networks"]["g"])
+        self.d.load_state_dict(state["networks"]["d"])
+        self.opt_g.load_state_dict(state["optimizers"]["g"])
+        self.opt_d.load_state_dict(state["optimizers"]["d"])
+
+    def restart_data(self, iteration: int) -> None:
+        a = self.args
+        self.photos, self.sketches = (Stream(a[key], a["im_size"], a["batch_size"], a["seed"], stream, iteration,
+                                             a["workers"], self.rt)
+                                      for key, stream in (("path_a", PHOTO_STREAM), ("path_b", SKETCH_STREAM)))
+
+    def items_per_step(self) -> int:
+        return self.args["batch_size"] * self.rt.world_size
+
+    def log_extras(self) -> dict:
+        return {"skipped": self.photos.skipped + self.sketches.skipped}
+
+    def evaluate(self, it: int) -> dict:
+        return {}
+
+    def step(self, it: int, guard: NanGuard) -> dict[str, torch.Tensor]:
+        return self.update(self.photos.batch(it), self.sketches.batch(it), it, guard)
+
+    # --- one iteration -------------------------------------------------------------------------
+    def update(self, photos: torch.Tensor, sketches: torch.Tensor, it: int, guard: NanGuard) -> dict[str, torch.Tensor]:
         """One iteration on photos and unpaired real sketches (both (B, 3, H, W) in [-1, 1]); detached losses."""
         n = min(photos.shape[0], sketches.shape[0])  # an unreadable file shrinks one batch: no silent broadcast
         photos, sketches = photos[:n], sketches[:n]
@@ -83,21 +121,28 @@ class TOMTrainer:
             real = self.vgg(sketches, levels=4)[1:]          # pool2, pool3, pool4
         fake = self.vgg(self.g(photo_pool3), levels=4)[1:]
         real_grams, fake_grams = gram_input(real), gram_input(fake)
+        d_parts = {"d_hinge": d_hinge(self.d(real_grams), self.d(fake_grams.detach()))}
+        optimizer_step(d_parts["d_hinge"], [self.opt_d], self.rt, guard, it, d_parts)
+        g_parts = {"g_adv": -self.d(fake_grams).mean(), "mse": content_loss(fake[1], photo_pool3, real[1]),
+                   "gram": gram_loss(fake, real)}
+        loss = g_parts["g_adv"] + self.args["mse_weight"] * g_parts["mse"] + self.args["gram_weight"] * g_parts["gram"]
+        optimizer_step(loss, [self.opt_g], self.rt, guard, it, g_parts)
+        return {**d_parts, **g_parts}
 
-        self.opt_d.zero_grad(set_to_none=True)
-        loss_d = d_hinge(self.d(real_grams), self.d(fake_grams.detach()))
-        loss_d.backward()
-        sync_gradients(self.d.parameters(), self.rt)
-        self.opt_d.step()
+    # --- sample grid ---------------------------------------------------------------------------
+    @cached_property
+    def grid_photos(self) -> torch.Tensor:
+        """Read at the first grid: a trainer that only holds weights (e.g. a test's) reads no folder."""
+        return fixed_photos(self.args["path_a"], self.args["im_size"], self.args["grid_n"]).to(self.rt.device)
 
-        self.opt_g.zero_grad(set_to_none=True)
-        adv = -self.d(fake_grams).mean()
-        mse = content_loss(fake[1], photo_pool3, real[1])
-        style = gram_loss(fake, real)
-        (adv + self.mse_weight * mse + self.gram_weight * style).backward()
-        sync_gradients(self.g.parameters(), self.rt)
-        self.opt_g.step()
-        return {"d_hinge": loss_d.detach(), "g_adv": adv.detach(), "mse": mse.detach(), "gram": style.detach()}
+    @torch.no_grad()
+    def sample_grid(self) -> tuple[torch.Tensor, int]:
+        """Three rows: the photos, their grey sketches, their binary sketches (threshold 0.7)."""
+        photos = self.grid_photos
+        raw = self.sketch(photos)
+        grey = to_sketch(raw, None).mul(2).sub(1).expand(-1, 3, -1, -1)
+        binary = to_sketch(raw, THRESHOLD).mul(2).sub(1).expand(-1, 3, -1, -1)
+        return torch.cat([photos, grey, binary]), photos.shape[0]
 
     @torch.no_grad()
     def sketch(self, photos: torch.Tensor) -> torch.Tensor:
@@ -107,16 +152,6 @@ class TOMTrainer:
             return sketch_photos(self.g, self.vgg, photos)
         finally:
             self.g.train()
-
-    def state_dict(self) -> dict:
-        return {"networks": {"g": self.g.state_dict(), "d": self.d.state_dict()},
-                "optimizers": {"g": self.opt_g.state_dict(), "d": self.opt_d.state_dict()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.g.load_state_dict(state["networks"]["g"])
-        self.d.load_state_dict(state["networks"]["d"])
-        self.opt_g.load_state_dict(state["optimizers"]["g"])
-        self.opt_d.load_state_dict(state["optimizers"]["d"])
 
 
 # --------------------------------------------------------------------------- data
@@ -188,6 +223,21 @@ def resolve_checkpoint(path) -> Path:
     return path
 
 
+def read_checkpoint(path, map_location="cpu") -> dict:
+    """A TOM checkpoint in training.checkpoint's layout (config: the run's args; state: networks,
+    optimizers, arch). Format 1, written before TOM ran in the common loop, is read in that layout
+    too (it keeps its format number: it makes sketches, resuming it is refused)."""
+    ckpt = load_checkpoint(path, map_location=map_location, kind=KIND)
+    if ckpt.get("format") == 1:
+        args = ckpt["args"]
+        return {"kind": KIND, "format": 1, "iteration": ckpt["iteration"], "config": args,
+                "state": {"networks": ckpt["networks"], "optimizers": ckpt.get("optimizers", {}),
+                          "arch": {"nfc": args.get("nfc", DEFAULTS["nfc"])}}}
+    if ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: TOM checkpoint format {ckpt.get('format')}, this code reads {FORMAT}")
+    return ckpt
+
+
 def run_folder_of(checkpoint: Path) -> Path:
     """The run folder a checkpoint file belongs to."""
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
@@ -202,30 +252,32 @@ class Plan:
     """What a run will do: its full arguments, its folder, and the checkpoint it resumes (or None)."""
     args: dict
     out: Path
-    checkpoint: dict | None = None
+    counts: tuple[int, int]              # images in path_a and path_b
     checkpoint_path: Path | None = None
 
 
 def plan_run(options: dict) -> Plan:
     """Merge CLI options (None: not given) with a resumed run's args, else the defaults; check the run folder."""
-    ckpt, path, saved = None, None, {}
+    path, saved = None, {}
     if options.get("checkpoint"):
         path = resolve_checkpoint(options["checkpoint"])
-        ckpt = load_checkpoint(path, kind=KIND)
-        if ckpt.get("format") != FORMAT:
-            raise CheckpointError(f"{path}: TOM checkpoint format {ckpt.get('format')}, this code reads {FORMAT}")
-        saved = ckpt["args"]
+        ckpt = read_checkpoint(path)
+        if ckpt["format"] != FORMAT:
+            raise RunError(f"{path}: a format-{ckpt['format']} TOM checkpoint (written before TOM shared the "
+                           f"training loop) still makes sketches but cannot be resumed: start a new run")
+        saved = ckpt["config"]
     args = {k: options[k] if options.get(k) is not None else saved.get(k, default) for k, default in DEFAULTS.items()}
+    counts = []
     for key in ("path_a", "path_b"):
         if not args[key]:
             raise RunError(f"--{key} is required ({'photos' if key == 'path_a' else 'real sketches'} folder)")
         args[key] = str(Path(args[key]).resolve())  # absolute: a resume may start from another folder
-        require_images(args[key], f"--{key}", nested=True)
+        counts.append(len(require_images(args[key], f"--{key}", nested=True)))
     try:
         check_size(args["im_size"])
     except ValueError as e:
         raise RunError(f"--im_size: {e}") from None
-    if ckpt is not None and args["nfc"] != saved.get("nfc", args["nfc"]):
+    if args["nfc"] != saved.get("nfc", args["nfc"]):  # refused before VGG loads (run_stage checks it too)
         raise RunError(f"--nfc {args['nfc']} differs from the checkpoint's {saved['nfc']}")
     if options.get("out"):
         out = Path(options["out"])
@@ -236,94 +288,35 @@ def plan_run(options: dict) -> Plan:
     if _holds_run(out) and (path is None or out.resolve() != run_folder_of(path).resolve()):
         hint = f"continue it with --checkpoint {out}" if path is None else "its own checkpoint resumes into it"
         raise RunError(f"run folder {out} already holds a run: {hint}, or choose another --out")
-    return Plan(args, out, ckpt, path)
+    return Plan(args, out, tuple(counts), path)
 
 
-def checkpoint_dict(trainer: TOMTrainer, iteration: int, args: dict) -> dict:
-    """Everything a resume needs, as tensors and plain data (loadable with weights_only=True)."""
-    return {"kind": KIND, "format": FORMAT, "iteration": iteration, **trainer.state_dict(), "args": dict(args),
-            "rng": rng_state()}
+def loop_options(args: dict) -> LoopOptions:
+    """The training loop's knobs from TOM's arguments; checkpoints store the arguments (resume reads them)."""
+    return LoopOptions(total=args["total_iter"], log_interval=args["log_interval"],
+                       image_interval=args["image_interval"], save_interval=args["save_interval"], keep=args["keep"],
+                       seed=args["seed"], nan_policy=args["nan_policy"], nan_skip_limit=args["nan_skip_limit"],
+                       nan_skip_setting="--nan_policy skip", config=dict(args))
 
 
-# --------------------------------------------------------------------------- the loop
+# --------------------------------------------------------------------------- the run
 
-def train(plan: Plan, vgg_features: nn.Sequential, device: torch.device | str = "cpu", progress: bool = True,
-          runtime: Runtime | None = None) -> Path:
-    """Train (or resume) the run `plan_run` planned; returns the run folder. Under torchrun (`runtime`
+def train(plan: Plan, vgg_features: nn.Sequential, runtime: Runtime | None = None) -> StageResult:
+    """Train (or resume) the run `plan_run` planned in training.run_stage. Under torchrun (`runtime`
     from join_torchrun) every rank trains on its share of the data and rank 0 alone writes."""
-    args, out, ckpt = plan.args, plan.out, plan.checkpoint
-    rt = runtime or Runtime(device=torch.device(device))
-    device, progress = rt.device, progress and rt.is_main
+    args, out = plan.args, plan.out
+    rt = runtime or Runtime(device=torch.device("cpu"))
     seed_everything(args["seed"])  # the same on every rank: identical initial weights
-    trainer = TOMTrainer(vgg_features, args["nfc"], args["lr"], args["mse_weight"], args["gram_weight"], runtime=rt)
-    start = 0
-    if ckpt is not None:
-        trainer.load_state_dict(ckpt)
-        set_rng_state(ckpt["rng"])
-        start = int(ckpt["iteration"])
-        tqdm.write(f"resumed from {plan.checkpoint_path} at iteration {start}")
-    total = args["total_iter"]
-    photos = Stream(args["path_a"], args["im_size"], args["batch_size"], args["seed"], PHOTO_STREAM, start,
-                    args["workers"], rt)
-    sketches = Stream(args["path_b"], args["im_size"], args["batch_size"], args["seed"], SKETCH_STREAM, start,
-                      args["workers"], rt)
-    grid_photos = fixed_photos(args["path_a"], args["im_size"], args["grid_n"]).to(device)
-    log = JsonlLog(out / "log.jsonl")
+    trainer = TOMTrainer(vgg_features, args, rt)
     if rt.is_main:
         write_json(out / "args.json", args)
-        log.truncate_after(start - 1)
-    ckpts = CheckpointDir(out / "checkpoints", keep=args["keep"])
-    if progress:
-        print(f"run folder: {out}\n{photos.n} photos, {sketches.n} sketches, {total} iterations on {device}")
-    sums: dict[str, torch.Tensor] = {}
-    count, t0, last = 0, time.perf_counter(), None
-    bar = tqdm(range(start, total), initial=start, total=total, desc="tom", disable=not progress, dynamic_ncols=True)
-    with StopRequest() as stop:
-        for it in bar:
-            losses = trainer.step(photos.batch(it), sketches.batch(it))
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0) + v
-            count, done = count + 1, it + 1
-            if done % args["log_interval"] == 0 or done == total:
-                record = {"iter": it, **{k: round(float(v) / count, 6) for k, v in sums.items()},
-                          "img_per_s": round(count * args["batch_size"] / max(time.perf_counter() - t0, 1e-9), 3),
-                          "skipped": photos.skipped + sketches.skipped}
-                _check_finite(sums, it, last or ckpts.last())
-                if rt.is_main:
-                    log.write(record)
-                bar.set_postfix({k: f"{record[k]:.3g}" for k in sums})
-                sums, count, t0 = {}, 0, time.perf_counter()
-            if rt.is_main and (it % args["image_interval"] == 0 or done == total):
-                save_sample_grid(trainer, grid_photos, out / "images" / f"iter_{it:08d}.png")
-            if done % args["save_interval"] == 0 or done == total or stop.requested:
-                _check_finite(sums, it, last or ckpts.last())  # never save weights that saw a NaN
-                if rt.is_main:
-                    last = ckpts.save(checkpoint_dict(trainer, done, args), done)
-                if stop.requested:
-                    bar.close()
-                    if rt.is_main:
-                        print(f"stopped at iteration {done}; resume with:\n  {_command('train.py', '--checkpoint', out)}",
-                              file=sys.stderr)
-                    return out
-    if rt.is_main and start >= total and ckpts.last() is None:
-        ckpts.save(checkpoint_dict(trainer, start, args), start)  # nothing to train: still leave a checkpoint
-    return out
-
-
-def _check_finite(sums: dict[str, torch.Tensor], it: int, last_good: Path | None) -> None:
-    """Stop with a clear message if a loss summed since the last log line is NaN or infinite."""
-    bad = [k for k, v in sums.items() if not math.isfinite(float(v))]
-    if bad:
-        raise RunError(f"loss {', '.join(bad)} became NaN/Inf by iteration {it}; last good checkpoint: "
-                       f"{last_good or 'none'}. Lower --lr and resume from it.")
-
-
-def save_sample_grid(trainer: TOMTrainer, photos: torch.Tensor, path: Path) -> None:
-    """Three rows: the photos, their grey sketches, their binary sketches (threshold 0.7)."""
-    raw = trainer.sketch(photos)
-    grey = to_sketch(raw, None).mul(2).sub(1).expand(-1, 3, -1, -1)
-    binary = to_sketch(raw, THRESHOLD).mul(2).sub(1).expand(-1, 3, -1, -1)
-    save_grid(torch.cat([photos, grey, binary]), path, nrow=photos.shape[0])
+        print(f"run folder: {out}\n{plan.counts[0]} photos, {plan.counts[1]} sketches, {args['total_iter']} "
+              f"iterations on {rt.device}")
+    result = run_stage(trainer, loop_options(args), out, rt, resume=plan.checkpoint_path or False)
+    if result.stopped and rt.is_main:
+        print(f"stopped at iteration {result.iteration}; resume with:\n  {_command('train.py', '--checkpoint', out)}",
+              file=sys.stderr)
+    return result
 
 
 # --------------------------------------------------------------------------- command line
@@ -358,8 +351,13 @@ Example:
     p.add_argument("--log_interval", type=int, help=f"log line every N iterations (default {d['log_interval']})")
     p.add_argument("--grid_n", type=int, help=f"photos in the sample grid (default {d['grid_n']})")
     p.add_argument("--workers", type=int, help=f"data loading processes (default {d['workers']})")
+    p.add_argument("--nan_policy", choices=("stop", "skip"),
+                   help=f"a NaN/Inf loss: stop the run, or skip that step's update (default {d['nan_policy']})")
+    p.add_argument("--nan_skip_limit", type=int,
+                   help=f"with skip: stop after this many skipped steps in a row (default {d['nan_skip_limit']})")
     args = p.parse_args(argv)
-    for key in ("batch_size", "total_iter", "save_interval", "image_interval", "log_interval", "keep", "grid_n", "nfc"):
+    for key in ("batch_size", "total_iter", "save_interval", "image_interval", "log_interval", "keep", "grid_n", "nfc",
+                "nan_skip_limit"):
         value = getattr(args, key)
         if value is not None and value < (0 if key == "total_iter" else 1):
             p.error(f"--{key} must be positive")
@@ -386,15 +384,16 @@ def main(argv: list[str] | None = None, vgg_features: nn.Module | None = None) -
                 vgg_features = weights.vgg16_features()
             except weights.WeightsError as e:
                 raise RunError(str(e)) from None
-        out = train(plan, vgg_features, runtime=runtime)
-    except (RunError, DataError, CheckpointError, ConfigError, OutputError) as e:
+        train(plan, vgg_features, runtime=runtime)
+    except (RunError, DataError, CheckpointError, ConfigError, OutputError, NonFiniteLoss) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if not runtime.is_main:
         return 0
-    checkpoints = f"{shlex.quote(str(Path(out).resolve() / 'checkpoints'))}/ckpt_*.pt"  # the glob left to the shell
+    out = plan.out
+    checkpoints = f"{shlex.quote(str(out.resolve() / 'checkpoints'))}/ckpt_*.pt"  # the glob left to the shell
     print(f"done: {out}\nmake sketches of the photos with (--path_result: any folder):\n  "
-          f"{_command('evaluate.py', '--path_content', plan.args['path_a'], '--path_result', Path(out) / 'sketches')}"
+          f"{_command('evaluate.py', '--path_content', plan.args['path_a'], '--path_result', out / 'sketches')}"
           f" --checkpoint {checkpoints}")
     return 0
 

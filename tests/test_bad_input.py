@@ -179,10 +179,10 @@ def test_xdog_on_an_empty_or_missing_folder_is_one_line(folders, tmp_path, capsy
 def test_tom_skips_and_counts_unreadable_photos(folders, tmp_path, capsys):
     torch.manual_seed(0)
     vgg = torchvision.models.vgg16(weights=None).features
-    trainer = tom_train.TOMTrainer(vgg, nfc=8)
-    args = {**tom_train.DEFAULTS, "path_a": "photos", "path_b": "sketches", "im_size": 32, "nfc": 8}
+    trainer = tom_train.TOMTrainer(vgg, {"path_a": "photos", "path_b": "sketches", "im_size": 32, "nfc": 8})
     from fileio import CheckpointDir
-    ckpt = CheckpointDir(tmp_path / "tom" / "checkpoints").save(tom_train.checkpoint_dict(trainer, 2, args), 2)
+    from training import checkpoint
+    ckpt = CheckpointDir(tmp_path / "tom" / "checkpoints").save(checkpoint(trainer, 2, trainer.args), 2)
     out = tmp_path / "tom_sketches"
     argv = ["--path_content", str(folders["images"]), "--path_result", str(out), "--checkpoint", str(ckpt),
             "--batch_size", "4", "--workers", "0", "--device", "cpu"]

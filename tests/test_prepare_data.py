@@ -143,9 +143,9 @@ def test_empty_tree_and_a_nested_image_dir_say_what_to_do(tmp_path, capsys):
 
 def _tom_checkpoint(run: Path, vgg) -> Path:
     torch.manual_seed(0)
-    trainer = T.TOMTrainer(vgg, nfc=8)
-    args = {**T.DEFAULTS, "path_a": "photos", "path_b": "sketches", "im_size": 32, "nfc": 8}
-    return CheckpointDir(run / "checkpoints").save(T.checkpoint_dict(trainer, 2, args), 2)
+    from training import checkpoint
+    trainer = T.TOMTrainer(vgg, {"path_a": "photos", "path_b": "sketches", "im_size": 32, "nfc": 8})
+    return CheckpointDir(run / "checkpoints").save(checkpoint(trainer, 2, trainer.args), 2)
 
 
 def test_tom_sketches_of_nested_photos_pair_by_flat_name(demo_root, tmp_path, vgg, capsys):

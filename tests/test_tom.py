@@ -11,10 +11,11 @@ import torch
 import torchvision
 from PIL import Image
 
-from fileio import CheckpointDir, load_checkpoint
+from fileio import CheckpointDir, load_checkpoint, save_checkpoint
 from sketch_styletransfer import evaluate as E
 from sketch_styletransfer import tom_models as M
 from sketch_styletransfer import train as T
+from training import NanGuard, checkpoint, rng_state
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--im_size", "32", "--batch_size", "2", "--nfc", "8", "--workers", "0", "--device", "cpu",
@@ -78,7 +79,7 @@ def test_to_sketch_binary_and_soft():
 
 def test_training_steps_lower_the_gram_loss(vgg):
     torch.manual_seed(0)
-    trainer = T.TOMTrainer(vgg, nfc=8, lr=1e-3, gram_weight=16000)  # Grams of a random VGG are small: weigh them up
+    trainer = T.TOMTrainer(vgg, {"nfc": 8, "lr": 1e-3, "gram_weight": 16000})  # Grams of a random VGG are small: weigh them up
     photos = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
     sketches = torch.ones(2, 3, 32, 32)
     sketches[:, :, 8:10, :] = -1
@@ -91,9 +92,10 @@ def test_training_steps_lower_the_gram_loss(vgg):
             return float(M.gram_loss(fake, real))
 
     before = gram_now()
-    for _ in range(4):
-        losses = trainer.step(photos, sketches)
-    assert set(losses) == {"d_hinge", "g_adv", "mse", "gram"}
+    guard = NanGuard("stop", torch.device("cpu"))
+    for it in range(4):
+        losses = trainer.update(photos, sketches, it, guard)
+    assert set(losses) == {"d_hinge", "g_adv", "mse", "gram"} and not any(v.requires_grad for v in losses.values())
     assert gram_now() < 0.8 * before
 
 
@@ -106,12 +108,12 @@ def test_resume_continues_the_count_and_matches_an_uninterrupted_run(vgg, demo_r
 
     a = load_checkpoint(CheckpointDir(straight / "checkpoints").last(), kind="tom")
     b = load_checkpoint(CheckpointDir(split / "checkpoints").last(), kind="tom")
-    assert a["iteration"] == b["iteration"] == 4 and a["format"] == 1
+    assert a["iteration"] == b["iteration"] == 4 and a["format"] == T.FORMAT == 2
     for net in ("g", "d"):
-        for key, value in a["networks"][net].items():
-            assert torch.equal(value, b["networks"][net][key]), (net, key)
-    assert all(int(s["step"]) == 4 for s in b["optimizers"]["g"]["state"].values())
-    assert b["args"]["im_size"] == 32 and b["args"]["path_a"] == str(Path(data[1]).resolve())
+        for key, value in a["state"]["networks"][net].items():
+            assert torch.equal(value, b["state"]["networks"][net][key]), (net, key)
+    assert all(int(s["step"]) == 4 for s in b["state"]["optimizers"]["g"]["state"].values())
+    assert b["config"]["im_size"] == 32 and b["config"]["path_a"] == str(Path(data[1]).resolve())
 
     log = [json.loads(line) for line in (split / "log.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in log] == [0, 1, 2, 3] and {"d_hinge", "g_adv", "mse", "gram"} <= set(log[0])
@@ -127,9 +129,66 @@ def test_resume_continues_the_count_and_matches_an_uninterrupted_run(vgg, demo_r
 
 def _checkpoint(run: Path, vgg, iteration: int = 2) -> Path:
     torch.manual_seed(iteration)
-    trainer = T.TOMTrainer(vgg, nfc=8)
-    args = {**T.DEFAULTS, "path_a": "photos", "path_b": "sketches", "im_size": 32, "nfc": 8}
-    return CheckpointDir(run / "checkpoints").save(T.checkpoint_dict(trainer, iteration, args), iteration)
+    trainer = T.TOMTrainer(vgg, {"path_a": "photos", "path_b": "sketches", "im_size": 32, "nfc": 8})
+    return CheckpointDir(run / "checkpoints").save(checkpoint(trainer, iteration, trainer.args), iteration)
+
+
+def _poison_gram_at(monkeypatch, iteration: int):
+    """TOM's Gram loss is NaN at `iteration` (it is computed once per iteration)."""
+    real, calls = M.gram_loss, []
+
+    def gram_loss(fake, real_features):
+        calls.append(None)
+        return real(fake, real_features) * (float("nan") if len(calls) == iteration + 1 else 1.0)
+    monkeypatch.setattr(T, "gram_loss", gram_loss)
+
+
+def test_a_nan_loss_stops_the_run_in_one_line_naming_the_last_good_checkpoint(vgg, demo_root, tmp_path, capsys,
+                                                                               monkeypatch):
+    data = ["--path_a", str(demo_root / "train" / "images"), "--path_b", str(demo_root / "test" / "sketches")]
+    _poison_gram_at(monkeypatch, 2)
+    capsys.readouterr()
+    assert T.main(data + TINY + ["--total_iter", "4", "--out", str(tmp_path / "run")], vgg_features=vgg) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "loss 'gram' became NaN/Inf at iteration 2. Last good checkpoint: " in errors[0]
+    assert errors[0].endswith("ckpt_00000002.pt. Lower the learning rate, or skip such steps with --nan_policy skip.")
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("ckpt_*.pt")] == ["ckpt_00000002.pt"]
+
+
+def test_nan_policy_skip_skips_the_bad_update_and_goes_on(vgg, demo_root, tmp_path, capsys, monkeypatch):
+    data = ["--path_a", str(demo_root / "train" / "images"), "--path_b", str(demo_root / "test" / "sketches")]
+    _poison_gram_at(monkeypatch, 2)
+    out = tmp_path / "run"
+    assert T.main(data + TINY + ["--total_iter", "4", "--out", str(out), "--nan_policy", "skip"], vgg_features=vgg) == 0
+    assert "iteration 2: non-finite gram; step skipped" in capsys.readouterr().err
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r.get("skipped_steps", 0) for r in log] == [0, 0, 1, 1]
+    ckpt = load_checkpoint(CheckpointDir(out / "checkpoints").last(), kind="tom")
+    assert ckpt["iteration"] == 4 and ckpt["config"]["nan_policy"] == "skip"
+    assert all(int(s["step"]) == 3 for s in ckpt["state"]["optimizers"]["g"]["state"].values())  # G skipped once
+
+
+def test_format_1_checkpoints_make_sketches_but_do_not_resume(vgg, demo_root, tmp_path, capsys):
+    """TOM's checkpoints before it ran in training.run_stage: networks, optimizers and args at the top."""
+    torch.manual_seed(0)
+    args = {**T.DEFAULTS, "path_a": str(demo_root / "train" / "images"), "path_b": str(demo_root / "test" / "sketches"),
+            "im_size": 32, "nfc": 8}
+    state = T.TOMTrainer(vgg, args).state_dict()
+    old = tmp_path / "old" / "ckpt_00000002.pt"
+    save_checkpoint({"kind": "tom", "format": 1, "iteration": 2, "networks": state["networks"],
+                     "optimizers": state["optimizers"], "args": args, "rng": rng_state()}, old)
+    generator = M.generator_from_checkpoint(T.read_checkpoint(old), old)
+    for key, value in state["networks"]["g"].items():
+        assert torch.equal(generator.state_dict()[key], value), key
+    photos = demo_root / "test" / "images"
+    argv = ["--path_content", str(photos), "--path_result", str(tmp_path / "sketches"), "--checkpoint", str(old),
+            "--workers", "0", "--device", "cpu"]
+    assert E.main(argv, vgg_features=vgg) == 0
+    with Image.open(next((tmp_path / "sketches" / "ckpt_00000002_t0.7").iterdir())) as sk:
+        assert sk.size == (32, 32)  # the size it was trained at, from its args
+    capsys.readouterr()
+    assert T.main(["--checkpoint", str(old), "--total_iter", "4", "--out", str(tmp_path / "new")], vgg_features=vgg) == 1
+    assert "format-1 TOM checkpoint" in capsys.readouterr().err and not (tmp_path / "new").exists()
 
 
 def test_evaluate_writes_paired_sketches_per_checkpoint_and_threshold(vgg, demo_root, tmp_path, capsys):

@@ -7,6 +7,7 @@ import losses as L
 from conftest import tiny_config
 from fileio import CheckpointError, load_checkpoint
 from models import ContentEncoder, Decoder, StyleEncoder
+from train import loop_options
 from train_step_1_ae import AEStage, fixed_batch
 from training import NanGuard, NonFiniteLoss, run_stage, setup_runtime
 
@@ -101,7 +102,7 @@ def test_checkpoint_round_trip(demo_root, demo_pairs, tmp_path):
 
 def _train(demo_root, demo_pairs, tmp_path, total, resume, **overrides):
     stage, cfg = _stage(demo_root, demo_pairs, tmp_path, DETERMINISTIC=True, **overrides)
-    result = run_stage(stage, cfg, tmp_path / "ae", total, setup_runtime(cfg), resume=resume)
+    result = run_stage(stage, loop_options(cfg, total), tmp_path / "ae", setup_runtime(cfg), resume=resume)
     return stage, result
 
 
@@ -137,7 +138,7 @@ def test_nan_stops_naming_step_loss_and_checkpoint(demo_root, demo_pairs, tmp_pa
     poisoned.calls = 0
     monkeypatch.setattr(stage.reconstruction, "forward", poisoned)
     with pytest.raises(NonFiniteLoss, match=r"loss 'rec_a' became NaN/Inf at iteration 2\. Last good checkpoint: .*ckpt_00000002\.pt"):
-        run_stage(stage, cfg, tmp_path / "ae", 4, setup_runtime(cfg), resume=False)
+        run_stage(stage, loop_options(cfg, 4), tmp_path / "ae", setup_runtime(cfg))
 
 
 def test_nan_skip_policy_skips_the_update(demo_root, demo_pairs, tmp_path):
@@ -145,8 +146,9 @@ def test_nan_skip_policy_skips_the_update(demo_root, demo_pairs, tmp_path):
     guard = NanGuard("skip", torch.device("cpu"))
     before = _params(stage.decoder)
     stage.reconstruction_b.w_mse = float("nan")
-    stage._step_b(0, guard)
+    parts = stage._step_b(0, guard)
     assert guard.skipped == 1 and not _changed(before, stage.decoder)
+    assert not any(v.requires_grad for v in parts.values())  # a skipped step keeps no autograd graph alive
     stage.reconstruction_b.w_mse = 1.0
     stage._step_b(1, guard)
     assert _changed(before, stage.decoder)
@@ -176,7 +178,7 @@ def test_skipping_stops_after_the_limit_and_keeps_the_good_checkpoint(demo_root,
     stage, cfg = _stage(demo_root, demo_pairs, tmp_path, NAN_POLICY="skip", NAN_SKIP_LIMIT=3, KEEP_CHECKPOINTS=1)
     _poison_weights_at(stage, monkeypatch, 2)
     with pytest.raises(NonFiniteLoss, match=r"3 steps in a row skipped .* Last good checkpoint: .*ckpt_00000002\.pt"):
-        run_stage(stage, cfg, tmp_path / "ae", 20, setup_runtime(cfg), resume=False)
+        run_stage(stage, loop_options(cfg, 20), tmp_path / "ae", setup_runtime(cfg))
     checkpoints = sorted(p.name for p in (tmp_path / "ae" / "checkpoints").glob("ckpt_*.pt"))
     assert checkpoints == ["ckpt_00000002.pt"]
     assert load_checkpoint(tmp_path / "ae" / "checkpoints" / "ckpt_00000002.pt", kind="ae")["iteration"] == 2
@@ -186,5 +188,5 @@ def test_non_finite_weights_are_never_saved_over_a_good_checkpoint(demo_root, de
     stage, cfg = _stage(demo_root, demo_pairs, tmp_path, NAN_POLICY="skip", NAN_SKIP_LIMIT=1000, KEEP_CHECKPOINTS=1)
     _poison_weights_at(stage, monkeypatch, 2)
     with pytest.raises(CheckpointError, match=r"iteration 4: the weights hold NaN/Inf .* kept: .*ckpt_00000002\.pt"):
-        run_stage(stage, cfg, tmp_path / "ae", 20, setup_runtime(cfg), resume=False)
+        run_stage(stage, loop_options(cfg, 20), tmp_path / "ae", setup_runtime(cfg))
     assert sorted(p.name for p in (tmp_path / "ae" / "checkpoints").glob("ckpt_*.pt")) == ["ckpt_00000002.pt"]

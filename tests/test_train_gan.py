@@ -84,7 +84,7 @@ def test_generate_uses_the_ema_generator(demo_root, demo_pairs, tmp_path, ae_sta
 def test_gan_resume_continues_exactly(demo_root, demo_pairs, tmp_path, ae_state):
     def train_to(folder, total, resume):
         stage, cfg = _gan(demo_root, demo_pairs, folder, ae_state, DETERMINISTIC=True, SAVE_MODEL_INTERVAL=2)
-        return stage, run_stage(stage, cfg, folder / "gan", total, setup_runtime(cfg), resume=resume)
+        return stage, run_stage(stage, train.loop_options(cfg, total), folder / "gan", setup_runtime(cfg), resume=resume)
     straight, _ = train_to(tmp_path / "a", 4, False)
     train_to(tmp_path / "b", 2, False)
     resumed, result = train_to(tmp_path / "b", 4, True)

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ddp_worker import assert_identical  # noqa: E402
 from sketch_styletransfer import train as T  # noqa: E402
 from test_tom import TINY  # noqa: E402
-from training import join_torchrun, seed_everything  # noqa: E402
+from training import NanGuard, join_torchrun, seed_everything  # noqa: E402
 
 
 def main():
@@ -23,14 +23,15 @@ def main():
     torch.manual_seed(0)
     vgg = torchvision.models.vgg16(weights=None).features
     seed_everything(0)
-    trainer = T.TOMTrainer(vgg, nfc=8, runtime=rt)
+    trainer = T.TOMTrainer(vgg, {"nfc": 8}, runtime=rt)
     streams = [T.Stream(folder, 32, 2, 0, k, 0, 0, rt) for k, folder in enumerate((photos, sketches))]
     first = streams[0].batch(0)
     gathered = [torch.empty_like(first) for _ in range(2)]
     dist.all_gather(gathered, first)
     assert not torch.equal(gathered[0], gathered[1]), "ranks must read different photos"
+    guard = NanGuard("stop", rt.device)
     for it in range(3):
-        trainer.step(*(s.batch(it) for s in streams))
+        trainer.update(*(s.batch(it) for s in streams), it, guard)
     n = assert_identical({"g": trainer.g, "d": trainer.d}, rt.rank)
     argv = ["--path_a", photos, "--path_b", sketches, "--out", out, *TINY, "--total_iter", "4"]
     assert T.main(argv, vgg_features=vgg) == 0

@@ -27,6 +27,7 @@ from training import Runtime, check_arch
 from datasets import DataError, PairedDataset, load_image, pair_folders
 from fileio import CheckpointDir, CheckpointError, JsonlLog, load_checkpoint, save_checkpoint
 from lpips.metric import main as lpips_main
+from models import find_checkpoint
 from sketch_styletransfer import evaluate as tom_evaluate
 from sketch_styletransfer import train as tom_train
 from sketch_styletransfer import xdog
@@ -225,7 +226,7 @@ def test_inference_on_an_empty_or_missing_folder_is_one_line(folders, run_dir, t
 
 
 def test_a_checkpoint_of_another_size_is_one_line(folders, run_dir, tmp_path, capsys):
-    ckpt = load_checkpoint(inference.resolve_checkpoint(run_dir))
+    ckpt = load_checkpoint(find_checkpoint(run_dir))
     ckpt["state"]["arch"]["nfc"] = 16  # the networks are NFC=8: a shape mismatch
     save_checkpoint(ckpt, tmp_path / "other.pt")
     argv = ["--checkpoint", str(tmp_path / "other.pt"), "--sketch", str(folders["sketches"]),
@@ -394,7 +395,7 @@ def test_xdog_settings_must_be_finite_and_sane(folders, tmp_path, capsys, settin
 
 def test_a_damaged_or_diverged_checkpoint_generates_nothing(folders, run_dir, tmp_path, capsys):
     from test_fileio import _tensor_offset
-    gan = inference.resolve_checkpoint(run_dir)
+    gan = find_checkpoint(run_dir)
     raw = bytearray(gan.read_bytes())
     start = _tensor_offset(gan) + 1024
     raw[start:start + 64] = bytes(64)

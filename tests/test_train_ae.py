@@ -7,7 +7,8 @@ import losses as L
 from conftest import tiny_config
 from fileio import CheckpointError, load_checkpoint
 from models import ContentEncoder, Decoder, StyleEncoder
-from train_step_1_ae import AEStage, fixed_batch
+from datasets import fixed_batch
+from train_step_1_ae import AEStage
 from training import NanGuard, NonFiniteLoss, run_stage, setup_runtime
 
 

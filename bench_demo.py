@@ -20,7 +20,7 @@ import time
 import torch
 
 import config as C
-from bench_speed import build_ae_state, install, preload
+from bench_speed import build_ae, install, preload
 from benchmark import markdown_table
 from datasets import pair_folders
 from demo_data import ensure_demo_data
@@ -48,7 +48,7 @@ def build_stage(kind: str, workers: int, seed: int = 0):
     grid = pair_folders(cfg.TEST_IMAGE_DIR, [cfg.TEST_SKETCH_DIR])
     if kind == "ae":
         return AEStage(cfg, runtime, pairs, grid)
-    return GANStage(cfg, runtime, pairs, grid, build_ae_state(cfg))
+    return GANStage(cfg, runtime, pairs, grid, build_ae(cfg))
 
 
 def time_round(stage, iterations: int, start: int) -> float:

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import gc
 import itertools
 import math
@@ -338,24 +339,22 @@ def make_reference(stage) -> None:
         ema.update = update
 
 
-def build_ae_state(cfg: C.Config) -> dict:
-    """A randomly initialised AE in the form of an AE-stage checkpoint state (for the GAN stage)."""
+def build_ae(cfg: C.Config):
+    """A randomly initialised (seeded) AE to feed the GAN stage."""
     from models import AutoEncoder
-    from train_step_2_gan import AE_NETWORKS
     seed_everything(cfg.SEED)
-    ae = AutoEncoder(cfg.NFC, cfg.IM_SIZE_AE)
-    return {"arch": {"nfc": cfg.NFC, "im_size": cfg.IM_SIZE_AE},
-            "networks": {name: getattr(ae, name).state_dict() for name in AE_NETWORKS}}
+    return AutoEncoder(cfg.NFC, cfg.IM_SIZE_AE)
 
 
-def build_stage(kind: str, cfg: C.Config, runtime, pairs: Pairs, ae_state: dict | None, lpips_on: bool):
-    from train_step_1_ae import AEStage, build_lpips
+def build_stage(kind: str, cfg: C.Config, runtime, pairs: Pairs, ae, lpips_on: bool):
+    from losses import build_lpips
+    from train_step_1_ae import AEStage
     from train_step_2_gan import GANStage
-    lpips = build_lpips(max(cfg.W_REC_LPIPS, cfg.W_GAN_LPIPS), runtime) if lpips_on else None
+    lpips = build_lpips(max(cfg.W_REC_LPIPS, cfg.W_GAN_LPIPS), runtime.device) if lpips_on else None
     seed_everything(cfg.SEED)  # the same initial weights in every mode
     if kind == "ae":
         return AEStage(cfg, runtime, pairs, pairs, lpips)
-    return GANStage(cfg, runtime, pairs, pairs, ae_state, lpips)
+    return GANStage(cfg, runtime, pairs, pairs, copy.deepcopy(ae), lpips)  # a copy: the stage moves its AE
 
 
 BATCH_ATTRS = {"ae": ("ss_batches", "paired_batches"), "gan": ("batches",)}
@@ -413,13 +412,13 @@ def free_memory(device: torch.device, compiled: bool = False) -> None:
         torch.cuda.empty_cache()
 
 
-def run_mode(kind: str, mode: str, args, pairs: Pairs, ae_state, batches, want_flops: bool) -> tuple[dict, dict, int | None]:
+def run_mode(kind: str, mode: str, args, pairs: Pairs, ae, batches, want_flops: bool) -> tuple[dict, dict, int | None]:
     """Build the stage in `mode`, run step 1 (loss check), warm up, time `args.steps` steps."""
     cfg = stage_config(kind, args, mode)
     runtime = setup_runtime(cfg)
     device = runtime.device
     set_backend_flags(mode, device)
-    stage = build_stage(kind, cfg, runtime, pairs, ae_state, args.lpips)
+    stage = build_stage(kind, cfg, runtime, pairs, ae, args.lpips)
     if mode == "reference":
         make_reference(stage)
     if batches is None:
@@ -478,13 +477,13 @@ def check_losses(ref: dict, fast: dict, tol: dict) -> dict:
 
 
 def bench_stage(kind: str, args, pairs: Pairs, peaks: dict) -> dict:
-    ae_state = build_ae_state(stage_config("gan", args, "reference")) if kind == "gan" else None
+    ae = build_ae(stage_config("gan", args, "reference")) if kind == "gan" else None
     out = {"size": args.size_ae if kind == "ae" else args.size_gan,
            "batch": args.batch_ae if kind == "ae" else args.batch_gan, "modes": {}}
     batches, flops = None, None
     for mode in args.modes:
         try:
-            result, batches, counted = run_mode(kind, mode, args, pairs, ae_state, batches, want_flops=flops is None)
+            result, batches, counted = run_mode(kind, mode, args, pairs, ae, batches, want_flops=flops is None)
         except torch.cuda.OutOfMemoryError:
             result = None
         if result is None:  # outside the except block: its traceback no longer holds the stage
@@ -499,7 +498,7 @@ def bench_stage(kind: str, args, pairs: Pairs, peaks: dict) -> dict:
         args_nc = argparse.Namespace(**{**vars(args), "compile": False})
         cfg = stage_config(kind, args_nc, "fast")
         runtime = setup_runtime(cfg)
-        stage = build_stage(kind, cfg, runtime, pairs, ae_state, args.lpips)
+        stage = build_stage(kind, cfg, runtime, pairs, ae, args.lpips)
         install(stage, batches)
         flops = count_flops(stage, 0, NanGuard("stop", runtime.device))
         del stage

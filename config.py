@@ -24,6 +24,8 @@ import typing
 from dataclasses import dataclass
 from typing import Optional
 
+from models import GENERATORS
+
 _NAMES_ABOVE_THE_BLOCK = set(globals())
 # =================================== EDIT HERE ===================================================
 # As in the original config.py: uncomment a line and change it. Any setting of `Config` below
@@ -70,6 +72,8 @@ class Config:
     IM_SIZE_AE: int = 512                    # autoencoder resolution (64..512, a power of two)
     IM_SIZE_GAN: int = 1024                  # final output resolution: IM_SIZE_AE or 2 * IM_SIZE_AE
     IM_SIZE_D: int = 512                     # discriminator structure size (reference: 512 even at 1024 px)
+    GENERATOR: str = "art"                   # refine generator architecture: "art", "face" or "shoe"
+                                             # (the art one without style input; models.GENERATORS)
 
     # --- AE stage ---------------------------------------------------------------------------
     BATCH_SIZE_AE: int = 32                  # images per AE step, per process
@@ -142,6 +146,7 @@ class Config:
 
     def __post_init__(self):
         _check_choice("DATA_NAME", self.DATA_NAME, PRESETS)
+        _check_choice("GENERATOR", self.GENERATOR, GENERATORS)
         _check_choice("NAN_POLICY", self.NAN_POLICY, ("stop", "skip"))
         self._check_sampling()
         _check_choice("LOGGER", self.LOGGER, ("none", "tensorboard"))
@@ -206,22 +211,26 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: dict) -> "Config":
-        """Rebuild from `to_dict()` output (e.g. a run's config.json), type-checked."""
+        """Rebuild from `to_dict()` output (e.g. a run's config.json), type-checked. A config written
+        before GENERATOR existed gets its preset's, as the GAN stage then chose by DATA_NAME."""
+        if "GENERATOR" not in values and values.get("DATA_NAME") in PRESETS:
+            values = {**values, "GENERATOR": PRESETS[values["DATA_NAME"]]["GENERATOR"]}
         return cls(**{key: _coerce(key, value) for key, value in _known(values).items()})
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **{k: _coerce(k, v) for k, v in _known(changes).items()})
 
 
-# Each preset lists only what differs from the field defaults (the reference "art" settings).
+# Each preset names its refine generator and lists what else differs from the field defaults (the
+# reference "art" settings). A new preset needs only an entry here: GENERATOR picks the network.
 _SMALL_DATA_LOSSES = dict(W_REC_LPIPS=0.0, W_REC_L1=1.0, W_GAN_LPIPS=0.0, W_GAN_MSE=10.0, W_GAN_L1=10.0)
 PRESETS: dict[str, dict] = {
-    "art": {},       # WikiArt, 512 px AE, 1024 px GAN, art refine generator
-    "face": {},      # CelebA-HQ: as art, with the lighter face refine generator
-    "shoe": dict(    # small data sets (a few thousand images): no LPIPS, grey-level losses
-        _SMALL_DATA_LOSSES, W_GREY=1.0, W_GAN_GREY=10.0),
+    "art": dict(GENERATOR="art"),    # WikiArt, 512 px AE, 1024 px GAN
+    "face": dict(GENERATOR="face"),  # CelebA-HQ: as art, with the lighter face refine generator
+    "shoe": dict(    # small data sets (a few thousand images): no LPIPS, grey-level losses, no style input in G
+        _SMALL_DATA_LOSSES, GENERATOR="shoe", W_GREY=1.0, W_GAN_GREY=10.0),
     "demo": dict(    # the built-in procedural data set; trains on 2 CPU cores in minutes
-        _SMALL_DATA_LOSSES,
+        _SMALL_DATA_LOSSES, GENERATOR="art",
         IMAGE_DIR="data/demo/train/images",
         # the exact line drawings last: step A reads the last set, the others are drawn more often
         SKETCH_DIRS=("data/demo/train/xdog_thin", "data/demo/train/xdog_bold", "data/demo/train/sketches"),

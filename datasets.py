@@ -265,6 +265,14 @@ class PairedDataset(Dataset):
         return out
 
 
+def fixed_batch(pairs: Pairs, n: int, size: int) -> dict[str, torch.Tensor]:
+    """The first n pairs, resized without augmentation: the inputs of every sample grid."""
+    data = PairedDataset(pairs, size, crop=False)
+    items = [data[(i, 0)] for i in range(min(n, len(data)))]
+    return {"image": to_float(torch.stack([it["image"] for it in items])),
+            "sketch": to_float(torch.stack([it["sketch"] for it in items]))}
+
+
 class SelfSupervisedDataset(Dataset):
     """A rotating subset of `nbr_cls` pairs, each its own class; `next_subset()` moves it on.
 

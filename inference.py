@@ -42,14 +42,13 @@ from typing import Sequence, Union
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from config import ConfigError
 from datasets import DataError, _to_mode, load_image, require_images, resize, to_float, to_uint8_tensor
-from fileio import CheckpointError, OutputError, atomic_path, load_checkpoint, newest_checkpoint, save_png, to_pil
-from models import BN_MODES, ContentEncoder, Decoder, NoiseInjection, StyleEncoder, batch_norm_mode, build_generator
+from fileio import CheckpointError, OutputError, newest_checkpoint, save_png, to_pil
+from models import BN_MODES, NoiseInjection, Trained, batch_norm_mode, load_trained, save_exported
 from training import resolve_device
 
 ImageInput = Union[str, Path, Image.Image]
@@ -58,11 +57,7 @@ BORDER_FRACTION = 0.05  # the background of a sketch is judged on its outer 5 % 
 DARK_BACKGROUND = 128   # a border median below mid-grey means light strokes on a dark background
 FITS = ("stretch", "crop", "pad")  # how a non-square input becomes square
 INVERT_CHOICES = ("auto", "always", "never")
-AE_NETWORKS = ("style_encoder", "content_encoder", "decoder")
 CACHE_SIZE = 256  # prepared inputs kept in memory during a folder run (a style reused across sketches)
-EXPORT_FORMAT = "sketch-to-image"  # safetensors metadata "format" of a file written by save_pretrained
-EXPORT_VERSION = "1"               # bump when the exported layout changes
-EXPORTED_NETWORKS = (*AE_NETWORKS, "generator")  # tensor name prefixes; "generator" holds the EMA weights
 
 
 class InferenceError(Exception):
@@ -72,36 +67,6 @@ class InferenceError(Exception):
 # ----------------------------------------------------------------------------------------------
 # Checkpoints and devices
 # ----------------------------------------------------------------------------------------------
-
-def resolve_checkpoint(path) -> Path:
-    """A GAN checkpoint file from a file, a run folder, its gan/ folder or a checkpoints/ folder."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path} (give a run folder of train.py or a "
-                              f"GAN checkpoint file <run>/gan/checkpoints/ckpt_*.pt)")
-    found = newest_checkpoint(path, ("gan/checkpoints", "checkpoints"))
-    if found is not None:
-        return found
-    if newest_checkpoint(path / "ae" / "checkpoints") is not None:
-        raise CheckpointError(f"{path}: this run has an AE-stage checkpoint but no GAN-stage one; inference "
-                              f"needs the GAN stage: train it (python train.py SAVE_FOLDER={path.parent} "
-                              f"TRIAL_NAME={path.name} RESUME=true)")
-    raise CheckpointError(f"{path}: no checkpoint in this folder (expected a run folder of train.py with "
-                          f"gan/checkpoints/, or a GAN checkpoint file)")
-
-
-def is_exported(path) -> bool:
-    """True when `path` is a safetensors file: an 8-byte little-endian header length, then a JSON
-    header. Judged by content, not by the file name."""
-    path = Path(path)
-    if not path.is_file():
-        return False
-    with open(path, "rb") as f:
-        head = f.read(9)
-    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
-
 
 def newest_run(root="train_results", data_name: str = "demo") -> Path | None:
     """The run folder under `root` whose config.json has DATA_NAME == data_name and whose newest GAN
@@ -116,15 +81,6 @@ def newest_run(root="train_results", data_name: str = "demo") -> Path | None:
         if name == data_name and ckpt is not None:
             found.append((ckpt.stat().st_mtime, config.parent))
     return max(found)[1] if found else None
-
-
-def _wrong_kind(path: Path, kind) -> CheckpointError:
-    if kind == "ae":
-        what = "an AE-stage checkpoint ('ae'): it has no refine generator"
-    else:
-        what = f"a '{kind}' checkpoint"
-    return CheckpointError(f"{path}: is {what}; inference needs a GAN-stage checkpoint ('gan'): "
-                           f"<run>/gan/checkpoints/ckpt_*.pt, or the run folder itself")
 
 
 def pick_device(name: str | torch.device = "auto") -> torch.device:
@@ -178,12 +134,6 @@ def fit_square(img: Image.Image, size: int, fit: str = "stretch") -> Image.Image
         canvas.paste(img, ((side - w) // 2, (side - h) // 2))
         img = canvas
     return img if img.size == (size, size) else resize(img, size)
-
-
-def _to_size(x: torch.Tensor, size: int) -> torch.Tensor:
-    if x.shape[-2:] == (size, size):
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,127 +193,40 @@ class SeededNoise:
 # ----------------------------------------------------------------------------------------------
 
 class SketchToImage:
-    """A trained model, loaded once: the AE (style encoder, content encoder, decoder) and the EMA
+    """A trained model, loaded once: the AE (the AutoEncoder module the GAN stage runs) and the EMA
     refine generator, in eval mode on one device.
 
     image_size: output size G; ae_size: the size S at which sketches and styles are read;
-    preset: the generator preset ("art", "face", "shoe", "demo"); sample_bn: the generator's
-    BatchNorm statistics, "running" or "batch" (the run's SAMPLE_BN).
+    preset: the data set it was trained on; sample_bn: the generator's BatchNorm statistics,
+    "running" or "batch" (the run's SAMPLE_BN unless given).
     """
 
-    def __init__(self, style_encoder: StyleEncoder, content_encoder: ContentEncoder, decoder: Decoder,
-                 generator: nn.Module, arch: dict, device="cpu", source: Path | None = None, iteration=None,
-                 config: dict | None = None, sample_bn: str = "running"):
+    def __init__(self, trained: Trained, device="cpu", sample_bn: str | None = None):
         self.device = pick_device(device)
-        self.style_encoder = style_encoder.to(self.device).eval().requires_grad_(False)
-        self.content_encoder = content_encoder.to(self.device).eval().requires_grad_(False)
-        self.decoder = decoder.to(self.device).eval().requires_grad_(False)
-        self.generator = generator.to(self.device).eval().requires_grad_(False)
+        self.ae = trained.ae.to(self.device).eval().requires_grad_(False)
+        self.generator = trained.generator.to(self.device).eval().requires_grad_(False)
         self.noise = SeededNoise(self.generator)
-        self.arch = dict(arch)
-        self.preset = arch["preset"]
-        self.nfc = arch["nfc"]
-        self.ae_size = arch["im_size_ae"]
-        self.image_size = arch["im_size_gan"]
-        self.source, self.iteration = source, iteration
-        self.config = dict(config or {})  # the training config (held-out folders, ...), when known
+        self.arch, self.config = dict(trained.arch), dict(trained.config)  # config: held-out folders, ...
+        self.preset = trained.arch["preset"]
+        self.nfc, self.ae_size = self.ae.nfc, self.ae.im_size
+        self.image_size = trained.arch.get("im_size_gan", self.ae_size)
+        self.source, self.iteration = trained.source, trained.iteration
+        sample_bn = sample_bn or self.config.get("SAMPLE_BN", "running")
         if sample_bn not in BN_MODES:
             raise InferenceError(f"sample_bn={sample_bn!r}: must be one of {', '.join(BN_MODES)}")
         self.sample_bn = sample_bn
 
     @classmethod
     def from_pretrained(cls, path, device="auto", sample_bn: str | None = None) -> "SketchToImage":
-        """The one loader: a run folder, a GAN checkpoint file, or a file written by `save_pretrained`
-        (export.py). The generator's BatchNorm follows the run's SAMPLE_BN unless `sample_bn`
-        ("running", "batch") is given. Raises fileio.CheckpointError for anything else."""
-        if is_exported(path) or Path(path).suffix == ".safetensors":
-            return cls.from_exported(path, device, sample_bn)
-        return cls.from_checkpoint(path, device, sample_bn)
-
-    @classmethod
-    def from_checkpoint(cls, path, device="auto", sample_bn: str | None = None) -> "SketchToImage":
-        """Load a GAN-stage checkpoint (file, or run folder -> its newest); uses the EMA generator,
-        its BatchNorm as the run's SAMPLE_BN says unless `sample_bn` ("running", "batch") is given.
-
-        Raises fileio.CheckpointError for a missing, unreadable or wrong-kind checkpoint.
-        """
-        file = resolve_checkpoint(path)
-        ckpt = load_checkpoint(file)
-        if ckpt["kind"] != "gan":
-            raise _wrong_kind(file, ckpt["kind"])
-        try:
-            arch, nets = ckpt["state"]["arch"], dict(ckpt["state"]["networks"])
-        except (KeyError, TypeError):
-            raise CheckpointError(f"{file}: a GAN checkpoint without its networks or architecture") from None
-        if "generator_ema" not in nets:  # never the live generator in place of the EMA one
-            raise CheckpointError(f"{file}: GAN checkpoint without generator_ema")
-        nets["generator"] = nets["generator_ema"]
-        return cls.from_state(arch, nets, device, file, ckpt.get("iteration"), ckpt.get("config"), sample_bn)
-
-    @classmethod
-    def from_exported(cls, path, device="auto", sample_bn: str | None = None) -> "SketchToImage":
-        """Load a safetensors file written by `save_pretrained`: tensors only, no pickle."""
-        from safetensors import SafetensorError, safe_open
-        file = Path(path)
-        try:
-            with safe_open(str(file), framework="pt", device="cpu") as f:
-                meta = f.metadata() or {}
-                tensors = {key: f.get_tensor(key) for key in f.keys()}
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
-        if meta.get("format") != EXPORT_FORMAT:
-            raise CheckpointError(f"{file}: a safetensors file, but not a model written by export.py "
-                                  f"(metadata format={meta.get('format')!r}, expected {EXPORT_FORMAT!r})")
-        if meta.get("format_version") != EXPORT_VERSION:
-            raise CheckpointError(f"{file}: exported model format version {meta.get('format_version')!r}; this "
-                                  f"code reads version {EXPORT_VERSION}")
-        try:
-            arch, config = json.loads(meta["arch"]), json.loads(meta.get("config", "{}"))
-        except (KeyError, ValueError):
-            raise CheckpointError(f"{file}: exported model without a readable 'arch' entry") from None
-        nets: dict[str, dict] = {}
-        for key, tensor in tensors.items():
-            net, _, name = key.partition(".")
-            nets.setdefault(net, {})[name] = tensor
-        iteration = int(meta["iteration"]) if meta.get("iteration", "").isdigit() else None
-        return cls.from_state(arch, nets, device, file, iteration, config, sample_bn)
-
-    @classmethod
-    def from_state(cls, arch: dict, networks: dict, device="auto", source: Path | None = None, iteration=None,
-                   config: dict | None = None, sample_bn: str | None = None) -> "SketchToImage":
-        """Build the networks of `arch` (preset, nfc, im_size_ae, im_size_gan) and load `networks`
-        ({"style_encoder", "content_encoder", "decoder", "generator": state dict}) into them, strictly."""
-        try:
-            missing = [k for k in EXPORTED_NETWORKS if k not in networks]
-            if missing:
-                raise CheckpointError(f"{source}: a model without {', '.join(missing)}")
-            nfc, ae_size = arch["nfc"], arch["im_size_ae"]
-            modules = (StyleEncoder(nfc, ae_size), ContentEncoder(nfc, ae_size), Decoder(nfc, ae_size))
-            for module, name in zip(modules, AE_NETWORKS):
-                module.load_state_dict(networks[name])
-            generator = build_generator(arch["preset"], nfc, ae_size, arch["im_size_gan"])
-            generator.load_state_dict(networks["generator"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            if isinstance(e, CheckpointError):
-                raise
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointError(f"{source}: a model whose networks do not load ({first})") from None
-        return cls(*modules, generator, arch, device=device, source=source, iteration=iteration, config=config,
-                   sample_bn=sample_bn or (config or {}).get("SAMPLE_BN", "running"))
+        """A run folder (its newest GAN checkpoint), a GAN checkpoint file, or a file written by
+        `save_pretrained` (export.py), through models.load_trained. Raises fileio.CheckpointError
+        for anything else."""
+        return cls(load_trained(path, kind="gan"), device, sample_bn)
 
     def save_pretrained(self, path) -> Path:
-        """Write what inference needs (AE networks, EMA generator) as one safetensors file, atomically;
-        the architecture, training config and iteration go in its JSON metadata. No pickle."""
-        from safetensors.torch import save_file
-        tensors = {f"{net}.{name}": tensor.detach().cpu().contiguous().clone()
-                   for net in EXPORTED_NETWORKS for name, tensor in getattr(self, net).state_dict().items()}
-        meta = {"format": EXPORT_FORMAT, "format_version": EXPORT_VERSION,
-                "arch": json.dumps(self.arch, sort_keys=True), "config": json.dumps(self.config, sort_keys=True),
-                "iteration": "" if self.iteration is None else str(self.iteration),
-                "exported_from": "" if self.source is None else Path(self.source).name}
-        with atomic_path(path) as tmp:
-            save_file(tensors, tmp, metadata=meta)
-        return Path(path)
+        """Write what inference needs (AE networks, EMA generator) as one safetensors file (export.py)."""
+        return save_exported(Trained(self.ae, self.generator, self.arch, self.config, self.iteration, self.source),
+                             path)
 
     def __repr__(self) -> str:
         return (f"SketchToImage(preset={self.preset!r}, nfc={self.nfc}, ae_size={self.ae_size}, "
@@ -393,7 +256,7 @@ class SketchToImage:
     @torch.no_grad()
     def style_vectors(self, styles: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, S, S) style images -> [v32 (B, 2nfc), v16 (B, 4nfc), v8 (B, 8nfc)]: fine, mid, coarse."""
-        return self.style_encoder(_to_size(styles.to(self.device, torch.float32), self.ae_size))
+        return self.ae.style(styles.to(self.device, torch.float32))
 
     @torch.no_grad()
     def generate(self, sketches: torch.Tensor, styles: torch.Tensor | None = None, *,
@@ -420,8 +283,7 @@ class SketchToImage:
             vectors = [v.expand(b, -1) for v in vectors]
         if sketches.shape[0] != vectors[0].shape[0]:
             raise ValueError(f"batch sizes differ: {sketches.shape[0]} sketches, {vectors[0].shape[0]} styles")
-        content = self.content_encoder(_to_size(sketches, self.ae_size))
-        ae_image = self.decoder(content, vectors)
+        ae_image = self.ae.draw(sketches, vectors)
         with self.noise.seeded(seed), batch_norm_mode(self.generator, self.sample_bn):
             out = self.generator(ae_image, vectors)
         return (out, ae_image) if return_ae else out

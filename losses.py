@@ -62,6 +62,14 @@ def content_consistency(variants: list[list[torch.Tensor]], base: list[torch.Ten
 
 # --------------------------------------------------------------------------- reconstruction
 
+def build_lpips(weight: float, device) -> nn.Module | None:
+    """LPIPS-VGG for the reconstruction losses, or None when its weight is 0 (no download needed)."""
+    if weight <= 0:
+        return None
+    from lpips import LPIPS  # our lpips/ package: pretrained weights through weights.py
+    return LPIPS(net="vgg").to(device).eval()
+
+
 class Reconstruction(nn.Module):
     """w_mse * MSE + w_l1 * L1 + w_lpips * LPIPS (summed over the batch, both pooled to lpips_size)."""
 

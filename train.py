@@ -43,11 +43,13 @@ import torch.distributed as dist
 import config as C
 from config import Config, ConfigError
 from datasets import DataError, pair_folders, require_readable
-from fileio import (CheckpointError, OutputError, load_checkpoint, newest_checkpoint, remove_stale_temporaries,
+from fileio import (CheckpointError, OutputError, newest_checkpoint, remove_stale_temporaries,
                     write_json, write_text)
 from monitor import require_tensorboard
-from train_step_1_ae import AEStage, build_lpips
-from train_step_2_gan import GANStage, load_autoencoder
+from losses import build_lpips
+from models import AutoEncoder, load_trained
+from train_step_1_ae import AEStage
+from train_step_2_gan import GANStage, check_autoencoder
 from training import LoopOptions, NonFiniteLoss, Runtime, from_rank0, print_resume_hint, run_stage, setup_runtime
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLoss, OutputError)
@@ -136,10 +138,8 @@ def train(cfg: Config, settings: str = "") -> int:
                           "(FID on augmented training crops is not a valid number), or FID_INTERVAL=0")
     pretrained = None
     if cfg.TRAIN_GAN_ONLY and cfg.PRETRAINED_AE_PATH:
-        pretrained = load_checkpoint(find_ae_checkpoint(cfg, None, None), kind="ae")
-        _check_preset(pretrained, cfg)
-        load_autoencoder(pretrained["state"], cfg)  # its sizes match this run's
-    lpips = build_lpips(max(cfg.W_REC_LPIPS, cfg.W_GAN_LPIPS), runtime)
+        pretrained = load_ae(cfg, None, None)
+    lpips = build_lpips(max(cfg.W_REC_LPIPS, cfg.W_GAN_LPIPS), runtime.device)
     fid = _fid_callback(cfg, runtime, grid_pairs) if cfg.FID_INTERVAL and not cfg.TRAIN_AE_ONLY else None
     run_dir = prepare_run_dir(cfg, runtime)
     if runtime.is_main:
@@ -157,12 +157,8 @@ def train(cfg: Config, settings: str = "") -> int:
         ae_checkpoint = result.last_checkpoint
         _barrier(runtime)
     if not cfg.TRAIN_AE_ONLY:
-        if pretrained is not None and ae_checkpoint is None:
-            ae_state = pretrained
-        else:
-            ae_state = load_checkpoint(find_ae_checkpoint(cfg, run_dir, ae_checkpoint), kind="ae")
-            _check_preset(ae_state, cfg)
-        stage = GANStage(cfg, runtime, pairs, grid_pairs, ae_state["state"], lpips, fid)
+        ae = pretrained if pretrained is not None and ae_checkpoint is None else load_ae(cfg, run_dir, ae_checkpoint)
+        stage = GANStage(cfg, runtime, pairs, grid_pairs, ae, lpips, fid)
         result = run_stage(stage, loop_options(cfg, cfg.ITERATION_GAN, cfg.FID_INTERVAL), run_dir / "gan", runtime,
                            resume=cfg.RESUME)
         if result.stopped:
@@ -252,8 +248,16 @@ def find_ae_checkpoint(cfg: Config, run_dir: Path | None, just_trained: Path | N
     return found
 
 
-def _check_preset(ae_ckpt: dict, cfg: Config) -> None:
-    trained = ae_ckpt["config"]["DATA_NAME"]
+def load_ae(cfg: Config, run_dir: Path | None, just_trained: Path | None) -> AutoEncoder:
+    """The trained AE of find_ae_checkpoint, checked against this run's preset and sizes."""
+    trained = load_trained(find_ae_checkpoint(cfg, run_dir, just_trained), kind="ae")
+    _check_preset(trained.config, cfg)
+    check_autoencoder(trained.ae, cfg)
+    return trained.ae
+
+
+def _check_preset(ae_config: dict, cfg: Config) -> None:
+    trained = ae_config["DATA_NAME"]
     if trained != cfg.DATA_NAME:
         raise CheckpointError(f"the AE checkpoint belongs to preset '{trained}', this run is '{cfg.DATA_NAME}'")
 

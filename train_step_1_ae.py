@@ -19,7 +19,7 @@ import torch
 
 import losses as L
 from config import Config
-from datasets import (Pairs, PairedDataset, SelfSupervisedDataset, iteration_generator, only_last_set,
+from datasets import (Pairs, PairedDataset, SelfSupervisedDataset, fixed_batch, iteration_generator, only_last_set,
                       paired_crop_flip, sketch_set_weights, sketch_variants, style_view, to_float)
 from models import ContentEncoder, Decoder, InstanceClassifier, StyleEncoder
 from fileio import CHECKPOINT_FORMAT
@@ -27,22 +27,6 @@ from training import NanGuard, Runtime, adam, infinite_batches, optimizer_step
 
 # independent random streams (data order and augmentation) of this stage
 STREAM_SS, STREAM_PAIRED, STREAM_AUG_A, STREAM_AUG_B = 11, 12, 13, 14
-
-
-def build_lpips(weight: float, runtime: Runtime):
-    """LPIPS-VGG for the reconstruction losses, or None when its weight is 0 (no download needed)."""
-    if weight <= 0:
-        return None
-    from lpips import LPIPS  # our lpips/ package: pretrained weights through weights.py
-    return LPIPS(net="vgg").to(runtime.device).eval()
-
-
-def fixed_batch(pairs: Pairs, n: int, size: int) -> dict[str, torch.Tensor]:
-    """The first n pairs, resized without augmentation: the inputs of every sample grid."""
-    data = PairedDataset(pairs, size, crop=False)
-    items = [data[(i, 0)] for i in range(min(n, len(data)))]
-    return {"image": to_float(torch.stack([it["image"] for it in items])),
-            "sketch": to_float(torch.stack([it["sketch"] for it in items]))}
 
 
 class AEStage:

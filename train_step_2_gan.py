@@ -16,26 +16,20 @@ import torch
 
 import losses as L
 from config import Config
-from datasets import Pairs, PairedDataset, iteration_generator, paired_crop_flip, sketch_set_weights, to_float
+from datasets import (Pairs, PairedDataset, fixed_batch, iteration_generator, paired_crop_flip, sketch_set_weights,
+                      to_float)
 from fileio import CHECKPOINT_FORMAT, CheckpointError
-from models import AutoEncoder, Discriminator, batch_norm_mode, build_generator
-from train_step_1_ae import fixed_batch
+from models import AE_NETWORKS, AutoEncoder, Discriminator, batch_norm_mode, build_generator
 from training import EMA, NanGuard, Runtime, adam, infinite_batches, optimizer_step
 
 STREAM_GAN, STREAM_AUG_GAN = 21, 22
-AE_NETWORKS = ("style_encoder", "content_encoder", "decoder")
 
 
-def load_autoencoder(ae_state: dict, cfg: Config) -> AutoEncoder:
-    """The AE of an AE-stage checkpoint state, checked against the config's preset and sizes."""
-    arch = ae_state["arch"]
-    if (arch["nfc"], arch["im_size"]) != (cfg.NFC, cfg.IM_SIZE_AE):
-        raise CheckpointError(f"the AE checkpoint was trained with NFC={arch['nfc']}, IM_SIZE_AE={arch['im_size']}; "
+def check_autoencoder(ae: AutoEncoder, cfg: Config) -> None:
+    """A trained AE (models.load_trained) fits this run's sizes, or CheckpointError in one line."""
+    if (ae.nfc, ae.im_size) != (cfg.NFC, cfg.IM_SIZE_AE):
+        raise CheckpointError(f"the AE checkpoint was trained with NFC={ae.nfc}, IM_SIZE_AE={ae.im_size}; "
                               f"this run has NFC={cfg.NFC}, IM_SIZE_AE={cfg.IM_SIZE_AE}")
-    ae = AutoEncoder(cfg.NFC, cfg.IM_SIZE_AE)
-    for name in AE_NETWORKS:
-        getattr(ae, name).load_state_dict(ae_state["networks"][name])
-    return ae.eval().requires_grad_(False)
 
 
 class GANStage:
@@ -43,11 +37,12 @@ class GANStage:
 
     kind, format = "gan", CHECKPOINT_FORMAT
 
-    def __init__(self, cfg: Config, runtime: Runtime, pairs: Pairs, grid_pairs: Pairs, ae_state: dict,
+    def __init__(self, cfg: Config, runtime: Runtime, pairs: Pairs, grid_pairs: Pairs, ae: AutoEncoder,
                  lpips=None, fid=None):
         self.cfg, self.rt = cfg, runtime
-        self.ae = runtime.prepare(load_autoencoder(ae_state, cfg))
-        self.generator = runtime.prepare(build_generator(cfg.DATA_NAME, cfg.NFC, cfg.IM_SIZE_AE, cfg.IM_SIZE_GAN))
+        check_autoencoder(ae, cfg)
+        self.ae = runtime.prepare(ae.eval().requires_grad_(False))  # frozen
+        self.generator = runtime.prepare(build_generator(cfg.GENERATOR, cfg.NFC, cfg.IM_SIZE_AE, cfg.IM_SIZE_GAN))
         self.discriminator = runtime.prepare(Discriminator(cfg.NFC, cfg.IM_SIZE_D))
         self.ema = EMA(self.generator, cfg.EMA_DECAY)  # copied before compiling (see Runtime.compiled)
         runtime.compiled(self.generator)
@@ -63,8 +58,8 @@ class GANStage:
 
     # --- the scaffold's interface ------------------------------------------------------------
     def arch(self) -> dict:
-        return {"preset": self.cfg.DATA_NAME, "nfc": self.cfg.NFC, "im_size_ae": self.cfg.IM_SIZE_AE,
-                "im_size_gan": self.cfg.IM_SIZE_GAN, "im_size_d": self.cfg.IM_SIZE_D}
+        return {"preset": self.cfg.DATA_NAME, "generator": self.cfg.GENERATOR, "nfc": self.cfg.NFC,
+                "im_size_ae": self.cfg.IM_SIZE_AE, "im_size_gan": self.cfg.IM_SIZE_GAN, "im_size_d": self.cfg.IM_SIZE_D}
 
     def state_dict(self) -> dict:
         ae_nets = {name: getattr(self.ae, name).state_dict() for name in AE_NETWORKS}

@@ -511,7 +511,8 @@ def _resume(stage: Stage, path: Path, runtime: Runtime) -> int:
 
 def check_arch(saved: dict, current: dict, path) -> None:
     """Resuming needs the same preset and sizes: one line naming what differs, not a shape dump."""
-    differ = [k for k in current if saved.get(k) != current[k]]
+    # keys a checkpoint predates (GAN checkpoints before GENERATOR) are not compared: its preset fixed them
+    differ = [k for k in current if k in saved and saved[k] != current[k]]
     if differ:
         raise CheckpointError(f"{path} was trained with " + ", ".join(f"{k}={saved.get(k)}" for k in differ)
                               + "; this run has " + ", ".join(f"{k}={current[k]}" for k in differ)

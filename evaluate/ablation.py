@@ -84,7 +84,7 @@ def heldout_mi(run: Path, n: int = 200, steps: int = 500, seed: int = 0) -> floa
     test = pair_folders(DATA / "test" / "images", [DATA / "test" / "sketches"])
     sketches = torch.cat([model.prepare_sketch(p[0]) for p in test.sketches[:n]])
     styles = torch.cat([model.prepare_style(p) for p in test.images[:n]])
-    content = L.pooled_content(model.content_encoder(sketches))
+    content = L.pooled_content(model.ae.content_encoder(sketches))
     style = torch.cat(model.style_vectors(styles), dim=1)
     torch.manual_seed(seed)
     half = content.shape[0] // 2

@@ -49,12 +49,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import demo_data  # noqa: E402
 from benchmark import markdown_table  # noqa: E402
-from config import Config  # noqa: E402
 from datasets import DataError, load_image, resize, to_float, to_uint8_tensor  # noqa: E402
 from evaluate import label  # noqa: E402
-from fileio import CheckpointError, load_checkpoint, newest_checkpoint, save_grid, write_json  # noqa: E402
+from fileio import CheckpointError, save_grid, write_json  # noqa: E402
 from inference import InferenceError, SketchToImage  # noqa: E402
-from train_step_2_gan import load_autoencoder  # noqa: E402
+from models import load_trained  # noqa: E402
 
 PSNR_CAP = 100.0   # dB: what identical images score (a finite number for JSON)
 METRICS = ("psnr", "fill_de", "bg_de", "shape_iou")
@@ -306,33 +305,11 @@ class _Passthrough(nn.Module):
 def load_model(path, device: str, sample_bn: str | None = None) -> tuple[SketchToImage, bool]:
     """(model, ae_only): a run folder, GAN checkpoint or exported model gives the whole model; an AE
     checkpoint, or a run folder without a GAN stage, gives its AE alone (scored as the "AE stage" row)."""
-    try:
-        return SketchToImage.from_pretrained(path, device, sample_bn), False
-    except CheckpointError:
-        ae_file = _ae_checkpoint(Path(path))
-        if ae_file is None:
-            raise
-    ckpt = load_checkpoint(ae_file, kind="ae")
-    try:
-        ae = load_autoencoder(ckpt["state"], Config.from_dict(ckpt["config"]))
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{ae_file}: an AE checkpoint whose networks do not load ({first})") from None
-    arch = {"preset": ckpt["config"]["DATA_NAME"], "nfc": ae.nfc, "im_size_ae": ae.im_size, "im_size_gan": ae.im_size}
-    return SketchToImage(ae.style_encoder, ae.content_encoder, ae.decoder, _Passthrough(), arch, device=device,
-                         source=ae_file, iteration=ckpt.get("iteration")), True
-
-
-def _ae_checkpoint(path: Path) -> Path | None:
-    """An AE checkpoint file, or the newest AE checkpoint of a run folder that has no GAN stage; else None."""
-    if path.is_dir():
-        if newest_checkpoint(path, ("gan/checkpoints", "checkpoints")) is not None:
-            return None  # a GAN stage that does not load is an error, not a reason to score the AE
-        return newest_checkpoint(path / "ae" / "checkpoints")
-    try:
-        return path if load_checkpoint(path).get("kind") == "ae" else None
-    except CheckpointError:
-        return None
+    trained = load_trained(path, kind=None)
+    ae_only = trained.generator is None
+    if ae_only:
+        trained.generator = _Passthrough()
+    return SketchToImage(trained, device, sample_bn), ae_only
 
 
 def run(checkpoint, data_root="data/demo", out="results/quality", swaps: int = 4, n: int = 0, device: str = "auto",

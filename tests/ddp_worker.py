@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from config import parse_overrides  # noqa: E402
 from conftest import tiny_config  # noqa: E402
 from datasets import pair_folders  # noqa: E402
+from models import AE_NETWORKS, AutoEncoder  # noqa: E402
 from train_step_1_ae import AEStage  # noqa: E402
 from train_step_2_gan import GANStage  # noqa: E402
 from training import NanGuard, setup_runtime  # noqa: E402
@@ -50,7 +51,10 @@ def main():
         ae.step(it, guard)
     n = assert_identical(ae.networks(), runtime.rank)
 
-    gan = GANStage(cfg, runtime, pairs, pairs, ae.state_dict())
+    trained = AutoEncoder(cfg.NFC, cfg.IM_SIZE_AE)  # the AE stage's networks, as the GAN stage takes them
+    for name in AE_NETWORKS:
+        getattr(trained, name).load_state_dict(getattr(ae, name).state_dict())
+    gan = GANStage(cfg, runtime, pairs, pairs, trained)
     gan.restart_data(0)
     for it in range(2):
         gan.step(it, guard)

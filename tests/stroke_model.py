@@ -5,7 +5,7 @@ from a few forward passes, and the two final RGB convolutions (the decoder's and
 generator's) solved by ridge regression so that the model draws random line sketches as dark
 strokes on the exemplar's mean colour. Its outputs follow the drawn strokes and change with the
 exemplar: what the app's tests need to see through a browser, at no training cost. It is saved
-with `save_pretrained`, so the app loads it like any exported model.
+with `models.save_exported`, so the app loads it like any exported model.
 """
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from inference import SketchToImage
-from models import ContentEncoder, Decoder, StyleEncoder, build_generator
+from models import AutoEncoder, Trained, build_generator, save_exported
 
 NFC = 8
 INK = -0.9  # target value of a stroke pixel (near black)
@@ -84,8 +83,9 @@ def build_stroke_model(path, size: int = 64, seed: int = 0, n_fit: int = 8) -> P
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed + 1)
     with _threads(1):
-        style_enc, content_enc, decoder = StyleEncoder(NFC, size), ContentEncoder(NFC, size), Decoder(NFC, size)
-        generator = build_generator("demo", NFC, size, size)
+        ae = AutoEncoder(NFC, size)
+        style_enc, content_enc, decoder = ae.style_encoder, ae.content_encoder, ae.decoder
+        generator = build_generator("art", NFC, size, size)
         nets = (style_enc, content_enc, decoder, generator)
         for m in (m for net in nets for m in net.modules()):
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -104,7 +104,5 @@ def build_stroke_model(path, size: int = 64, seed: int = 0, n_fit: int = 8) -> P
         _solve_rgb(decoder.to_rgb[0], _input_of(decoder.to_rgb, lambda: decoder(content, vectors)), target)
         ae_image = decoder(content, vectors)
         _solve_rgb(generator.to_rgb[0], _input_of(generator.to_rgb, lambda: generator(ae_image, vectors)), target)
-    arch = {"preset": "demo", "nfc": NFC, "im_size_ae": size, "im_size_gan": size}
-    model = SketchToImage(style_enc, content_enc, decoder, generator, arch, device="cpu", iteration=0,
-                          config={"DATA_NAME": "demo"})
-    return model.save_pretrained(path)
+    arch = {"preset": "demo", "generator": "art", "nfc": NFC, "im_size_ae": size, "im_size_gan": size}
+    return save_exported(Trained(ae, generator, arch, {"DATA_NAME": "demo"}, iteration=0), path)

@@ -27,6 +27,7 @@ from training import Runtime, check_arch
 from datasets import DataError, PairedDataset, load_image, pair_folders
 from fileio import CheckpointDir, CheckpointError, JsonlLog, load_checkpoint, save_checkpoint
 from lpips.metric import main as lpips_main
+from models import find_checkpoint
 from sketch_styletransfer import evaluate as tom_evaluate
 from sketch_styletransfer import train as tom_train
 from sketch_styletransfer import xdog
@@ -225,7 +226,7 @@ def test_inference_on_an_empty_or_missing_folder_is_one_line(folders, run_dir, t
 
 
 def test_a_checkpoint_of_another_size_is_one_line(folders, run_dir, tmp_path, capsys):
-    ckpt = load_checkpoint(inference.resolve_checkpoint(run_dir))
+    ckpt = load_checkpoint(find_checkpoint(run_dir))
     ckpt["state"]["arch"]["nfc"] = 16  # the networks are NFC=8: a shape mismatch
     save_checkpoint(ckpt, tmp_path / "other.pt")
     argv = ["--checkpoint", str(tmp_path / "other.pt"), "--sketch", str(folders["sketches"]),
@@ -249,6 +250,8 @@ def test_a_checkpoint_of_other_sizes_does_not_resume(tmp_path):
         check_arch({"preset": "demo", "nfc": 8, "im_size": 64}, {"preset": "demo", "nfc": 16, "im_size": 64},
                    tmp_path / "ckpt.pt")
     assert "ckpt.pt was trained with nfc=8; this run has nfc=16" in str(e.value) and "\n" not in str(e.value)
+    # a checkpoint written before GENERATOR was recorded still resumes (its preset fixed the generator)
+    check_arch({"preset": "demo", "nfc": 8}, {"preset": "demo", "nfc": 8, "generator": "art"}, tmp_path / "ckpt.pt")
 
 
 def test_a_gan_stage_on_an_ae_of_another_size_is_one_line(demo_root, run_dir, tmp_path, capsys):
@@ -394,7 +397,7 @@ def test_xdog_settings_must_be_finite_and_sane(folders, tmp_path, capsys, settin
 
 def test_a_damaged_or_diverged_checkpoint_generates_nothing(folders, run_dir, tmp_path, capsys):
     from test_fileio import _tensor_offset
-    gan = inference.resolve_checkpoint(run_dir)
+    gan = find_checkpoint(run_dir)
     raw = bytearray(gan.read_bytes())
     start = _tensor_offset(gan) + 1024
     raw[start:start + 64] = bytes(64)

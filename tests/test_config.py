@@ -41,6 +41,7 @@ def test_overrides_are_typed():
     (["BATCH_SIZE_AE=8.5"], "BATCH_SIZE_AE='8.5': expected int"),
     (["RESUME=maybe"], "RESUME='maybe': expected true or false"),
     (["DATA_NAME=celeba"], "DATA_NAME='celeba': must be one of"),
+    (["GENERATOR=demo"], "GENERATOR='demo': must be one of 'art', 'face', 'shoe'"),
     (["IM_SIZE_AE=100"], "IM_SIZE_AE=100: must be a power of two"),
     (["IM_SIZE_GAN=2048"], "IM_SIZE_GAN=2048: must be IM_SIZE_AE"),
     (["BETAS=0.5"], "expected 2 values"),
@@ -63,6 +64,17 @@ def test_json_round_trip_and_type_check():
         C.Config.from_dict(bad)
     with pytest.raises(C.ConfigError, match="unknown setting 'NOPE'"):
         C.Config.from_dict(cfg.to_dict() | {"NOPE": 1})
+
+
+def test_every_preset_names_its_generator_and_an_older_config_gets_its_presets():
+    from models import GENERATORS
+    for name, values in C.PRESETS.items():
+        assert values["GENERATOR"] in GENERATORS and C.preset(name).GENERATOR == values["GENERATOR"], name
+    assert C.preset("demo", GENERATOR="face").GENERATOR == "face"  # any preset with any generator
+    old = C.preset("face").to_dict()
+    del old["GENERATOR"]  # a run's config.json written before the setting existed
+    assert C.Config.from_dict(old).GENERATOR == "face"
+    assert C.Config.from_dict({**old, "DATA_NAME": "demo"}).GENERATOR == "art"
 
 
 def test_every_field_has_a_comment():

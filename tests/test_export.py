@@ -13,7 +13,8 @@ import train
 from conftest import tiny_train_args
 from evaluate import generate_mix
 from fileio import CheckpointDir, CheckpointError, load_checkpoint
-from inference import EXPORT_FORMAT, SketchToImage, is_exported
+from inference import SketchToImage
+from models import EXPORT_FORMAT, is_exported
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +63,8 @@ def test_the_file_is_tensors_and_json_and_a_fraction_of_the_checkpoint(run_dir, 
     with safe_open(str(exported), framework="pt") as f:
         meta, keys = f.metadata(), list(f.keys())
     assert meta["format"] == EXPORT_FORMAT and meta["format_version"] == "1"
-    assert json.loads(meta["arch"]) == {"preset": "demo", "nfc": 8, "im_size_ae": 64, "im_size_gan": 128,
-                                        "im_size_d": 64}
+    assert json.loads(meta["arch"]) == {"preset": "demo", "generator": "art", "nfc": 8, "im_size_ae": 64,
+                                        "im_size_gan": 128, "im_size_d": 64}
     assert json.loads(meta["config"])["DATA_NAME"] == "demo" and meta["iteration"] == "2"
     assert {k.partition(".")[0] for k in keys} == {"style_encoder", "content_encoder", "decoder", "generator"}
     assert not exported.read_bytes().startswith(b"PK")  # not a torch/pickle zip archive

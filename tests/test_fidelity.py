@@ -13,7 +13,7 @@ import losses as L
 from conftest import tiny_config
 from models import AutoEncoder
 from train_step_1_ae import AEStage
-from train_step_2_gan import AE_NETWORKS, GANStage
+from train_step_2_gan import GANStage
 from training import NanGuard, setup_runtime
 
 GUARD = NanGuard("stop", torch.device("cpu"))
@@ -28,10 +28,7 @@ def _ae_stage(demo_root, demo_pairs, tmp_path, **overrides):
 
 def _gan_stage(demo_root, demo_pairs, tmp_path, **overrides):
     cfg = tiny_config(demo_root, tmp_path, **overrides)
-    ae = AutoEncoder(cfg.NFC, cfg.IM_SIZE_AE)
-    ae_state = {"arch": {"nfc": cfg.NFC, "im_size": cfg.IM_SIZE_AE},
-                "networks": {name: getattr(ae, name).state_dict() for name in AE_NETWORKS}}
-    stage = GANStage(cfg, setup_runtime(cfg), demo_pairs, demo_pairs, ae_state)
+    stage = GANStage(cfg, setup_runtime(cfg), demo_pairs, demo_pairs, AutoEncoder(cfg.NFC, cfg.IM_SIZE_AE))
     stage.restart_data(0)
     return stage
 
@@ -370,9 +367,9 @@ def test_sample_bn_reaches_grids_fid_and_inference(demo_root, demo_pairs, tmp_pa
     path = tmp_path / "gan.pt"
     save_checkpoint({"kind": "gan", "format": CHECKPOINT_FORMAT, "iteration": 1, "config": stage.cfg.to_dict(),
                      "state": stage.state_dict()}, path)
-    model = SketchToImage.from_checkpoint(path, device="cpu")
+    model = SketchToImage.from_pretrained(path, device="cpu")
     assert model.sample_bn == mode
-    out = {m: SketchToImage.from_checkpoint(path, "cpu", sample_bn=m).generate(sketch, x, seed=0)
+    out = {m: SketchToImage.from_pretrained(path, "cpu", sample_bn=m).generate(sketch, x, seed=0)
            for m in ("running", "batch")}
     assert torch.equal(model.generate(sketch, x, seed=0), out[mode])
     assert not torch.allclose(out["running"], out["batch"])

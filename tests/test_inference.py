@@ -12,10 +12,13 @@ from PIL import Image, ImageFilter, ImageOps
 
 import inference
 import train
-from conftest import tiny_train_args
+from conftest import tiny_config, tiny_train_args
 from evaluate import generate_image_matrix, generate_mix, style_transfer
 from fileio import CheckpointDir, CheckpointError, load_checkpoint
 from inference import SketchToImage
+from models import load_trained
+from train_step_2_gan import GANStage
+from training import setup_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 AE, G, NFC = 64, 128, 8  # the tiny model: 64 px AE, 128 px output
@@ -39,7 +42,7 @@ def run_dir(demo_root, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def model(run_dir) -> SketchToImage:
-    return SketchToImage.from_checkpoint(run_dir, device="cpu")
+    return SketchToImage.from_pretrained(run_dir, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +69,9 @@ def test_loads_the_ema_generator_in_eval_mode(run_dir, model):
     assert all(torch.equal(v, ema[k]) for k, v in model.generator.state_dict().items())
     live = ckpt["state"]["networks"]["generator"]
     assert any(not torch.equal(live[k], ema[k]) for k in ema)  # EMA_DECAY=0.5: the two differ
-    nets = (model.style_encoder, model.content_encoder, model.decoder, model.generator)
+    nets = (model.ae, model.generator)
     assert not any(m.training for net in nets for m in net.modules())
-    file = SketchToImage.from_checkpoint(model.source, device="cpu")  # a checkpoint file works too
+    file = SketchToImage.from_pretrained(model.source, device="cpu")  # a checkpoint file works too
     assert file.source == model.source
 
 
@@ -92,6 +95,19 @@ def test_generate_shapes_seeds_and_batch_independence(model, test_dirs):
     assert torch.allclose(model.generate_batched(sketches, styles, seed=0, batch_size=2), out, atol=1e-5)
     assert model.generate(sketches, styles[:1], seed=0).shape == (3, 3, G, G)  # one style for all
     assert isinstance(model.translate(sketch_dir / names[0], image_dir / names[0]), Image.Image)
+
+
+def test_inputs_of_another_size_reach_the_ae_as_in_the_gan_stage(run_dir, model, test_dirs, demo_root, demo_pairs,
+                                                                 tmp_path):
+    """The GAN stage feeds the AE G-px crops; inference given G-px inputs must resize them the same way."""
+    cfg = tiny_config(demo_root, tmp_path, IM_SIZE_GAN=G)
+    stage = GANStage(cfg, setup_runtime(cfg), demo_pairs, demo_pairs, load_trained(run_dir).ae)
+    assert type(stage.ae) is type(model.ae)
+    sketch_dir, image_dir = test_dirs
+    name = sorted(p.name for p in sketch_dir.iterdir())[0]
+    sketch, style = model.prepare_sketch(sketch_dir / name, size=G), model.prepare_style(image_dir / name, size=G)
+    _, ae_image = model.generate(sketch, style, seed=0, return_ae=True)
+    assert ae_image.shape == (1, 3, AE, AE) and torch.equal(ae_image, stage.generate(sketch, style)[0])
 
 
 def test_inverted_sketch_gives_the_same_image(model, test_dirs, tmp_path):
@@ -198,7 +214,7 @@ def test_user_mistakes_are_one_error_line(run_dir, model, test_dirs, tmp_path, c
         ckpt = CheckpointDir(run_dir / "ae" / "checkpoints").last()
         message = "is an AE-stage checkpoint ('ae')"
         with pytest.raises(CheckpointError, match="needs a GAN-stage checkpoint"):
-            SketchToImage.from_checkpoint(ckpt)
+            SketchToImage.from_pretrained(ckpt)
     elif case == "ae_run":
         shutil.copytree(run_dir / "ae", tmp_path / "ae_only" / "ae")
         ckpt, message = tmp_path / "ae_only", "has an AE-stage checkpoint but no GAN-stage one"

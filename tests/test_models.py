@@ -10,10 +10,11 @@ import pytest
 import torch
 import torch.nn as nn
 
+from fileio import CheckpointError, save_checkpoint
 from models import (
-    AutoEncoder, ContentEncoder, DMI, Decoder, Discriminator, GENERATORS, InstanceClassifier,
+    AE_NETWORKS, AutoEncoder, ContentEncoder, DMI, Decoder, Discriminator, GENERATORS, InstanceClassifier,
     RefineGeneratorArt, RefineGeneratorFace, ResBlkE, ResBlkG, SELayer, StyleEncoder,
-    build_generator, count_parameters)
+    build_generator, count_parameters, load_trained)
 
 NARROW = 8  # smallest width the decoder accepts (nfc // 8 channels at 512 px)
 BATCH = 2  # BatchNorm in training mode needs more than one sample
@@ -223,11 +224,10 @@ def test_face_generator_flips_style_map_only_in_training():
 
 # --- 5. registry -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("preset, cls, use_style", [
-    ("art", RefineGeneratorArt, True), ("demo", RefineGeneratorArt, True),
-    ("shoe", RefineGeneratorArt, False), ("face", RefineGeneratorFace, None)])
-def test_build_generator_presets(preset, cls, use_style):
-    gen = build_generator(preset, NARROW, 64, 128)
+@pytest.mark.parametrize("name, cls, use_style", [
+    ("art", RefineGeneratorArt, True), ("shoe", RefineGeneratorArt, False), ("face", RefineGeneratorFace, None)])
+def test_build_generator_by_architecture(name, cls, use_style):
+    gen = build_generator(name, NARROW, 64, 128)
     assert type(gen) is cls
     assert (gen.nfc, gen.im_size_in, gen.im_size_out) == (NARROW, 64, 128)
     if use_style is not None:
@@ -236,10 +236,51 @@ def test_build_generator_presets(preset, cls, use_style):
         assert (len(gen.gates) > 0) is use_style
 
 
-def test_build_generator_unknown_preset_names_the_known_ones():
+def test_build_generator_unknown_name_names_the_known_ones():
     with pytest.raises(ValueError) as err:
-        build_generator("cats", NARROW, 64, 64)
+        build_generator("demo", NARROW, 64, 64)  # a data set's name is not an architecture
     assert all(name in str(err.value) for name in GENERATORS)
+
+
+def _gan_checkpoint(path, arch: dict, generator: nn.Module, ae: AutoEncoder) -> None:
+    nets = {name: getattr(ae, name).state_dict() for name in AE_NETWORKS}
+    save_checkpoint({"kind": "gan", "iteration": 3, "config": {"DATA_NAME": arch["preset"]},
+                     "state": {"arch": arch, "networks": {**nets, "generator_ema": generator.state_dict(),
+                                                          "generator": generator.state_dict()}}}, path)
+
+
+@pytest.mark.parametrize("arch, cls, name", [
+    ({"preset": "face"}, RefineGeneratorFace, "face"),  # written before GENERATOR: by DATA_NAME, as then
+    ({"preset": "demo"}, RefineGeneratorArt, "art"),
+    ({"preset": "demo", "generator": "shoe"}, RefineGeneratorArt, "shoe")])  # the stored architecture wins
+def test_load_trained_builds_the_stored_generator_and_old_checkpoints_load(tmp_path, arch, cls, name):
+    torch.manual_seed(0)
+    ae, generator = AutoEncoder(NARROW, 64), GENERATORS[name](nfc=NARROW, im_size_in=64, im_size_out=128)
+    _gan_checkpoint(tmp_path / "g.pt", {**arch, "nfc": NARROW, "im_size_ae": 64, "im_size_gan": 128}, generator, ae)
+    trained = load_trained(tmp_path / "g.pt")
+    assert type(trained.generator) is cls and trained.arch["generator"] == name and trained.iteration == 3
+    assert all(torch.equal(v, generator.state_dict()[k]) for k, v in trained.generator.state_dict().items())
+    assert all(torch.equal(v, ae.state_dict()[k]) for k, v in trained.ae.state_dict().items())
+    assert not trained.ae.training and not any(p.requires_grad for p in trained.generator.parameters())
+    with pytest.raises(CheckpointError, match="is a GAN-stage checkpoint .* needs an AE-stage checkpoint"):
+        load_trained(tmp_path / "g.pt", kind="ae")
+
+
+def test_load_trained_refuses_an_unknown_generator_in_one_line(tmp_path):
+    ae, generator = AutoEncoder(NARROW, 64), RefineGeneratorArt(NARROW, 64, 64)
+    _gan_checkpoint(tmp_path / "g.pt", {"preset": "demo", "generator": "cats", "nfc": NARROW, "im_size_ae": 64,
+                                        "im_size_gan": 64}, generator, ae)
+    with pytest.raises(CheckpointError, match="g.pt: a model whose networks do not load .*unknown generator 'cats'"):
+        load_trained(tmp_path / "g.pt")
+
+
+def test_the_autoencoder_reads_other_sizes_with_area_averaging():
+    ae = AutoEncoder(NARROW, 64).eval()
+    sketch, style = torch.rand(1, 1, 128, 128) * 2 - 1, torch.rand(1, 3, 128, 128) * 2 - 1
+    area = nn.functional.avg_pool2d
+    image, vectors = ae(sketch, style)
+    assert torch.allclose(image, ae(area(sketch, 2), area(style, 2))[0], atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(vectors, ae.style(area(style, 2))))
 
 
 # --- 6. initialisation details ---------------------------------------------------------------

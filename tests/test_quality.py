@@ -12,7 +12,7 @@ import train
 from conftest import tiny_train_args
 from evaluate import quality as Q
 from fileio import load_checkpoint, save_checkpoint
-from inference import resolve_checkpoint
+from models import find_checkpoint
 
 FLAT = {"kind": "flat"}
 SQUARE = {"kind": "square", "cx": 0.5, "cy": 0.5, "r": 0.3, "rotation": 0.0, "fill": 1}
@@ -164,7 +164,7 @@ def test_an_ae_checkpoint_is_scored_as_its_ae_alone(demo_root, run_dir, tmp_path
 
 
 def test_a_checkpoint_of_another_size_is_one_line(demo_root, run_dir, tmp_path, capsys):
-    ckpt = load_checkpoint(resolve_checkpoint(run_dir))
+    ckpt = load_checkpoint(find_checkpoint(run_dir))
     ckpt["state"]["arch"]["nfc"] = 16  # the networks are NFC=8
     save_checkpoint(ckpt, tmp_path / "other.pt")
     argv = ["--checkpoint", str(tmp_path / "other.pt"), "--data", str(demo_root), "--out", str(tmp_path / "q"),

@@ -7,8 +7,9 @@ import losses as L
 from conftest import tiny_config
 from fileio import CheckpointError, load_checkpoint
 from models import ContentEncoder, Decoder, StyleEncoder
+from datasets import fixed_batch
 from train import loop_options
-from train_step_1_ae import AEStage, fixed_batch
+from train_step_1_ae import AEStage
 from training import NanGuard, NonFiniteLoss, run_stage, setup_runtime
 
 

@@ -7,35 +7,57 @@ import torch
 import train
 from conftest import tiny_config, tiny_train_args
 from fileio import CheckpointDir, JsonlLog, load_checkpoint, save_checkpoint
+from models import load_trained
 from train_step_1_ae import AEStage
 from train_step_2_gan import GANStage
 from training import EMA, NanGuard, run_stage, setup_runtime
 
 
 @pytest.fixture(scope="module")
-def ae_state(demo_root, demo_pairs, tmp_path_factory):
-    """The state of an AE stage trained for 2 iterations."""
-    cfg = tiny_config(demo_root, tmp_path_factory.mktemp("ae"))
+def ae_file(demo_root, demo_pairs, tmp_path_factory):
+    """The checkpoint of an AE stage trained for 2 iterations."""
+    folder = tmp_path_factory.mktemp("ae")
+    cfg = tiny_config(demo_root, folder)
     stage = AEStage(cfg, setup_runtime(cfg), demo_pairs, demo_pairs)
     stage.restart_data(0)
     for it in range(2):
         stage.step(it, NanGuard("stop", torch.device("cpu")))
-    return stage.state_dict()
+    save_checkpoint({"kind": "ae", "iteration": 2, "state": stage.state_dict(), "config": cfg.to_dict()},
+                    folder / "ae.pt")
+    return folder / "ae.pt"
 
 
-def _gan(demo_root, demo_pairs, tmp_path, ae_state, **overrides):
+def _gan(demo_root, demo_pairs, tmp_path, ae_file, **overrides):
     cfg = tiny_config(demo_root, tmp_path, **overrides)
-    stage = GANStage(cfg, setup_runtime(cfg), demo_pairs, demo_pairs, ae_state)
+    stage = GANStage(cfg, setup_runtime(cfg), demo_pairs, demo_pairs, load_trained(ae_file, kind="ae").ae)
     stage.restart_data(0)
     return stage, cfg
+
+
+def test_the_generator_is_the_configured_architecture_and_is_stored(demo_root, demo_pairs, tmp_path, ae_file):
+    from models import RefineGeneratorFace
+    stage, _ = _gan(demo_root, demo_pairs, tmp_path, ae_file, GENERATOR="face")  # the demo data, the face network
+    assert type(stage.generator) is RefineGeneratorFace
+    assert stage.arch()["generator"] == "face" and stage.state_dict()["arch"]["generator"] == "face"
+
+
+def test_no_stage_file_imports_another():
+    """Shared pieces (fixed_batch, build_lpips, the AE loader) live in datasets, losses and models."""
+    import ast
+    from pathlib import Path
+    for path in Path(__file__).resolve().parents[1].glob("train_step_*.py"):
+        tree = ast.parse(path.read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert not {n for n in names if n and n.startswith("train_step_")}, path.name
 
 
 def _snapshot(net):
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
-def test_one_gan_step_trains_g_and_d_and_keeps_the_ae_frozen(demo_root, demo_pairs, tmp_path, ae_state):
-    stage, _ = _gan(demo_root, demo_pairs, tmp_path, ae_state, W_GAN_GREY=10.0)
+def test_one_gan_step_trains_g_and_d_and_keeps_the_ae_frozen(demo_root, demo_pairs, tmp_path, ae_file):
+    stage, _ = _gan(demo_root, demo_pairs, tmp_path, ae_file, W_GAN_GREY=10.0)
     ae_before, g_before, d_before = _snapshot(stage.ae), _snapshot(stage.generator), _snapshot(stage.discriminator)
     logs = stage.step(0, NanGuard("stop", torch.device("cpu")))
     assert {"d_loss", "g_adv", "g_rec", "g_grey", "d_real", "d_fake"} <= set(logs)
@@ -66,8 +88,8 @@ def test_ema_arithmetic():
     assert not ema.net.training and not any(p.requires_grad for p in ema.net.parameters())
 
 
-def test_generate_uses_the_ema_generator(demo_root, demo_pairs, tmp_path, ae_state):
-    stage, _ = _gan(demo_root, demo_pairs, tmp_path, ae_state)
+def test_generate_uses_the_ema_generator(demo_root, demo_pairs, tmp_path, ae_file):
+    stage, _ = _gan(demo_root, demo_pairs, tmp_path, ae_file)
     with torch.no_grad():
         for p in stage.generator.parameters():
             p.add_(1.0)  # the live generator drifts; the EMA one does not follow without update()
@@ -81,9 +103,9 @@ def test_generate_uses_the_ema_generator(demo_root, demo_pairs, tmp_path, ae_sta
     assert rows.shape == (5 * nrow, 3, 64, 64)
 
 
-def test_gan_resume_continues_exactly(demo_root, demo_pairs, tmp_path, ae_state):
+def test_gan_resume_continues_exactly(demo_root, demo_pairs, tmp_path, ae_file):
     def train_to(folder, total, resume):
-        stage, cfg = _gan(demo_root, demo_pairs, folder, ae_state, DETERMINISTIC=True, SAVE_MODEL_INTERVAL=2)
+        stage, cfg = _gan(demo_root, demo_pairs, folder, ae_file, DETERMINISTIC=True, SAVE_MODEL_INTERVAL=2)
         return stage, run_stage(stage, train.loop_options(cfg, total), folder / "gan", setup_runtime(cfg), resume=resume)
     straight, _ = train_to(tmp_path / "a", 4, False)
     train_to(tmp_path / "b", 2, False)

@@ -17,7 +17,9 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
-CHECKPOINT_FORMAT = 1  # bump when the layout of the checkpoint dict changes; load_checkpoint refuses newer ones
+# bump when the layout of the checkpoint dict changes; load_checkpoint refuses newer ones.
+# 2: GAN arch names its GENERATOR; TOM uses the common layout (1: TOM's own layout, still read for sketches)
+CHECKPOINT_FORMAT = 2
 CHECKSUM_KEY = "checksum"  # "sha256:<hex>" of the rest of the checkpoint dict (state_checksum); absent in old files
 TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # atomic_path's temporary names: .<name>.<8 random>.tmp
 

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datasets import (DataError, FolderDataset, InfiniteSampler, iteration_generator, paired_crop_flip,
                       require_images, to_float)
-from fileio import CheckpointError, OutputError, load_checkpoint, newest_checkpoint, write_json
+from fileio import CHECKPOINT_FORMAT, CheckpointError, OutputError, load_checkpoint, newest_checkpoint, write_json
 from sketch_styletransfer.tom_models import (THRESHOLD, StyleDiscriminator, TOMGenerator, VGGFeatures, check_size,
                                              content_loss, d_hinge, gram_input, gram_loss, sketch_photos, to_sketch)
 from config import ConfigError
@@ -48,7 +48,7 @@ from training import (LoopOptions, NanGuard, NonFiniteLoss, Runtime, StageResult
                       join_torchrun, optimizer_step, resolve_device, run_stage, seed_everything)
 
 KIND = "tom"
-FORMAT = 2  # 2: training.checkpoint's layout (config, state); 1: networks, optimizers and args at the top
+FORMAT = CHECKPOINT_FORMAT  # 2: training.checkpoint's layout (config, state); 1: networks, optimizers, args at the top
 CROP_SCALE = 292 / 256   # the reference resizes 256 px training images to 292, then crops 256
 PHOTO_STREAM, SKETCH_STREAM = 1, 2   # separate random streams for the two unpaired folders
 DEFAULTS = dict(path_a=None, path_b=None, im_size=256, batch_size=4, total_iter=5000, lr=2e-4, mse_weight=0.2,

@@ -19,7 +19,7 @@ from config import Config
 from datasets import (Pairs, PairedDataset, fixed_batch, iteration_generator, paired_crop_flip, sketch_set_weights,
                       to_float)
 from fileio import CHECKPOINT_FORMAT, CheckpointError
-from models import AE_NETWORKS, AutoEncoder, Discriminator, batch_norm_mode, build_generator
+from models import AE_NETWORKS, AutoEncoder, Discriminator, batch_norm_mode, build_generator, generator_name
 from training import EMA, NanGuard, Runtime, adam, infinite_batches, optimizer_step
 
 STREAM_GAN, STREAM_AUG_GAN = 21, 22
@@ -60,6 +60,10 @@ class GANStage:
     def arch(self) -> dict:
         return {"preset": self.cfg.DATA_NAME, "generator": self.cfg.GENERATOR, "nfc": self.cfg.NFC,
                 "im_size_ae": self.cfg.IM_SIZE_AE, "im_size_gan": self.cfg.IM_SIZE_GAN, "im_size_d": self.cfg.IM_SIZE_D}
+
+    def upgrade_arch(self, saved: dict) -> dict:
+        """A checkpoint from before GENERATOR was recorded: its preset named the generator."""
+        return {**saved, "generator": generator_name(saved)} if "preset" in saved else saved
 
     def state_dict(self) -> dict:
         ae_nets = {name: getattr(self.ae, name).state_dict() for name in AE_NETWORKS}

@@ -382,6 +382,7 @@ class Stage(Protocol):
     format: int                # version of this kind's checkpoint layout
 
     def arch(self) -> dict: ...                                  # preset and sizes: what must match to resume
+    # optional: upgrade_arch(saved) -> an older checkpoint's arch in today's keys (GAN: before GENERATOR)
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
     def restart_data(self, iteration: int) -> None: ...          # data iterators at this iteration
@@ -501,7 +502,8 @@ def _fixed_rng(seed: int, runtime: Runtime):
 
 def _resume(stage: Stage, path: Path, runtime: Runtime) -> int:
     ckpt = load_checkpoint(path, map_location=runtime.device, kind=stage.kind)
-    check_arch(ckpt["state"].get("arch", {}), stage.arch(), path)
+    saved = ckpt["state"].get("arch", {})
+    check_arch(getattr(stage, "upgrade_arch", lambda a: a)(saved), stage.arch(), path)
     stage.load_state_dict(ckpt["state"])
     set_rng_state({k: (v.cpu() if torch.is_tensor(v) else [t.cpu() for t in v]) for k, v in ckpt["rng"].items()})
     if runtime.is_main:
@@ -511,8 +513,7 @@ def _resume(stage: Stage, path: Path, runtime: Runtime) -> int:
 
 def check_arch(saved: dict, current: dict, path) -> None:
     """Resuming needs the same preset and sizes: one line naming what differs, not a shape dump."""
-    # keys a checkpoint predates (GAN checkpoints before GENERATOR) are not compared: its preset fixed them
-    differ = [k for k in current if k in saved and saved[k] != current[k]]
+    differ = [k for k in current if saved.get(k) != current[k]]
     if differ:
         raise CheckpointError(f"{path} was trained with " + ", ".join(f"{k}={saved.get(k)}" for k in differ)
                               + "; this run has " + ", ".join(f"{k}={current[k]}" for k in differ)

@@ -42,13 +42,14 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from datasets import DataError, _to_mode, list_images, load_image, require_images
+from errors import UserError, cli
 from evaluate.generate_mix import SCALES, VECTOR_INDEX
 from evaluate.style_transfer import XDOG_DEFAULT, tom_sketcher, xdog_sketcher
-from fileio import CheckpointError, to_pil
-from inference import InferenceError, SketchToImage, fit_square, is_light_on_dark, newest_run, pick_device
+from fileio import to_pil
+from inference import InferenceError, SketchToImage, fit_square, is_light_on_dark, newest_run
+from training import resolve_device
 
 ROOT = Path(__file__).resolve().parent
-USER_ERRORS = (InferenceError, DataError, CheckpointError)
 CANVAS = 512           # drawing canvas side in px (sketches are read from it at the model's AE size)
 PEN, ERASER = 4, 12    # default pen and eraser radius on the canvas, px (the model saw 1-4 px strokes at 128 px)
 LIVE_MAX_SIZE = 256    # models with outputs up to this size regenerate as the user draws
@@ -290,7 +291,7 @@ def shielded(fn: Callable, n_outputs: int) -> Callable:
     def run(*args, **kwargs):
         try:
             outputs, note = fn(*args, **kwargs)
-        except USER_ERRORS as e:
+        except UserError as e:
             return (*[gr.skip()] * n_outputs, f"⚠ {e}")
         except Exception as e:  # noqa: BLE001 - the page must keep working; the log keeps the details
             traceback.print_exc()
@@ -443,14 +444,11 @@ Example:
     return p
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        model = load_model(args.checkpoint, pick_device(args.device), args.runs)
-        app = App(model, args.styles, args.tom, args.live)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    model = load_model(args.checkpoint, resolve_device(args.device), args.runs)
+    app = App(model, args.styles, args.tom, args.live)
     print(f"model: {model.preset}, {model.ae_size} px sketches -> {model.image_size} px images "
           f"({model.source}, iteration {model.iteration}) on {model.device}")
     if app.gallery_note:

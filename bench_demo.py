@@ -24,6 +24,7 @@ from bench_speed import build_ae, install, preload
 from benchmark import markdown_table
 from datasets import pair_folders
 from demo_data import ensure_demo_data
+from errors import cli
 from fileio import write_json
 from train_step_1_ae import AEStage
 from train_step_2_gan import GANStage
@@ -95,6 +96,7 @@ def report(results: dict, settings: list[str]) -> str:
     return markdown_table(["stage", "workers x threads", "s / iteration", "it / s", f"speed vs {settings[0]}"], rows)
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Seconds per training iteration of the demo preset on the CPU, under "
                                             "loader-worker x torch-thread settings.",

@@ -4,16 +4,14 @@ mode vs "fast" mode, plus the data loaders' images/s.
     python bench_speed.py                                   # defaults for the device found
     python bench_speed.py --stages ae --size-ae 512 --batch-ae 32 --out bench_ae.json
     python bench_speed.py --batch-ae 8 --batch-gan 4 --modes fast      # peak memory at small batch
-    python bench_speed.py --data random        # full-size random images (loader numbers at full size)
+    python bench_speed.py --data generated     # demo-data pictures at the training size (loader numbers at full size)
 
 Both modes run OUR stage classes (train_step_1_ae.AEStage, train_step_2_gan.GANStage), so they
 execute exactly the same passes in the same order; only the execution settings differ:
 
-  reference  what the reference code executes: fp32 (convolutions in TF32, torch's default;
-             matmuls in full fp32), NCHW, cudnn.benchmark off, torch.optim.Adam with its
-             per-parameter loop (foreach=False, fused=False), zero_grad that fills zeros
-             (torch 1.x), the generator EMA as a per-parameter loop, and a `.item()` of every
-             loss after every step (the reference logs each step: one host sync per loss).
+  reference  what the reference code executes (reference_execution.py): fp32, NCHW,
+             cudnn.benchmark off, Adam's and the EMA's per-parameter loops, zero_grad filling
+             zeros, and a `.item()` of every loss after every step.
   fast       ours: bf16 autocast and channels_last (CUDA only), cudnn.benchmark on, the stage's
              own Adam (fused on CUDA, foreach on CPU), optional torch.compile (--compile), no
              host sync in the timed window except one at its end.
@@ -31,9 +29,8 @@ an extra AE reconstruction loss, for its log only, with a host sync in the middl
 (Its frozen AE ran without autograd, as here: `AE.forward` is decorated with `torch.no_grad()`.)
 
 The data loaders are measured separately: ours (decode + resize only, in `--workers` worker
-processes, plus the device cost of our batched augmentation) vs a reference-style dataset that
-does the reference's per-item PIL work (`ReferenceSelfSupervisedDataset`, and
-`ReferencePairedMultiDataset` for the GAN stage's loader), with the same number of workers.
+processes, plus the device cost of our batched augmentation) vs the reference's per-item PIL work
+(reference_execution.reference_dataset), with the same number of workers.
 
 Step-1 check: both modes start from the same weights (seeded before each build), the same first
 batch and the same augmentation draws; their step-1 losses must agree within the precision's
@@ -61,6 +58,7 @@ import os
 import platform
 import random
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -69,16 +67,25 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import PIL
 import torch
-from PIL import Image, ImageDraw, ImageFilter
+import torchvision
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
 
 import config as C
-from config import ConfigError
-from datasets import (DataError, PairedDataset, Pairs, iteration_generator, pair_folders, paired_crop_flip,
-                      sketch_variants, style_view, to_float)
+import reference_execution as R
 from benchmark import markdown_table
+from datasets import (PairedDataset, Pairs, RandomStream, iteration_generator, pair_folders, paired_crop_flip,
+                      sketch_variants, style_view, to_float)
+from demo_data import ensure_demo_data, make_demo_data
+from errors import cli
 from fileio import write_json
+from losses import build_lpips
+from models import AutoEncoder
+from train_step_1_ae import AEStage
+from train_step_2_gan import GANStage
 from training import NanGuard, seed_everything, setup_runtime
 
 MODES = ("reference", "fast")
@@ -98,116 +105,28 @@ PEAK_TFLOPS = (
 TOL_FP32 = {"rtol": 1e-4, "atol": 1e-6}
 TOL_BF16 = {"rtol": 5e-2, "atol": 5e-2}
 
-# the project's no-LPIPS reconstruction (config._SMALL_DATA_LOSSES)
-NO_LPIPS_LOSSES = dict(W_REC_LPIPS=0.0, W_REC_L1=1.0, W_GAN_LPIPS=0.0, W_GAN_MSE=10.0, W_GAN_L1=10.0)
-
-
-# --------------------------------------------------------------------------- reference-style data
-
-def _rescale(t: torch.Tensor) -> torch.Tensor:
-    return t * 2.0 - 1.0
-
-
-class ReferenceSelfSupervisedDataset(Dataset):
-    """The reference SelfSupervisedDataset's per-item PIL work (rand_crop=True), for timing.
-
-    Returns (img_rd, img_normal, skt_normal, skt_bold, skt_erased, skt_erased_bold, idx) in
-    [-1, 1]: the 3x3 minimum-filtered (bold) sketch is made at the file's resolution; image and
-    sketches are flipped together at random; x~ = resize 1.3x, random crop, RandomRotation(30),
-    random flip; image, sketch and bold sketch are resized 1.1x and cropped at one random offset;
-    two RandomErasing passes (p 0.8, white) on the sketch and on the bold sketch.
-    """
-
-    def __init__(self, pairs: Pairs, im_size: int):
-        from torchvision import transforms as T
-        s = im_size
-        self.pairs, self.im_size = pairs, s
-        self.transform_rd = T.Compose([T.Resize((int(s * 1.3), int(s * 1.3))), T.RandomCrop((s, s)),
-                                       T.RandomRotation(30), T.RandomHorizontalFlip(), T.ToTensor(), _rescale])
-        self.resize = T.Resize((int(s * 1.1), int(s * 1.1)))
-        self.to_tensor = T.Compose([T.ToTensor(), _rescale])
-        self.rand_range = int(s * 0.1)
-        self.erase = T.Compose([T.RandomErasing(p=0.8, scale=(0.02, 0.1), value=1),
-                                T.RandomErasing(p=0.8, scale=(0.02, 0.1), value=1)])
-
-    def __len__(self):
-        return len(self.pairs)
-
-    def __getitem__(self, idx):
-        import torchvision.transforms.functional as TF
-        img = Image.open(self.pairs.images[idx]).convert("RGB")
-        skt = Image.open(self.pairs.sketches[idx][-1]).convert("L")  # the reference: its 3rd sketch set
-        skt_bold = skt.filter(ImageFilter.MinFilter(size=3))
-        if random.randint(0, 1) == 1:
-            img, skt, skt_bold = TF.hflip(img), TF.hflip(skt), TF.hflip(skt_bold)
-        img_rd = self.transform_rd(img)
-        i, j = random.randint(0, self.rand_range), random.randint(0, self.rand_range)
-        img_n, skt_n, skt_b = (self.to_tensor(TF.crop(self.resize(x), i, j, self.im_size, self.im_size))
-                               for x in (img, skt, skt_bold))
-        return img_rd, img_n, skt_n, skt_b, self.erase(skt_n), self.erase(skt_b), idx
-
-
-class ReferencePairedMultiDataset(Dataset):
-    """The reference PairedMultiDataset's per-item work (rand_crop=True): an image and three
-    sketches, each resized 1.1x and cropped at one random offset, to [-1, 1]. With fewer than
-    three sketch folders the available ones are read again (the same decoding work)."""
-
-    def __init__(self, pairs: Pairs, im_size: int):
-        from torchvision import transforms as T
-        s = im_size
-        self.pairs, self.im_size = pairs, s
-        self.resize = T.Resize((int(s * 1.1), int(s * 1.1)))
-        self.to_tensor = T.Compose([T.ToTensor(), _rescale])
-        self.rand_range = int(s * 0.1)
-
-    def __len__(self):
-        return len(self.pairs)
-
-    def __getitem__(self, idx):
-        import torchvision.transforms.functional as TF
-        sketches = self.pairs.sketches[idx]
-        imgs = [Image.open(self.pairs.images[idx]).convert("RGB")]
-        imgs += [Image.open(sketches[k % len(sketches)]).convert("L") for k in range(3)]
-        i, j = random.randint(0, self.rand_range), random.randint(0, self.rand_range)
-        return tuple(self.to_tensor(TF.crop(self.resize(x), i, j, self.im_size, self.im_size)) for x in imgs)
-
 
 # --------------------------------------------------------------------------- data source
-
-def make_synthetic_data(root: Path, n: int, size: int, seed: int = 0) -> Path:
-    """n smooth random colour images (JPEG) and line-drawing sketches (PNG) in root/images, root/sketches."""
-    root = Path(root)
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "sketches").mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        low = rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)
-        img = Image.fromarray(low, "RGB").resize((size, size), Image.BICUBIC)
-        sketch = Image.new("L", (size, size), 255)
-        draw_img, draw_skt = ImageDraw.Draw(img), ImageDraw.Draw(sketch)
-        for _ in range(6):
-            x0, y0, x1, y1 = (int(v) for v in rng.integers(0, size, size=4))
-            box = [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)]
-            colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
-            draw_img.ellipse(box, fill=colour)
-            draw_skt.ellipse(box, outline=0, width=max(1, size // 128))
-        img.save(root / "images" / f"{i:05d}.jpg", quality=90)
-        sketch.save(root / "sketches" / f"{i:05d}.png")
-    return root
-
 
 def _sketch_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and p.name != "images")
 
 
-def resolve_data(data: str | None, synthetic_size: int, tmp: list) -> tuple[Pairs, dict]:
+def resolve_data(data: str | None, generated_size: int, tmp: list) -> tuple[Pairs, dict]:
     """The benchmark's pairs and a description of where they come from.
 
     --data DIR: DIR/images with sketch folders beside it (DIR/sketches, ...), or DIR/train/...
-    likewise; a plain image folder is used as its own sketches (read as greyscale). Default: the
-    built-in demo data (demo_data.ensure_demo_data()), else random images in a temporary folder.
+    likewise; a plain image folder is used as its own sketches (read as greyscale). --data
+    generated: 64 demo-data pictures at `generated_size` in a temporary folder (loader numbers at
+    the training size). Default: the built-in demo data (made on first use).
     """
-    if data and data != "random":
+    if data == "generated":
+        folder = Path(tempfile.mkdtemp(prefix="bench_speed_"))
+        tmp.append(folder)
+        make_demo_data(folder, 64, 0, generated_size, progress=False)
+        return pair_folders(folder / "train" / "images", [folder / "train" / "sketches"]), {
+            "source": "demo_data pictures (temporary folder)", "n": 64, "size": generated_size}
+    if data:
         folder = Path(data)
         for base in (folder, folder / "train"):
             if (base / "images").is_dir() and _sketch_dirs(base):
@@ -216,24 +135,9 @@ def resolve_data(data: str | None, synthetic_size: int, tmp: list) -> tuple[Pair
         pairs = pair_folders(folder, [folder])
         return pairs, {"source": str(folder), "note": "plain image folder: each image is also its own sketch"}
     demo = C.PRESETS["demo"]
-    try:
-        if data == "random":
-            raise LookupError("--data random")
-        from demo_data import ensure_demo_data
-        ensure_demo_data()
-        sketch_dirs = [d for d in demo["SKETCH_DIRS"] if Path(d).is_dir()]
-        if Path(demo["IMAGE_DIR"]).is_dir() and sketch_dirs:
-            return pair_folders(demo["IMAGE_DIR"], sketch_dirs), {"source": "demo_data (built-in demo set)",
+    ensure_demo_data()
+    return pair_folders(demo["IMAGE_DIR"], demo["SKETCH_DIRS"]), {"source": "demo_data (built-in demo set)",
                                                                   "image_dir": demo["IMAGE_DIR"]}
-    except Exception as e:  # noqa: BLE001 - any failure: fall back to random images
-        if data != "random":
-            print(f"note: built-in demo data unavailable ({type(e).__name__}: {e}); using random images",
-                  file=sys.stderr)
-    folder = Path(tempfile.mkdtemp(prefix="bench_speed_"))
-    tmp.append(folder)
-    make_synthetic_data(folder, 64, synthetic_size)
-    return pair_folders(folder / "images", [folder / "sketches"]), {
-        "source": "random images (temporary folder)", "n": 64, "size": synthetic_size}
 
 
 def _describe_images(pairs: Pairs) -> dict:
@@ -264,8 +168,6 @@ def machine_info(device: torch.device) -> dict:
 
 
 def versions() -> dict:
-    import PIL
-    import torchvision
     return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
             "numpy": np.__version__, "pillow": PIL.__version__}
 
@@ -298,58 +200,17 @@ def stage_config(kind: str, args, mode: str) -> C.Config:
                   SUBSET_PASSES=10 ** 6,  # no subset switch inside the benchmark
                   BF16=fast, CHANNELS_LAST=fast, COMPILE=fast and args.compile, SEED=args.seed)
     if not args.lpips:
-        values.update(NO_LPIPS_LOSSES)
+        values.update(C.NO_LPIPS_LOSSES)
     return C.preset("art", **values)
-
-
-def set_backend_flags(mode: str, device: torch.device) -> None:
-    """cuDNN autotuning and TF32 per mode (setup_runtime turns all three on for CUDA)."""
-    if device.type != "cuda":
-        return
-    fast = mode == "fast"
-    torch.backends.cudnn.benchmark = fast
-    torch.backends.cuda.matmul.allow_tf32 = fast   # torch's default (since 1.12) is off
-    torch.backends.cudnn.allow_tf32 = True         # torch's default: TF32 convolutions
-
-
-class ReferenceAdam(torch.optim.Adam):
-    """torch.optim.Adam as the reference ran it: per-parameter loop, zero_grad fills zeros."""
-
-    def __init__(self, params, lr, betas):
-        super().__init__(params, lr=lr, betas=betas, foreach=False, fused=False)
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        super().zero_grad(set_to_none=False)
-
-
-def make_reference(stage) -> None:
-    """Swap the stage's optimizers (and EMA update) for the reference's implementations."""
-    for name, opt in stage.opt.items():
-        group = opt.param_groups[0]
-        params = [p for g in opt.param_groups for p in g["params"]]
-        stage.opt[name] = ReferenceAdam(params, lr=group["lr"], betas=group["betas"])
-    ema = getattr(stage, "ema", None)
-    if ema is not None:
-        def update(net, ema=ema):
-            with torch.no_grad():
-                for p, avg in zip(net.parameters(), ema.net.parameters()):
-                    avg.mul_(ema.decay).add_(p.detach(), alpha=1.0 - ema.decay)
-                for b_ema, b in zip(ema.net.buffers(), net.buffers()):
-                    b_ema.copy_(b)
-        ema.update = update
 
 
 def build_ae(cfg: C.Config):
     """A randomly initialised (seeded) AE to feed the GAN stage."""
-    from models import AutoEncoder
     seed_everything(cfg.SEED)
     return AutoEncoder(cfg.NFC, cfg.IM_SIZE_AE)
 
 
 def build_stage(kind: str, cfg: C.Config, runtime, pairs: Pairs, ae, lpips_on: bool):
-    from losses import build_lpips
-    from train_step_1_ae import AEStage
-    from train_step_2_gan import GANStage
     lpips = build_lpips(max(cfg.W_REC_LPIPS, cfg.W_GAN_LPIPS), runtime.device) if lpips_on else None
     seed_everything(cfg.SEED)  # the same initial weights in every mode
     if kind == "ae":
@@ -381,7 +242,6 @@ def synchronize(device: torch.device) -> None:
 
 def count_flops(stage, it: int, guard) -> int:
     """FLOPs of one full training step (all forward and backward passes), counted once."""
-    from torch.utils.flop_counter import FlopCounterMode
     counter = FlopCounterMode(display=False)
     with counter:
         stage.step(it, guard)
@@ -415,17 +275,15 @@ def free_memory(device: torch.device, compiled: bool = False) -> None:
 def run_mode(kind: str, mode: str, args, pairs: Pairs, ae, batches, want_flops: bool) -> tuple[dict, dict, int | None]:
     """Build the stage in `mode`, run step 1 (loss check), warm up, time `args.steps` steps."""
     cfg = stage_config(kind, args, mode)
-    runtime = setup_runtime(cfg)
+    reference = mode == "reference"
+    runtime = R.runtime(setup_runtime(cfg)) if reference else setup_runtime(cfg)
     device = runtime.device
-    set_backend_flags(mode, device)
+    R.backend_flags(reference, device)
     stage = build_stage(kind, cfg, runtime, pairs, ae, args.lpips)
-    if mode == "reference":
-        make_reference(stage)
     if batches is None:
         batches = preload(stage, kind, min(PRELOAD_BATCHES, args.warmup + args.steps))
     install(stage, batches)
     guard = NanGuard("stop", device)
-    per_sync = mode == "reference"
     if device.type == "cuda":
         free_memory(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -434,14 +292,14 @@ def run_mode(kind: str, mode: str, args, pairs: Pairs, ae, batches, want_flops: 
     step1 = {k: float(v) for k, v in stage.step(0, guard).items()}
     for it in range(1, args.warmup):
         losses = stage.step(it, guard)
-        if per_sync:
-            [v.item() for v in losses.values()]
+        if reference:
+            R.log_every_loss(losses)
     synchronize(device)
     t0 = time.perf_counter()
     for it in range(args.warmup, args.warmup + args.steps):
         losses = stage.step(it, guard)
-        if per_sync:  # the reference logs every loss of every step
-            [v.item() for v in losses.values()]
+        if reference:
+            R.log_every_loss(losses)
     synchronize(device)
     seconds = time.perf_counter() - t0
     guard.check(None)  # a NaN during the benchmark is an error, not a number
@@ -549,7 +407,7 @@ def _augment_rate(kind: str, batch: dict, size: int, device: torch.device, n: in
         batch = {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in batch.items()}
 
     def one(i: int):
-        g = iteration_generator(seed, 13, i)
+        g = iteration_generator(seed, RandomStream.AE_AUG_A, i)
         keys = ("image", "sketch", "sketch_bold") if kind == "ae" else ("image", "sketch")
         x, sketch, *thick = paired_crop_flip([to_float(batch[k].to(device, non_blocking=True)) for k in keys], size, g)
         if kind == "ae":
@@ -572,7 +430,7 @@ def bench_loader(kind: str, args, pairs: Pairs, device: torch.device) -> dict:
     size, batch = (args.size_ae, args.batch_ae) if kind == "ae" else (args.size_gan, args.batch_gan)
     n = args.loader_batches
     ours_ds = PairedDataset(pairs, size, style_view=kind == "ae", bold=kind == "ae")
-    ref_ds = ReferenceSelfSupervisedDataset(pairs, size) if kind == "ae" else ReferencePairedMultiDataset(pairs, size)
+    ref_ds = R.reference_dataset(kind, pairs, size)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     ref_rate, _ = _loader_rate(ref_ds, batch, args.workers, n)
@@ -651,7 +509,7 @@ def report(results: dict) -> str:
     text.append(f"data: {d['source']}, {d['n_pairs']} pairs, first image {w}x{h} {d['first_image_format']}")
     if min(w, h) < max(s["size_ae"], s["size_gan"]):
         text.append("note: the images are smaller than the training size: the loader numbers (both loaders) "
-                    "are optimistic; use --data with real images or --data random")
+                    "are optimistic; use --data with real images or --data generated")
     if results["settings"]["device_resolved"] == "cpu":
         text.append("note: on CPU the modes differ only in the optimizer implementation and per-step .item() "
                     "(free on CPU): expect fast/reference near 1 within timing noise")
@@ -666,7 +524,7 @@ def report(results: dict) -> str:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="""\
-Inputs: training images (--data: a folder, 'random', or by default the built-in demo data).
+Inputs: training images (--data: a folder, 'generated', or by default the built-in demo data).
 Outputs: a table on stdout and the JSON file --out: machine, versions, settings, images/s, peak
 GPU memory, MFU and the step-1 loss check of each stage and mode, and the loaders' images/s.
 Examples:
@@ -687,8 +545,8 @@ Examples:
     p.add_argument("--compile", action="store_true", help="torch.compile the networks in fast mode")
     p.add_argument("--lpips", action="store_true", help="include LPIPS-VGG (needs its pretrained weights)")
     p.add_argument("--data", help="image folder (DIR/images + DIR/<sketch folders>, or plain images), or "
-                                  "'random' (64 random JPEG/PNG pairs at the largest size); default: the "
-                                  "built-in demo data, else random images")
+                                  "'generated' (64 demo-data pictures at the largest training size, in a temporary "
+                                  "folder); default: the built-in demo data")
     p.add_argument("--peak-tflops", type=float, help="device peak for fast mode (bf16 dense), TFLOP/s")
     p.add_argument("--peak-tflops-tf32", type=float, help="device peak for reference mode (TF32 dense), TFLOP/s")
     p.add_argument("--seed", type=int, default=0)
@@ -711,6 +569,7 @@ Examples:
     return args
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -740,12 +599,8 @@ def main(argv: list[str] | None = None) -> int:
         print(report(results))
         print(f"wrote {args.out}")
         return 0 if all(checks) else 1
-    except (DataError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     finally:
         torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
-        import shutil
         for folder in tmp:
             shutil.rmtree(folder, ignore_errors=True)
 

@@ -47,7 +47,8 @@ import weights
 from config import ConfigError
 from datasets import (READ_ERRORS, DataError, PairedDataset, load_image, require_images, resize, to_float,
                       to_uint8_tensor)
-from fileio import CheckpointError, OutputError, atomic_path, check_writable, save_png, write_json
+from errors import UserError, cli
+from fileio import OutputError, atomic_path, check_writable, save_png, write_json
 from training import resolve_device
 
 INCEPTION_SIZE = 299
@@ -57,7 +58,7 @@ CACHE_FORMAT = 1            # bump when the cached statistics change meaning
 DEFAULT_CACHE = "fid_stats"
 
 
-class StatsError(ValueError):
+class StatsError(UserError, ValueError):
     """A statistics file is unreadable, of the wrong layout, or lacks what the command needs."""
 
 
@@ -718,22 +719,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+@cli
 def main(argv=None) -> int:
-    """Run one subcommand; 0 on success, 2 on a data, statistics or weights problem (with its reason)."""
+    """Run one subcommand; the exit code (errors.py: 1 on a data, statistics or weights problem, with its reason)."""
     args = parse_args(argv)
     command = {"fid": cmd_fid, "stats": cmd_stats, "speed": cmd_speed}[args.command]
-    try:
-        if getattr(args, "out", None):  # outputs are checked first: a bad one costs no measurement
-            check_writable(args.out)
-        if getattr(args, "checkpoint", None):
-            check_writable(args.save_dir, folder=True)
-        result = command(args)
-        if getattr(args, "out", None) and args.command != "stats":
-            write_json(args.out, {"argv": list(sys.argv[1:] if argv is None else argv), **result})
-            print(f"results written to {args.out}")
-    except (DataError, StatsError, weights.WeightsError, CheckpointError, OutputError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if getattr(args, "out", None):  # outputs are checked first: a bad one costs no measurement
+        check_writable(args.out)
+    if getattr(args, "checkpoint", None):
+        check_writable(args.save_dir, folder=True)
+    result = command(args)
+    if getattr(args, "out", None) and args.command != "stats":
+        write_json(args.out, {"argv": list(sys.argv[1:] if argv is None else argv), **result})
+        print(f"results written to {args.out}")
     return 0
 
 

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import json
 import math
 import types
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
+from errors import UserError
 from models import GENERATORS
 
 _NAMES_ABOVE_THE_BLOCK = set(globals())
@@ -51,7 +54,7 @@ _USER_BLOCK = {k: v for k, v in globals().items() if k not in _NAMES_ABOVE_THE_B
 DEFAULT_PRESET = "demo"  # what `python train.py` runs with no arguments
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """An unknown setting or a value of the wrong type or range."""
 
 
@@ -223,14 +226,15 @@ class Config:
 
 # Each preset names its refine generator and lists what else differs from the field defaults (the
 # reference "art" settings). A new preset needs only an entry here: GENERATOR picks the network.
-_SMALL_DATA_LOSSES = dict(W_REC_LPIPS=0.0, W_REC_L1=1.0, W_GAN_LPIPS=0.0, W_GAN_MSE=10.0, W_GAN_L1=10.0)
+ARCH_KEYS = ("DATA_NAME", "NFC", "IM_SIZE_AE", "IM_SIZE_GAN", "IM_SIZE_D")  # fixed for the life of a run
+NO_LPIPS_LOSSES = dict(W_REC_LPIPS=0.0, W_REC_L1=1.0, W_GAN_LPIPS=0.0, W_GAN_MSE=10.0, W_GAN_L1=10.0)
 PRESETS: dict[str, dict] = {
     "art": dict(GENERATOR="art"),    # WikiArt, 512 px AE, 1024 px GAN
     "face": dict(GENERATOR="face"),  # CelebA-HQ: as art, with the lighter face refine generator
     "shoe": dict(    # small data sets (a few thousand images): no LPIPS, grey-level losses, no style input in G
-        _SMALL_DATA_LOSSES, GENERATOR="shoe", W_GREY=1.0, W_GAN_GREY=10.0),
+        NO_LPIPS_LOSSES, GENERATOR="shoe", W_GREY=1.0, W_GAN_GREY=10.0),
     "demo": dict(    # the built-in procedural data set; trains on 2 CPU cores in minutes
-        _SMALL_DATA_LOSSES, GENERATOR="art",
+        NO_LPIPS_LOSSES, GENERATOR="art",
         IMAGE_DIR="data/demo/train/images",
         # the exact line drawings last: step A reads the last set, the others are drawn more often
         SKETCH_DIRS=("data/demo/train/xdog_thin", "data/demo/train/xdog_bold", "data/demo/train/sketches"),
@@ -268,8 +272,40 @@ def parse_overrides(args: list[str]) -> dict:
 
 
 def from_args(args: list[str]) -> Config:
-    """Build the config for a command line: preset, then the EDIT HERE block, then `args` (KEY=value)."""
-    return resolve(parse_overrides(args))[0]
+    """The config of a command line (`from_command_line`)."""
+    return from_command_line(args)[0]
+
+
+def from_command_line(args: list[str]) -> tuple[Config, dict[str, str]]:
+    """The config of train.py's command line `args` (KEY=value) and each setting's origin: the preset,
+    then the EDIT HERE block, then `args`; with RESUME=true the run's own config.json takes the
+    place of the preset."""
+    cli = parse_overrides(args)
+    wanted = {**user_settings(), **cli}
+    if not wanted.get("RESUME"):
+        return resolve(cli)
+    return resolve(cli, base=_resumed(wanted), base_name="resumed run")
+
+
+def _resumed(wanted: dict) -> Config:
+    """The saved config of the run RESUME=true continues (SAVE_FOLDER/TRIAL_NAME/config.json), or
+    ConfigError before anything is written: a failed resume must not change the run."""
+    run_dir = Path(wanted.get("SAVE_FOLDER", Config.SAVE_FOLDER)) / str(wanted.get("TRIAL_NAME"))
+    if not wanted.get("TRIAL_NAME") or not (run_dir / "config.json").is_file():
+        raise ConfigError(f"RESUME=true needs TRIAL_NAME of an existing run (no {run_dir / 'config.json'})")
+    try:
+        values = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{run_dir / 'config.json'} is damaged ({e}): restore it (every run's settings are "
+                          f"also in its checkpoints, under 'config')") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{run_dir / 'config.json'} is damaged: not a JSON object of settings")
+    saved = Config.from_dict(values)
+    changed = [k for k in ARCH_KEYS if k in wanted and wanted[k] != getattr(saved, k)]
+    if changed:
+        raise ConfigError(f"run {run_dir} was trained with " + ", ".join(f"{k}={getattr(saved, k)}" for k in changed)
+                          + "; RESUME=true cannot change " + ", ".join(f"{k}={wanted[k]}" for k in changed))
+    return saved
 
 
 def user_settings() -> dict:
@@ -333,7 +369,6 @@ def help_text(cfg: Config, origins: dict[str, str]) -> str:
 
 def _groups() -> list[tuple[str, list[tuple[str, str]]]]:
     """(group title, [(setting, its one-line comment)]) in the order of the Config class source."""
-    import inspect  # only --help reads the source
     groups: list[tuple[str, list]] = []
     for line in inspect.getsource(Config).splitlines():
         stripped = line.strip()

@@ -11,6 +11,7 @@ Split of work (so augmentation can run batched on any device, and resume is exac
 """
 from __future__ import annotations
 
+import enum
 import math
 import sys
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
+
+from errors import UserError
 
 REQUIRED_PYTHON = (3, 11)  # hashlib.file_digest (weights, FID cache) and the typing the code relies on
 
@@ -45,7 +48,7 @@ BOLD = ImageFilter.MinFilter(3)  # the bold sketch variant: dark strokes one fil
 ERASE_P, ERASE_AREA, ERASE_RATIO, ERASE_PASSES = 0.8, (0.02, 0.1), (0.3, 3.3), 2
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A user's data problem: missing folder, nothing to pair, an unreadable image."""
 
 
@@ -291,7 +294,7 @@ class SelfSupervisedDataset(Dataset):
     def _members(self) -> torch.Tensor:
         per_shuffle = len(self.data) // self.nbr_cls
         shuffle, window = divmod(self.subset, per_shuffle)
-        order = torch.randperm(len(self.data), generator=_generator(self.seed, 7919, shuffle))
+        order = torch.randperm(len(self.data), generator=_generator(self.seed, RandomStream.SUBSET_SHUFFLE, shuffle))
         return order[window * self.nbr_cls:(window + 1) * self.nbr_cls]
 
     def next_subset(self) -> None:
@@ -337,12 +340,32 @@ class FolderDataset(Dataset):
 
 # --------------------------------------------------------------------------- sampling
 
-def _generator(*seeds: int) -> torch.Generator:
-    """A CPU generator seeded from several integers (seed, stream, counter...)."""
+@enum.unique
+class RandomStream(enum.IntEnum):
+    """Every random stream of the project, one id each (unique: two streams never draw alike).
+
+    An id enters the seed of its stream through `mix_seed`, so changing one changes the data order
+    or augmentation draws of runs, and with them every measured result."""
+    SUBSET_SHUFFLE = 7919        # SelfSupervisedDataset: which images form the classifier's subset
+    SAMPLER_ORDER = 104729       # InfiniteSampler: the order of each epoch
+    SAMPLER_SETS = 15485863      # InfiniteSampler: which sketch set each batch (or item) reads
+    LOADER = 3                   # DataLoader's own generator (worker base seeds)
+    TOM_PHOTOS, TOM_SKETCHES = 1, 2         # sketch_styletransfer: the two unpaired folders
+    AE_SS, AE_PAIRED, AE_AUG_A, AE_AUG_B = 11, 12, 13, 14  # AE stage: data of steps B and A, their augmentation
+    GAN, GAN_AUG = 21, 22                   # GAN stage: data order, augmentation
+
+
+def mix_seed(*parts: int) -> int:
+    """One 63-bit seed from several integers (seed, stream id, counter, rank...): the one mixing rule."""
     mixed = 0
-    for s in seeds:
-        mixed = (mixed * 1_000_003 + int(s)) % (2 ** 63 - 1)
-    return torch.Generator().manual_seed(mixed)
+    for part in parts:
+        mixed = (mixed * 1_000_003 + int(part)) % (2 ** 63 - 1)
+    return mixed
+
+
+def _generator(*parts: int) -> torch.Generator:
+    """A CPU generator seeded with mix_seed(*parts)."""
+    return torch.Generator().manual_seed(mix_seed(*parts))
 
 
 def sketch_set_weights(k: int, weights: Sequence[float] = ()) -> torch.Tensor:
@@ -379,10 +402,10 @@ class InfiniteSampler(Sampler):
         self.rank, self.world_size = rank, world_size
 
     def _epoch(self, epoch: int) -> list[int]:
-        return torch.randperm(self.n, generator=_generator(self.seed, 104729, epoch)).tolist()
+        return torch.randperm(self.n, generator=_generator(self.seed, RandomStream.SAMPLER_ORDER, epoch)).tolist()
 
     def _sets(self, block: int) -> list[int]:
-        g = _generator(self.seed, 15485863, block, self.rank)
+        g = _generator(self.seed, RandomStream.SAMPLER_SETS, block, self.rank)
         return torch.multinomial(self.set_weights, self.SET_BLOCK, replacement=True, generator=g).tolist()
 
     def __iter__(self):

@@ -37,8 +37,10 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from tqdm import tqdm
 
-from fileio import write_json
-from sketch_styletransfer.xdog import BUILTIN_SETTINGS, make_sketch_folders, write_png
+from datasets import DataError
+from errors import cli
+from fileio import save_png, write_json
+from sketch_styletransfer.xdog import BUILTIN_SETTINGS, make_sketch_folders
 
 FORMAT = 2           # 2: fills follow the shape kind (1: fills drawn at random)
 SUPERSAMPLE = 4          # shapes are rasterised at 4x and averaged down: antialiased edges
@@ -306,8 +308,8 @@ def make_demo_data(root="data/demo", n_train: int = 2000, n_test: int = 200, siz
         for i in range(n):
             scene = scene_for(seed, split, i)
             image, sketch = render(scene, size)
-            write_png(image, split_dir / "images" / f"{i:05d}.png")
-            write_png(sketch, split_dir / "sketches" / f"{i:05d}.png")
+            save_png(image, split_dir / "images" / f"{i:05d}.png", fsync=False)
+            save_png(sketch, split_dir / "sketches" / f"{i:05d}.png", fsync=False)
             labels[split][f"{i:05d}"] = scene
             bar.update()
     bar.close()
@@ -390,6 +392,7 @@ def ensure_demo_data(root="data/demo", n_train: int = 2000, n_test: int = 200, s
 
 # --------------------------------------------------------------------------- command line
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry; returns the exit code."""
     p = argparse.ArgumentParser(description="Make the built-in demo data set (images, exact sketches, XDoG sketches).",
@@ -413,9 +416,7 @@ Example:
     if manifest is not None and not args.overwrite:
         differs = {k: manifest.get(k) for k, v in wanted.items() if manifest.get(k) != v}
         if differs:
-            print(f"error: {root} holds a demo set made with {differs}; add --overwrite to replace it",
-                  file=sys.stderr)
-            return 1
+            raise DataError(f"{root} holds a demo set made with {differs}; add --overwrite to replace it")
     if args.overwrite:
         (root / "manifest.json").unlink(missing_ok=True)  # no finished set: ensure_demo_data makes it anew
     ensure_demo_data(root, **wanted)

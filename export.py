@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fileio import CheckpointError
+from errors import cli
 from inference import InferenceError, SketchToImage
 
 
@@ -33,6 +33,7 @@ def export(source, out, overwrite: bool = False) -> tuple[SketchToImage, Path]:
     return model, model.save_pretrained(out)
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description="Export a trained model (AE + EMA generator) as one safetensors file.",
@@ -45,11 +46,7 @@ Example:
     p.add_argument("--out", required=True, help="the .safetensors file to write")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = p.parse_args(argv)
-    try:
-        model, out = export(args.source, args.out, args.overwrite)
-    except (CheckpointError, InferenceError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    model, out = export(args.source, args.out, args.overwrite)
     size, full = out.stat().st_size, Path(model.source).stat().st_size
     print(f"wrote {out}: {model.preset}, {model.ae_size} px sketches -> {model.image_size} px images, "
           f"iteration {model.iteration}; {size / 2**20:.2f} MiB ({size / full:.0%} of {Path(model.source).name}, "

@@ -17,6 +17,8 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
+from errors import UserError
+
 # bump when the layout of the checkpoint dict changes; load_checkpoint refuses newer ones.
 # 2: GAN arch names its GENERATOR; TOM uses the common layout (1: TOM's own layout, still read for sketches)
 CHECKPOINT_FORMAT = 2
@@ -24,11 +26,11 @@ CHECKSUM_KEY = "checksum"  # "sha256:<hex>" of the rest of the checkpoint dict (
 TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # atomic_path's temporary names: .<name>.<8 random>.tmp
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """A checkpoint is missing, unreadable, unsafe, damaged, or of the wrong kind."""
 
 
-class OutputError(Exception):
+class OutputError(UserError):
     """An output cannot be written: no space left, no permission, a file where a folder should be."""
 
 
@@ -39,12 +41,14 @@ def _output_error(path: Path, e: OSError) -> OutputError:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds.
 
     A process killed mid-write leaves the previous file intact (plus at worst a hidden
     `.name.*.tmp` file, see remove_stale_temporaries), never a half-written `path`. An OSError
-    (no space left, no permission) becomes an OutputError naming the path.
+    (no space left, no permission) becomes an OutputError naming the path. `fsync=False` leaves
+    the flush to the caller (one `os.sync()` after many small files that can be remade: a
+    per-file fsync costs more than making them); the rename is atomic either way.
     """
     path = Path(path)
     try:
@@ -55,8 +59,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        if fsync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
@@ -117,10 +122,10 @@ def to_pil(img: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr.permute(1, 2, 0).numpy(), mode="RGB")
 
 
-def save_png(img: torch.Tensor | Image.Image, path) -> None:
-    """Save one image ((C,H,W) in [-1, 1] or PIL) as PNG, atomically."""
+def save_png(img: torch.Tensor | Image.Image, path, fsync: bool = True) -> None:
+    """Save one image ((C,H,W) in [-1, 1] or PIL) as PNG, atomically (`fsync`: see atomic_path)."""
     pil = img if isinstance(img, Image.Image) else to_pil(img)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, fsync) as tmp:
         pil.save(tmp, format="PNG")
 
 

@@ -45,9 +45,9 @@ import torch.nn as nn
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from config import ConfigError
-from datasets import DataError, _to_mode, load_image, require_images, resize, to_float, to_uint8_tensor
-from fileio import CheckpointError, OutputError, newest_checkpoint, save_png, to_pil
+from datasets import DataError, _to_mode, load_image, mix_seed, require_images, resize, to_float, to_uint8_tensor
+from errors import UserError, cli
+from fileio import newest_checkpoint, save_png, to_pil
 from models import BN_MODES, NoiseInjection, Trained, batch_norm_mode, load_trained, save_exported
 from training import resolve_device
 
@@ -60,7 +60,7 @@ INVERT_CHOICES = ("auto", "always", "never")
 CACHE_SIZE = 256  # prepared inputs kept in memory during a folder run (a style reused across sketches)
 
 
-class InferenceError(Exception):
+class InferenceError(UserError):
     """A user's mistake in what to generate: no pairs, a device that is not there, a bad option."""
 
 
@@ -81,15 +81,6 @@ def newest_run(root="train_results", data_name: str = "demo") -> Path | None:
         if name == data_name and ckpt is not None:
             found.append((ckpt.stat().st_mtime, config.parent))
     return max(found)[1] if found else None
-
-
-def pick_device(name: str | torch.device = "auto") -> torch.device:
-    """"auto" -> the first CUDA device if there is one, else the CPU; otherwise a torch device name
-    (training.resolve_device, with this module's error type)."""
-    try:
-        return resolve_device(name)
-    except ConfigError as e:
-        raise InferenceError(f"--{e}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,7 +160,7 @@ class SeededNoise:
     def draw(self, key: int, shape: tuple, like: torch.Tensor) -> torch.Tensor:
         cache_key = (key, shape, like.device, like.dtype)
         if cache_key not in self._cache:
-            g = torch.Generator().manual_seed((int(self.seed) * 1_000_003 + key) % (2 ** 63 - 1))
+            g = torch.Generator().manual_seed(mix_seed(self.seed, key))
             self._cache[cache_key] = torch.randn(shape, generator=g).to(like.device, like.dtype)
         return self._cache[cache_key]
 
@@ -202,7 +193,7 @@ class SketchToImage:
     """
 
     def __init__(self, trained: Trained, device="cpu", sample_bn: str | None = None):
-        self.device = pick_device(device)
+        self.device = resolve_device(device)
         self.ae = trained.ae.to(self.device).eval().requires_grad_(False)
         self.generator = trained.generator.to(self.device).eval().requires_grad_(False)
         self.noise = SeededNoise(self.generator)
@@ -493,29 +484,22 @@ Example:
     return p
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry: returns the exit code; a user's mistake is one `error: ...` line."""
     args = build_parser().parse_args(argv)
-    try:
-        plan = plan_jobs(args.sketch, args.style, args.out, args.cross)
-        model = SketchToImage.from_pretrained(args.checkpoint, args.device)
-        print(f"model: {model.preset}, {model.ae_size} px sketches -> {model.image_size} px images "
-              f"({model.source}, iteration {model.iteration}) on {model.device}")
-        for note in plan.notes:
-            print(note)
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        report = model.run(plan.jobs, args.batch_size, args.seed, args.invert, args.fit, progress=not args.quiet)
-    except (CheckpointError, DataError, InferenceError, OutputError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:  # e.g. an output folder that cannot be created
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    plan = plan_jobs(args.sketch, args.style, args.out, args.cross)
+    model = SketchToImage.from_pretrained(args.checkpoint, args.device)
+    print(f"model: {model.preset}, {model.ae_size} px sketches -> {model.image_size} px images "
+          f"({model.source}, iteration {model.iteration}) on {model.device}")
+    for note in plan.notes:
+        print(note)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    report = model.run(plan.jobs, args.batch_size, args.seed, args.invert, args.fit, progress=not args.quiet)
     if report.summary():
         print(report.summary(), file=sys.stderr)
     if not report.written:
-        print("error: no image written: every sketch or style image was unreadable", file=sys.stderr)
-        return 1
+        raise InferenceError("no image written: every sketch or style image was unreadable")
     print(f"wrote {len(report.written)} image(s) to {Path(args.out)}")
     return 0
 

@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from datasets import async_to
+from lpips import LPIPS  # our lpips/ package: pretrained weights through weights.py
 
 
 def derangement(n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
@@ -66,7 +67,6 @@ def build_lpips(weight: float, device) -> nn.Module | None:
     """LPIPS-VGG for the reconstruction losses, or None when its weight is 0 (no download needed)."""
     if weight <= 0:
         return None
-    from lpips import LPIPS  # our lpips/ package: pretrained weights through weights.py
     return LPIPS(net="vgg").to(device).eval()
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch.nn.utils.parametrizations import spectral_norm
 
 from fileio import CheckpointError, atomic_path, load_checkpoint, newest_checkpoint
@@ -855,7 +857,6 @@ def is_exported(path) -> bool:
 def save_exported(trained: Trained, path) -> Path:
     """Write what inference needs (AE networks, EMA generator) as one safetensors file, atomically; the
     architecture, training config and iteration go in its JSON metadata. No pickle."""
-    from safetensors.torch import save_file
     nets = {**{name: getattr(trained.ae, name) for name in AE_NETWORKS}, "generator": trained.generator}
     tensors = {f"{net}.{name}": tensor.detach().cpu().contiguous().clone()
                for net, module in nets.items() for name, tensor in module.state_dict().items()}
@@ -870,7 +871,6 @@ def save_exported(trained: Trained, path) -> Path:
 
 def _load_exported(file: Path) -> Trained:
     """A safetensors file written by `save_exported`: tensors only, no pickle."""
-    from safetensors import SafetensorError, safe_open
     try:
         with safe_open(str(file), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}

@@ -22,6 +22,7 @@ import math
 import sys
 from pathlib import Path
 
+from errors import UserError, cli
 from fileio import atomic_path
 
 CURVES_FILE = "loss_curves.png"
@@ -29,7 +30,7 @@ BOOKKEEPING = ("iter", "img_per_s", "subset", "lr_style", "skipped_files", "skip
 FID_KEYS = ("fid", "fid_mismatched")
 
 
-class LogError(Exception):
+class LogError(UserError):
     """Nothing to draw: no log.jsonl where the user pointed, or a log without a record."""
 
 
@@ -104,26 +105,23 @@ def find_logs(target) -> list[Path]:
     return logs
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python plot_log.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run folder, stage folder or log.jsonl")
     p.add_argument("--out", help=f"PNG to write (one log only; default: {CURVES_FILE} beside the log)")
     args = p.parse_args(argv)
-    try:
-        logs = find_logs(args.run)
-        if args.out and len(logs) > 1:
-            raise LogError(f"--out takes one log; {args.run} holds {len(logs)}: {', '.join(map(str, logs))}")
-        for log in logs:
-            records = read_log(log)
-            if not records:
-                raise LogError(f"{log} holds no record yet")
-            name = f"{log.parent.parent.name}/{log.parent.name}" if log.parent.name in ("ae", "gan") else log.parent.name
-            out = draw(records, args.out or log.with_name(CURVES_FILE), title=name)
-            print(f"{out} ({len(records)} records)")
-    except (LogError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    logs = find_logs(args.run)
+    if args.out and len(logs) > 1:
+        raise LogError(f"--out takes one log; {args.run} holds {len(logs)}: {', '.join(map(str, logs))}")
+    for log in logs:
+        records = read_log(log)
+        if not records:
+            raise LogError(f"{log} holds no record yet")
+        name = f"{log.parent.parent.name}/{log.parent.name}" if log.parent.name in ("ae", "gan") else log.parent.name
+        out = draw(records, args.out or log.with_name(CURVES_FILE), title=name)
+        print(f"{out} ({len(records)} records)")
     return 0
 
 

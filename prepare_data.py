@@ -38,10 +38,11 @@ from tqdm import tqdm
 
 import weights
 from datasets import DataError, list_images, load_image, require_images, resize
-from fileio import CheckpointError, write_json
+from errors import cli
+from fileio import save_png, write_json
 from sketch_styletransfer import evaluate as tom
-from sketch_styletransfer.train import RunError, resolve_checkpoint, resolve_device
-from sketch_styletransfer.xdog import BUILTIN_SETTINGS, make_sketch_folders, write_png
+from sketch_styletransfer.train import resolve_checkpoint, resolve_device
+from sketch_styletransfer.xdog import BUILTIN_SETTINGS, make_sketch_folders
 
 ROOT = Path(__file__).resolve().parent
 SMALL_DATA = 10_000   # fewer training photos than this: the "shoe" preset (the original README's advice)
@@ -67,7 +68,7 @@ def _copy_one(task: tuple) -> tuple[str, str | None]:
     except DataError as e:
         return name, str(e)
     if size:
-        write_png(resize(image, size), target)
+        save_png(resize(image, size), target, fsync=False)
     else:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
@@ -212,34 +213,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+@cli
 def main(argv: list[str] | None = None, vgg_features=None) -> int:
     """Command-line entry; returns the exit code. Tests pass `vgg_features` (a random VGG16) for --tom."""
     args = parse_args(argv)
     out = Path(args.out)
-    try:
-        photos = require_images(args.photos, nested=True)
-        inside = Path(os.path.abspath(out))  # OUT inside PHOTOS: its files are not photos to prepare
-        photos = {n: p for n, p in photos.items() if inside not in Path(os.path.abspath(p)).parents}
-        for folder in args.sketch_dirs or []:  # checked before any file is written
-            require_images(folder, "--sketch-dirs", nested=True)
-        if args.tom:
-            args.device = resolve_device(args.device)
-            for checkpoint in args.tom:
-                resolve_checkpoint(checkpoint)
-            if vgg_features is None:
-                try:  # only TOM needs the pretrained VGG16
-                    vgg_features = weights.vgg16_features()
-                except weights.WeightsError as e:
-                    raise RunError(str(e)) from None
-        split = split_names(photos, args.test_ratio)
-        copied = copy_photos(photos, split, out, args.size, args.overwrite, args.workers)
-        n = {part: len(_existing(out / part / "images")) for part in SPLITS}
-        if n["train"] < 2:
-            raise DataError(f"only {n['train']} readable training photo(s) in {args.photos}: train.py needs at least 2")
-        folders = make_sketches(out, args, vgg_features)
-    except (DataError, RunError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    photos = require_images(args.photos, nested=True)
+    inside = Path(os.path.abspath(out))  # OUT inside PHOTOS: its files are not photos to prepare
+    photos = {n: p for n, p in photos.items() if inside not in Path(os.path.abspath(p)).parents}
+    for folder in args.sketch_dirs or []:  # checked before any file is written
+        require_images(folder, "--sketch-dirs", nested=True)
+    if args.tom:
+        args.device = resolve_device(args.device)
+        for checkpoint in args.tom:
+            resolve_checkpoint(checkpoint)
+        if vgg_features is None:  # only TOM needs the pretrained VGG16
+            vgg_features = weights.vgg16_features()
+    split = split_names(photos, args.test_ratio)
+    copied = copy_photos(photos, split, out, args.size, args.overwrite, args.workers)
+    n = {part: len(_existing(out / part / "images")) for part in SPLITS}
+    if n["train"] < 2:
+        raise DataError(f"only {n['train']} readable training photo(s) in {args.photos}: train.py needs at least 2")
+    folders = make_sketches(out, args, vgg_features)
     command = train_command(n["train"], folders, out, args.preset)
     write_json(out / "prepare.json", {"photos": os.path.abspath(args.photos), "test_ratio": args.test_ratio,
                                       "size": args.size, "split": split, "unreadable": sorted(copied["unreadable"]),

@@ -33,16 +33,18 @@ if __name__ == "__main__":
     sys.excepthook = _quiet_interrupt
 
 import itertools  # after the hook: the imports below take seconds (torch)
-import json
 import os
 import time
 from pathlib import Path
 
 import torch.distributed as dist
 
+import benchmark
 import config as C
 from config import Config, ConfigError
-from datasets import DataError, pair_folders, require_readable
+from datasets import pair_folders, require_readable
+from demo_data import ensure_demo_data
+from errors import cli
 from fileio import (CheckpointError, OutputError, newest_checkpoint, remove_stale_temporaries,
                     write_json, write_text)
 from monitor import require_tensorboard
@@ -50,27 +52,21 @@ from losses import build_lpips
 from models import AutoEncoder, load_trained
 from train_step_1_ae import AEStage
 from train_step_2_gan import GANStage, check_autoencoder
-from training import LoopOptions, NonFiniteLoss, Runtime, from_rank0, print_resume_hint, run_stage, setup_runtime
+from training import LoopOptions, Runtime, from_rank0, print_resume_hint, run_stage, setup_runtime
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLoss, OutputError)
 RUN_ENTRIES = {"config.json", "settings.txt", "ae", "gan"}  # what a run folder holds
-ARCH_KEYS = ("DATA_NAME", "NFC", "IM_SIZE_AE", "IM_SIZE_GAN", "IM_SIZE_D")  # fixed for the life of a run
 
 
+@cli
 def main(argv: list[str]) -> int:
-    """Command-line entry: returns the exit code; a user's mistake is one clear line, no traceback."""
-    try:
-        from weights import WeightsError
-        errors = (*USER_ERRORS, WeightsError)
-    except ImportError:  # the metrics layer is optional for presets without pretrained networks
-        errors = USER_ERRORS
+    """Command-line entry: returns the exit code; a user's mistake is one clear line, no traceback (errors.cli)."""
     wants_help = any(arg in ("-h", "--help") for arg in argv)
     argv = [arg for arg in argv if arg not in ("-h", "--help")]
     for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints escaped, never crashes
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     try:
-        cfg, origins = load_config(argv)
+        cfg, origins = C.from_command_line(argv)
         if wants_help:
             print(help_text(cfg, origins))
             return 0
@@ -78,37 +74,9 @@ def main(argv: list[str]) -> int:
         if int(os.environ.get("RANK", 0)) == 0:  # under torchrun: once (the runtime is not set up yet)
             print(report)
         return train(cfg, report)
-    except errors as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:  # Ctrl-C during start-up, or a second one while saving
         print("interrupted: nothing saved since the last checkpoint", file=sys.stderr)
         return 130
-
-
-def load_config(argv: list[str]) -> tuple[Config, dict[str, str]]:
-    """The run's config and each setting's origin (config.py's precedence rule); with RESUME=true the
-    run's own config.json takes the place of the preset."""
-    cli = C.parse_overrides(argv)
-    wanted = {**C.user_settings(), **cli}
-    if not wanted.get("RESUME"):
-        return C.resolve(cli)
-    run_dir = Path(wanted.get("SAVE_FOLDER", Config.SAVE_FOLDER)) / str(wanted.get("TRIAL_NAME"))
-    if not wanted.get("TRIAL_NAME") or not (run_dir / "config.json").is_file():
-        raise ConfigError(f"RESUME=true needs TRIAL_NAME of an existing run (no {run_dir / 'config.json'})")
-    try:
-        values = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{run_dir / 'config.json'} is damaged ({e}): restore it (every run's settings are "
-                          f"also in its checkpoints, under 'config')") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{run_dir / 'config.json'} is damaged: not a JSON object of settings")
-    saved = Config.from_dict(values)
-    changed = [k for k in ARCH_KEYS if k in wanted and wanted[k] != getattr(saved, k)]
-    if changed:  # refused before config.json is rewritten: a failed resume must not change the run
-        raise ConfigError(f"run {run_dir} was trained with " + ", ".join(f"{k}={getattr(saved, k)}" for k in changed)
-                          + "; RESUME=true cannot change " + ", ".join(f"{k}={wanted[k]}" for k in changed))
-    return C.resolve(cli, base=saved, base_name="resumed run")
 
 
 def help_text(cfg: Config, origins: dict[str, str]) -> str:
@@ -125,7 +93,6 @@ def train(cfg: Config, settings: str = "") -> int:
     if cfg.LOGGER == "tensorboard":
         require_tensorboard()  # before any run folder exists
     if cfg.IMAGE_DIR == C.PRESETS["demo"]["IMAGE_DIR"] and runtime.is_main:
-        from demo_data import ensure_demo_data  # the built-in data: made on first use
         ensure_demo_data()
     _barrier(runtime)
     # every input is checked before the run folder exists: a mistake costs no run folder
@@ -264,7 +231,6 @@ def _check_preset(ae_config: dict, cfg: Config) -> None:
 
 def _fid_callback(cfg: Config, runtime: Runtime, held_out):
     """FID of the EMA generator on the held-out pairs, through benchmark.py."""
-    import benchmark
     return benchmark.training_fid(cfg, runtime, held_out)
 
 

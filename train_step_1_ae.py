@@ -19,14 +19,12 @@ import torch
 
 import losses as L
 from config import Config
-from datasets import (Pairs, PairedDataset, SelfSupervisedDataset, fixed_batch, iteration_generator, only_last_set,
-                      paired_crop_flip, sketch_set_weights, sketch_variants, style_view, to_float)
+from datasets import (Pairs, PairedDataset, RandomStream, SelfSupervisedDataset, fixed_batch, iteration_generator,
+                      mix_seed, only_last_set, paired_crop_flip, sketch_set_weights, sketch_variants, style_view,
+                      to_float)
 from models import ContentEncoder, Decoder, InstanceClassifier, StyleEncoder
 from fileio import CHECKPOINT_FORMAT
 from training import NanGuard, Runtime, adam, infinite_batches, optimizer_step
-
-# independent random streams (data order and augmentation) of this stage
-STREAM_SS, STREAM_PAIRED, STREAM_AUG_A, STREAM_AUG_B = 11, 12, 13, 14
 
 
 class AEStage:
@@ -91,10 +89,10 @@ class AEStage:
         self.ss_data.set_subset(subset)
         self.ss_batches = self._ss_batches(iteration - subset * self.switch_every)
         self.paired_batches = infinite_batches(self.paired_data, self.cfg.BATCH_SIZE_AE, self.cfg, self.rt,
-                                               self.set_weights, STREAM_PAIRED, start=iteration)
+                                               self.set_weights, RandomStream.AE_PAIRED, start=iteration)
 
     def _ss_batches(self, start: int):
-        stream = STREAM_SS * 100_003 + self.ss_data.subset  # a fresh order for every subset
+        stream = mix_seed(RandomStream.AE_SS, self.ss_data.subset)  # a fresh order for every subset
         return infinite_batches(self.ss_data, self.cfg.BATCH_SIZE_AE, self.cfg, self.rt, self.ss_set_weights,
                                 stream, start)
 
@@ -136,7 +134,7 @@ class AEStage:
         """Self-supervised step on the current subset."""
         cfg, size = self.cfg, self.cfg.IM_SIZE_AE
         batch = self._batch(self.ss_batches)
-        g = iteration_generator(cfg.SEED, STREAM_AUG_A, it, self.rt.rank)
+        g = iteration_generator(cfg.SEED, RandomStream.AE_AUG_A, it, self.rt.rank)
         x, sketch, thick = paired_crop_flip([batch["image"], batch["sketch"], batch["sketch_bold"]], size, g)
         x_aug = style_view(batch["style_src"], size, g)
         variants = sketch_variants(sketch, thick, g)
@@ -164,7 +162,7 @@ class AEStage:
         """Plain autoencoder step on all pairs (+ grey-level and MI terms if weighted)."""
         cfg = self.cfg
         batch = self._batch(self.paired_batches)
-        g = iteration_generator(cfg.SEED, STREAM_AUG_B, it, self.rt.rank)
+        g = iteration_generator(cfg.SEED, RandomStream.AE_AUG_B, it, self.rt.rank)
         x, sketch = paired_crop_flip([batch["image"], batch["sketch"]], cfg.IM_SIZE_AE, g, flip=cfg.PAIRED_FLIP)
         with self.rt.autocast():
             v = self.style_encoder(x)
@@ -215,7 +213,7 @@ class AEStage:
 
 def main(argv: list[str]) -> int:
     """Train the AE stage alone (same as train.py TRAIN_AE_ONLY=true)."""
-    import train
+    import train  # here, not at the top: train.py imports this module
     return train.main([*argv, "TRAIN_AE_ONLY=true"])
 
 

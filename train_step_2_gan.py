@@ -16,13 +16,12 @@ import torch
 
 import losses as L
 from config import Config
-from datasets import (Pairs, PairedDataset, fixed_batch, iteration_generator, paired_crop_flip, sketch_set_weights,
+from datasets import (Pairs, PairedDataset, RandomStream, fixed_batch, iteration_generator, paired_crop_flip, sketch_set_weights,
                       to_float)
 from fileio import CHECKPOINT_FORMAT, CheckpointError
 from models import AE_NETWORKS, AutoEncoder, Discriminator, batch_norm_mode, build_generator, generator_name
 from training import EMA, NanGuard, Runtime, adam, infinite_batches, optimizer_step
 
-STREAM_GAN, STREAM_AUG_GAN = 21, 22
 
 
 def check_autoencoder(ae: AutoEncoder, cfg: Config) -> None:
@@ -44,7 +43,7 @@ class GANStage:
         self.ae = runtime.prepare(ae.eval().requires_grad_(False))  # frozen
         self.generator = runtime.prepare(build_generator(cfg.GENERATOR, cfg.NFC, cfg.IM_SIZE_AE, cfg.IM_SIZE_GAN))
         self.discriminator = runtime.prepare(Discriminator(cfg.NFC, cfg.IM_SIZE_D))
-        self.ema = EMA(self.generator, cfg.EMA_DECAY)  # copied before compiling (see Runtime.compiled)
+        self.ema = EMA(self.generator, cfg.EMA_DECAY, foreach=not runtime.reference_loops)  # copied before compiling (see Runtime.compiled)
         runtime.compiled(self.generator)
         runtime.compiled(self.discriminator)
         self.opt = {"generator": adam(self.generator.parameters(), cfg.LR_GAN, cfg, runtime),
@@ -85,7 +84,7 @@ class GANStage:
 
     def restart_data(self, iteration: int) -> None:
         self.batches = infinite_batches(self.data, self.cfg.BATCH_SIZE_GAN, self.cfg, self.rt, self.set_weights,
-                                        STREAM_GAN, start=iteration)
+                                        RandomStream.GAN, start=iteration)
 
     def items_per_step(self) -> int:
         return self.cfg.BATCH_SIZE_GAN * self.rt.world_size
@@ -101,7 +100,7 @@ class GANStage:
         cfg = self.cfg
         batch = next(self.batches)
         self.skipped_files += int(batch["skipped"].sum())
-        g = iteration_generator(cfg.SEED, STREAM_AUG_GAN, it, self.rt.rank)
+        g = iteration_generator(cfg.SEED, RandomStream.GAN_AUG, it, self.rt.rank)
         image, sketch = (to_float(self.rt.to_device(batch[k])) for k in ("image", "sketch"))
         x, sketch = paired_crop_flip([image, sketch], cfg.IM_SIZE_GAN, g, flip=cfg.PAIRED_FLIP)
 
@@ -155,7 +154,7 @@ class GANStage:
 
 def main(argv: list[str]) -> int:
     """Train the GAN stage alone (same as train.py TRAIN_GAN_ONLY=true)."""
-    import train
+    import train  # here, not at the top: train.py imports this module
     return train.main([*argv, "TRAIN_GAN_ONLY=true"])
 
 

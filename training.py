@@ -33,7 +33,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from config import Config, ConfigError
-from datasets import InfiniteSampler
+from datasets import InfiniteSampler, RandomStream, mix_seed
+from errors import UserError
 from fileio import CheckpointDir, CheckpointError, JsonlLog, load_checkpoint, save_grid
 from monitor import StageMonitor
 
@@ -50,6 +51,9 @@ class Runtime:
     world_size: int = 1
     sync_bn: bool = False          # SyncBatchNorm across ranks (DDP)
     compile: bool = False          # torch.compile the trained networks
+    # the reference code's execution (bench_speed.py's "reference" mode): per-parameter loops in
+    # Adam and the EMA, and zero_grad filling zeros instead of freeing the gradients
+    reference_loops: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -195,11 +199,11 @@ def infinite_batches(dataset: Dataset, batch_size: int, cfg: Config, runtime: Ru
     """Endless iterator of collated batches, starting at batch number `start` of this stream; the
     sketch set of each batch (or item: SKETCH_SET_PER) is drawn with the odds `set_weights`."""
     set_group = batch_size if cfg.SKETCH_SET_PER == "batch" else 1
-    sampler = InfiniteSampler(len(dataset), set_weights, set_group, seed=cfg.SEED * 1000 + stream,
+    sampler = InfiniteSampler(len(dataset), set_weights, set_group, seed=mix_seed(cfg.SEED, stream),
                               start=start * batch_size, rank=runtime.rank, world_size=runtime.world_size)
     workers = cfg.DATALOADER_WORKERS
     # its own generator: creating an iterator must not draw from the global RNG (exact resume)
-    seeds = torch.Generator().manual_seed(sampler.seed * 7_919 + start)
+    seeds = torch.Generator().manual_seed(mix_seed(sampler.seed, RandomStream.LOADER, start))
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
                         pin_memory=runtime.device.type == "cuda", persistent_workers=False,
                         prefetch_factor=4 if workers else None, generator=seeds,
@@ -256,7 +260,7 @@ def optimizer_step(loss: torch.Tensor, optimizers, runtime: Runtime, guard: NanG
     loop) are detached either way: no autograd graph outlives the step, skipped or not.
     """
     for opt in optimizers:
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=not runtime.reference_loops)
     loss.backward()
     sync_gradients([p for opt in optimizers for group in opt.param_groups for p in group["params"]], runtime)
     if guard.ok(it, losses):
@@ -267,7 +271,10 @@ def optimizer_step(loss: torch.Tensor, optimizers, runtime: Runtime, guard: NanG
 
 
 def adam(params, lr: float, cfg: Config, runtime: Runtime) -> torch.optim.Adam:
-    """The optimizer of every network: Adam with the config's betas (fused on CUDA)."""
+    """The optimizer of every network: Adam with the config's betas (fused on CUDA, foreach on the
+    CPU; the per-parameter loop under Runtime.reference_loops)."""
+    if runtime.reference_loops:
+        return torch.optim.Adam(params, lr=lr, betas=cfg.BETAS, foreach=False, fused=False)
     fused = runtime.device.type == "cuda"
     return torch.optim.Adam(params, lr=lr, betas=cfg.BETAS, fused=fused or None, foreach=None if fused else True)
 
@@ -275,17 +282,22 @@ def adam(params, lr: float, cfg: Config, runtime: Runtime) -> torch.optim.Adam:
 # --------------------------------------------------------------------------- EMA and guards
 
 class EMA:
-    """Exponential moving average of a network's parameters; buffers are copied."""
+    """Exponential moving average of a network's parameters; buffers are copied. `foreach=False`
+    updates one parameter at a time, as the reference code (Runtime.reference_loops)."""
 
-    def __init__(self, net: nn.Module, decay: float):
-        self.decay = decay
+    def __init__(self, net: nn.Module, decay: float, foreach: bool = True):
+        self.decay, self.foreach = decay, foreach
         self.net = copy.deepcopy(net).eval().requires_grad_(False)
 
     @torch.no_grad()
     def update(self, net: nn.Module) -> None:
         ema_params = list(self.net.parameters())
         params = [p.detach() for p in net.parameters()]
-        torch._foreach_lerp_(ema_params, params, 1.0 - self.decay)  # ema += (1 - decay) (p - ema)
+        if self.foreach:
+            torch._foreach_lerp_(ema_params, params, 1.0 - self.decay)  # ema += (1 - decay) (p - ema)
+        else:
+            for avg, p in zip(ema_params, params):
+                avg.mul_(self.decay).add_(p, alpha=1.0 - self.decay)
         for b_ema, b in zip(self.net.buffers(), net.buffers()):
             b_ema.copy_(b)
 
@@ -296,8 +308,8 @@ class EMA:
         self.net.load_state_dict(state)
 
 
-class NonFiniteLoss(RuntimeError):
-    """A loss became NaN or Inf."""
+class NonFiniteLoss(UserError, RuntimeError):
+    """A loss became NaN or Inf: reported in one line with what to change (a lower learning rate, NAN_POLICY=skip)."""
 
 
 class NanGuard:
@@ -307,12 +319,15 @@ class NanGuard:
     and checkpoint time, where the run stops naming the step, the loss and the last good
     checkpoint. "skip": each step is checked before its optimizer steps (one sync per step);
     `skip_limit` skipped steps in a row stop the run (the weights themselves are broken then).
-    `skip_setting` is how this run's user asks for "skip" (its command line's words).
+    `skip_setting` is how this run's user asks for "skip" (its command line's words). Under
+    torchrun (`distributed`) the ranks agree: a step is skipped on every rank if any rank's loss is
+    bad (the averaged gradients are bad on all of them), so the weights stay identical.
     """
 
     def __init__(self, policy: str, device: torch.device, skip_limit: int = 20,
-                 skip_setting: str = "NAN_POLICY=skip"):
+                 skip_setting: str = "NAN_POLICY=skip", distributed: bool = False):
         self.policy, self.device, self.skip_limit, self.skip_setting = policy, device, skip_limit, skip_setting
+        self.distributed = distributed
         self.first_bad: dict[str, torch.Tensor] = {}
         self.skipped = 0
         self.in_a_row = 0
@@ -322,6 +337,8 @@ class NanGuard:
         """Call before an optimizer step; False means: skip this update."""
         if self.policy == "skip":
             bad = [k for k, v in losses.items() if not torch.isfinite(v.detach()).all()]
+            if self.distributed and self._any_rank_bad(bool(bad)) and not bad:
+                bad = ["(a loss on another rank)"]
             self.in_a_row = self.in_a_row + 1 if bad else 0
             if bad:
                 self.skipped += 1
@@ -337,6 +354,11 @@ class NanGuard:
             bad_now = ~torch.isfinite(value.detach()).all()
             record.copy_(torch.where(bad_now & (record < 0), torch.full_like(record, it), record))
         return True
+
+    def _any_rank_bad(self, bad: bool) -> bool:
+        flag = torch.tensor([float(bad)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
     def check(self, last_checkpoint: Path | None) -> None:
         """Raise NonFiniteLoss if any loss went bad since the start (syncs the host)."""
@@ -428,7 +450,8 @@ def run_stage(stage: Stage, options: LoopOptions, stage_dir: Path, runtime: Runt
     if runtime.is_main:
         log.truncate_after(start - 1)  # records past the checkpoint (or all, from 0) will be written again
     stage.restart_data(start)
-    guard = NanGuard(options.nan_policy, runtime.device, options.nan_skip_limit, options.nan_skip_setting)
+    guard = NanGuard(options.nan_policy, runtime.device, options.nan_skip_limit, options.nan_skip_setting,
+                     distributed=runtime.distributed)
     monitor = StageMonitor(stage_dir, options.logger, start, enabled=runtime.is_main)  # curves, TensorBoard
     last = guard.last_good = ckpts.last()
     sums: dict[str, torch.Tensor] = {}

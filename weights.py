@@ -22,13 +22,15 @@ import torchvision
 from pytorch_fid import inception as pf
 from torchvision.models import AlexNet_Weights, VGG16_Weights
 
+from errors import UserError
+
 LPIPS_URL = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/{net}.pth"
 FID_INCEPTION_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                      "pt_inception-2015-12-05-6726825d.pth")
 LPIPS_CHANNELS = {"vgg": (64, 128, 256, 512, 512), "alex": (64, 192, 384, 256, 256)}
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError, RuntimeError):
     """Pretrained weights are absent, unreachable, corrupt or of the wrong layout; says what to do."""
 
 

@@ -24,6 +24,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from datasets import DataError, require_images, to_float, to_uint8_tensor  # noqa: E402
+from fileio import to_pil  # noqa: E402
 from inference import InferenceError  # noqa: E402
 
 
@@ -81,7 +82,6 @@ def as_rgb(x: torch.Tensor) -> torch.Tensor:
 
 def label(tile: torch.Tensor, text: str, top: int = 0) -> torch.Tensor:
     """Write `text` (black on a white box) at the top-left of a (1, 3, H, W) tile, `top` px down."""
-    from fileio import to_pil
     img = to_pil(tile[0])
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default()

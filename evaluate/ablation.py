@@ -28,6 +28,7 @@ from benchmark import markdown_table  # noqa: E402
 from config import preset  # noqa: E402
 from datasets import pair_folders  # noqa: E402
 from demo_data import ensure_demo_data  # noqa: E402
+from errors import cli  # noqa: E402
 from evaluate import quality as Q, slug  # noqa: E402
 from fileio import newest_checkpoint, write_json  # noqa: E402
 from sketch_styletransfer.xdog import BUILTIN_SETTINGS, Setting, make_sketch_folders  # noqa: E402
@@ -113,6 +114,7 @@ def table(results: dict) -> str:
     return markdown_table(header, rows)
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Ablations on the demo data, scored by evaluate/quality.py.",

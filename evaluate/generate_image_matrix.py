@@ -16,9 +16,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from errors import cli  # noqa: E402
 from evaluate import as_rgb, blank, choose, image_files  # noqa: E402
-from datasets import DataError  # noqa: E402
-from fileio import CheckpointError, save_grid  # noqa: E402
+from fileio import save_grid  # noqa: E402
 from inference import InferenceError, SketchToImage  # noqa: E402
 
 
@@ -57,21 +57,18 @@ Example:
     return p
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out)
     if not out.suffix:
         out = out.with_suffix(".png")
-    try:
-        if out.suffix.lower() != ".png":
-            raise InferenceError(f"--out {out}: the matrix is written as PNG: give a .png file name")
-        sketches, styles = image_files(args.sketches, "sketch"), image_files(args.styles, "style")
-        model = SketchToImage.from_pretrained(args.checkpoint, args.device)
-        n_rows, n_cols = image_matrix(model, sketches, styles, out, args.n_sketches, args.n_styles, args.seed,
-                                      args.batch_size)
-    except (CheckpointError, DataError, InferenceError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if out.suffix.lower() != ".png":
+        raise InferenceError(f"--out {out}: the matrix is written as PNG: give a .png file name")
+    sketches, styles = image_files(args.sketches, "sketch"), image_files(args.styles, "style")
+    model = SketchToImage.from_pretrained(args.checkpoint, args.device)
+    n_rows, n_cols = image_matrix(model, sketches, styles, out, args.n_sketches, args.n_styles, args.seed,
+                                  args.batch_size)
     print(f"wrote {out}: {n_rows} sketch(es) x {n_cols} style(s)")
     return 0
 

@@ -25,9 +25,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from errors import cli  # noqa: E402
 from evaluate import as_rgb, blank, choose, image_files, label, slug  # noqa: E402
 from datasets import DataError  # noqa: E402
-from fileio import CheckpointError, save_grid, save_png  # noqa: E402
+from fileio import save_grid, save_png  # noqa: E402
 from inference import InferenceError, SketchToImage  # noqa: E402
 
 LETTERS = "ABCD"
@@ -174,23 +175,20 @@ Example:
     return p
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if not 2 <= len(args.styles) <= 4:
-            raise InferenceError(f"--styles: give 2 to 4 style images, got {len(args.styles)}")
-        style_files = [Path(s) for s in args.styles]
-        for s in style_files:
-            if not s.is_file():
-                raise DataError(f"style image not found: {s}")
-        recipes = [parse_recipe(r, len(style_files)) for r in args.recipe] or builtin_recipes(len(style_files))
-        sketches = image_files(args.sketch, "sketch")
-        model = SketchToImage.from_pretrained(args.checkpoint, args.device)
-        out = Path(args.out)
-        grid = generate_mix(model, sketches, style_files, out, recipes, args.n_sketches, args.seed)
-    except (CheckpointError, DataError, InferenceError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if not 2 <= len(args.styles) <= 4:
+        raise InferenceError(f"--styles: give 2 to 4 style images, got {len(args.styles)}")
+    style_files = [Path(s) for s in args.styles]
+    for s in style_files:
+        if not s.is_file():
+            raise DataError(f"style image not found: {s}")
+    recipes = [parse_recipe(r, len(style_files)) for r in args.recipe] or builtin_recipes(len(style_files))
+    sketches = image_files(args.sketch, "sketch")
+    model = SketchToImage.from_pretrained(args.checkpoint, args.device)
+    out = Path(args.out)
+    grid = generate_mix(model, sketches, style_files, out, recipes, args.n_sketches, args.seed)
     for letter, path in zip(LETTERS, style_files):
         print(f"{letter} = {path}")
     print("rows: " + "; ".join(r.name for r in recipes))

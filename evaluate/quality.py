@@ -50,9 +50,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import demo_data  # noqa: E402
 from benchmark import markdown_table  # noqa: E402
 from datasets import DataError, load_image, resize, to_float, to_uint8_tensor  # noqa: E402
+from errors import cli  # noqa: E402
 from evaluate import label  # noqa: E402
-from fileio import CheckpointError, save_grid, write_json  # noqa: E402
-from inference import InferenceError, SketchToImage  # noqa: E402
+from fileio import save_grid, write_json  # noqa: E402
+from inference import SketchToImage  # noqa: E402
 from models import load_trained  # noqa: E402
 
 PSNR_CAP = 100.0   # dB: what identical images score (a finite number for JSON)
@@ -358,17 +359,14 @@ Example:
     return p
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.swaps < 1 or args.n < 0 or args.batch_size < 1:
-        print("error: --swaps and --batch-size must be >= 1 and --n >= 0", file=sys.stderr)
-        return 1
-    try:
-        result = run(args.checkpoint, args.data, args.out, args.swaps, args.n, args.device, args.batch_size,
-                     args.seed, args.sketches, args.sample_bn, not args.quiet)
-    except (CheckpointError, DataError, InferenceError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        parser.error("--swaps and --batch-size must be >= 1 and --n >= 0")
+    result = run(args.checkpoint, args.data, args.out, args.swaps, args.n, args.device, args.batch_size,
+                 args.seed, args.sketches, args.sample_bn, not args.quiet)
     print(f"{result['images']} held-out images x (own + {result['swaps']} swapped styles), {result['size']} px, "
           f"checkpoint {result['checkpoint']} (iteration {result['iteration']})")
     print(format_summary(result["summary"]))

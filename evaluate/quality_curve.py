@@ -18,10 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmark import markdown_table  # noqa: E402
-from datasets import DataError  # noqa: E402
+from errors import cli  # noqa: E402
 from evaluate import quality as Q  # noqa: E402
 from fileio import CheckpointDir, CheckpointError, write_json  # noqa: E402
-from inference import InferenceError  # noqa: E402
 
 STAGES = ("ae", "gan")
 
@@ -66,6 +65,7 @@ def table(points: list[dict], baseline: dict) -> str:
     return markdown_table(header, rows)
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description="Score every kept checkpoint of a demo run with evaluate/quality.py: training time -> quality.",
@@ -82,11 +82,7 @@ Example:
     p.add_argument("--out", default="results/curve", help="folder for curve.json and the per-checkpoint scores")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
-    try:
-        points = curve(args.run, args.data, args.out, args.swaps, args.n, args.device)
-    except (CheckpointError, DataError, InferenceError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    points = curve(args.run, args.data, args.out, args.swaps, args.n, args.device)
     baseline = points[-1]["summary"]["ignore exemplar"]["swapped"]
     text = table(points, baseline)
     print(text)

@@ -23,11 +23,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from errors import cli  # noqa: E402
 from evaluate import as_rgb, blank, choose, image_files  # noqa: E402
-from datasets import DataError, resize, to_float, to_uint8_tensor  # noqa: E402
+from datasets import resize, to_float, to_uint8_tensor  # noqa: E402
 from fileio import CheckpointError, save_grid, save_png  # noqa: E402
-from inference import InferenceError, SketchToImage, open_image, pick_device  # noqa: E402
+from inference import InferenceError, SketchToImage, open_image  # noqa: E402
 from PIL import Image  # noqa: E402
+from sketch_styletransfer.tom_models import (VGGFeatures, generator_from_checkpoint, sketch_photos,  # noqa: E402
+                                             to_sketch)
+from sketch_styletransfer.train import read_checkpoint, resolve_checkpoint  # noqa: E402
+from sketch_styletransfer.xdog import BUILTIN_SETTINGS, parse_setting, xdog  # noqa: E402
+from training import resolve_device  # noqa: E402
+import weights  # noqa: E402
 
 Sketcher = Callable[[Image.Image], Image.Image]  # RGB photo -> "L" sketch (dark strokes on white)
 XDOG_DEFAULT = "medium"
@@ -45,10 +52,6 @@ def xdog_sketcher(spec: str = XDOG_DEFAULT, size: int | None = None) -> Sketcher
     spec: a built-in setting (thin, medium, bold), or name:key=value,... as xdog.py's --setting
     (e.g. thin:sigma=0.5,width=2; keys not given come from the built-in `name`, else medium).
     """
-    try:
-        from sketch_styletransfer.xdog import BUILTIN_SETTINGS, parse_setting, xdog
-    except ImportError as e:
-        raise InferenceError(f"the XDoG sketcher needs sketch_styletransfer/xdog.py ({e})") from None
     name, _, body = spec.partition(":")
     if not body and name not in BUILTIN_SETTINGS:
         keys = ", ".join(f.name for f in dataclasses.fields(BUILTIN_SETTINGS[XDOG_DEFAULT]))
@@ -72,12 +75,6 @@ def xdog_sketcher(spec: str = XDOG_DEFAULT, size: int | None = None) -> Sketcher
 def tom_sketcher(checkpoint, device, vgg_features: torch.nn.Module | None = None) -> Sketcher:
     """A TOM checkpoint (sketch_styletransfer/train.py; file or run folder): photo -> binary sketch,
     at the size TOM was trained at. VGG16 features come from weights.vgg16_features() unless given."""
-    try:
-        from sketch_styletransfer.tom_models import (VGGFeatures, generator_from_checkpoint, sketch_photos,
-                                                     to_sketch)
-        from sketch_styletransfer.train import read_checkpoint, resolve_checkpoint
-    except ImportError as e:
-        raise InferenceError(f"the TOM sketcher needs sketch_styletransfer/ ({e})") from None
     path = resolve_checkpoint(checkpoint)
     ckpt = read_checkpoint(path)
     try:
@@ -86,11 +83,7 @@ def tom_sketcher(checkpoint, device, vgg_features: torch.nn.Module | None = None
         raise CheckpointError(str(e)) from None
     size = int(ckpt["config"].get("im_size", TOM_SIZE))
     if vgg_features is None:
-        import weights
-        try:
-            vgg_features = weights.vgg16_features()
-        except weights.WeightsError as e:
-            raise InferenceError(str(e)) from None
+        vgg_features = weights.vgg16_features()
     vgg = VGGFeatures(vgg_features).to(device)
 
     @torch.no_grad()
@@ -168,18 +161,15 @@ Example:
     return p
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        photos, styles = image_files(args.photos, "photo"), image_files(args.styles, "style")
-        model = SketchToImage.from_pretrained(args.checkpoint, args.device)
-        sketcher = make_sketcher(args.sketcher, model.image_size, pick_device(args.device))
-        out = Path(args.out)
-        grids = style_transfer(model, photos, styles, sketcher, out, args.n, args.n_styles, args.seed,
-                               args.batch_size)
-    except (CheckpointError, DataError, InferenceError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    photos, styles = image_files(args.photos, "photo"), image_files(args.styles, "style")
+    model = SketchToImage.from_pretrained(args.checkpoint, args.device)
+    sketcher = make_sketcher(args.sketcher, model.image_size, resolve_device(args.device))
+    out = Path(args.out)
+    grids = style_transfer(model, photos, styles, sketcher, out, args.n, args.n_styles, args.seed,
+                           args.batch_size)
     print(f"wrote {len(grids)} grid(s) to {out}: " + ", ".join(p.name for p in grids))
     print(f"sketches in {out / 'sketches'}, single images in {out / 'images'}")
     return 0

@@ -23,10 +23,11 @@ from tqdm import tqdm
 
 from config import ConfigError
 from datasets import DataError, list_images, load_image, resize, to_float, to_uint8_tensor
-from fileio import OutputError, check_writable, write_json
+from benchmark import format_table
+from errors import cli
+from fileio import check_writable, write_json
 from lpips import LPIPS
 from training import resolve_device
-from weights import WeightsError
 
 MIN_SIZE = {"vgg": 16, "alex": 31}  # smallest input whose deepest layer LPIPS reads is still 1x1
 
@@ -106,12 +107,6 @@ def summary(distances: list[float]) -> dict:
     return {"mean": mean, "std": std, "sem": std / math.sqrt(n) if n > 1 else float("nan"), "n_pairs": n}
 
 
-def format_table(rows: list[tuple[str, object]]) -> str:
-    """Two aligned columns."""
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v:.6f}" if isinstance(v, float) else f"{k:<{width}}  {v}" for k, v in rows)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m lpips", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -139,29 +134,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+@cli
 def main(argv=None) -> int:
-    """Run the metric command; 0 on success, 2 on a data or weights problem (with its reason)."""
+    """Run the metric command; the exit code (errors.py: 1 on a data or weights problem, with its reason)."""
     args = parse_args(argv)
-    try:
-        if args.out:  # before the work: an unwritable --out costs no measurement
-            check_writable(args.out)
-        if args.dir1:
-            pairs, only0, only1 = matched_pairs(args.dir0, args.dir1)
-            mode = "paired"
-        else:
-            files = list(list_images(args.dir0).values())
-            pairs, only0, only1 = sampled_pairs(files, args.max_pairs, args.seed), [], []
-            mode = "diversity"
-        if not pairs:
-            raise DataError(f"no pairs to compare in {args.dir0}" + (f" and {args.dir1}" if args.dir1 else ""))
-        model = LPIPS(args.net)
-    except (DataError, WeightsError, OutputError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.out:  # before the work: an unwritable --out costs no measurement
+        check_writable(args.out)
+    if args.dir1:
+        pairs, only0, only1 = matched_pairs(args.dir0, args.dir1)
+        mode = "paired"
+    else:
+        files = list(list_images(args.dir0).values())
+        pairs, only0, only1 = sampled_pairs(files, args.max_pairs, args.seed), [], []
+        mode = "diversity"
+    if not pairs:
+        raise DataError(f"no pairs to compare in {args.dir0}" + (f" and {args.dir1}" if args.dir1 else ""))
+    model = LPIPS(args.net)
     distances, bad = pair_distances(model, pairs, args.size, args.batch_size, args.device, args.workers)
     if not distances:
-        print(f"error: every pair has an unreadable image ({len(bad)} unreadable files)", file=sys.stderr)
-        return 2
+        raise DataError(f"every pair has an unreadable image ({len(bad)} unreadable files)")
     result = {"mode": mode, "net": args.net, "size": args.size, "dir0": str(args.dir0), "dir1": args.dir1,
               **summary(distances), "pairs_considered": len(pairs), "skipped_pairs": len(pairs) - len(distances),
               "unreadable_files": sorted(bad), "unmatched_dir0": only0, "unmatched_dir1": only1}
@@ -176,9 +167,5 @@ def main(argv=None) -> int:
     for path in sorted(bad):
         print(f"warning: skipped unreadable {path}", file=sys.stderr)
     if args.out:
-        try:
-            write_json(args.out, result)
-        except OutputError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        write_json(args.out, result)
     return 0

@@ -28,14 +28,13 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 import weights
-from config import ConfigError
-from datasets import DataError, FolderDataset, require_images, to_float
-from fileio import CheckpointError, OutputError, check_writable
+from datasets import FolderDataset, require_images, to_float
+from errors import cli
+from fileio import check_writable, save_png
 from sketch_styletransfer.tom_models import (VGGFeatures, check_size, generator_from_checkpoint, sketch_photos,
                                              to_sketch)
 from sketch_styletransfer.train import RunError, read_checkpoint, resolve_checkpoint
 from training import resolve_device
-from sketch_styletransfer.xdog import write_png
 
 
 def parse_threshold(text: str) -> float | None:
@@ -108,7 +107,7 @@ def make_sketches(vgg_features: nn.Module, checkpoints: list, path_content, path
                 grey = to_sketch(raw, threshold)[:, 0].mul(255).round().to(torch.uint8).cpu().numpy()
                 written += _write(grey, names, out, overwrite)
     if written:
-        os.sync()  # one flush for every PNG written above (write_png does not fsync each)
+        os.sync()  # one flush for every PNG written above (saved without a per-file fsync)
     return {"folders": [os.path.abspath(f) for f in folders], "written": written, "kept": kept,
             "unreadable": sorted(unreadable)}
 
@@ -119,11 +118,12 @@ def _write(grey: np.ndarray, names: list[str], folder: Path, overwrite: bool) ->
     for image, name in zip(grey, names):
         target = folder / f"{name}.png"
         if overwrite or not target.is_file():
-            write_png(Image.fromarray(image, mode="L"), target)
+            save_png(Image.fromarray(image, mode="L"), target, fsync=False)
             count += 1
     return count
 
 
+@cli
 def main(argv: list[str] | None = None, vgg_features: nn.Module | None = None) -> int:
     """Command-line entry; returns the exit code. Tests pass `vgg_features` (a random VGG16) to skip the download."""
     p = argparse.ArgumentParser(description="Make TOM sketches of a photo folder, one sub-folder per "
@@ -156,22 +156,15 @@ Example:
         p.error(str(e))
     if args.batch_size < 1:
         p.error("--batch_size must be positive")
-    try:
-        device = resolve_device(args.device)
-        for checkpoint in args.checkpoint:  # refuse bad inputs before loading the VGG weights
-            resolve_checkpoint(checkpoint)
-        require_images(args.path_content, nested=True)
-        check_writable(args.path_result, folder=True)
-        if vgg_features is None:
-            try:  # only the command line needs the pretrained weights
-                vgg_features = weights.vgg16_features()
-            except weights.WeightsError as e:
-                raise RunError(str(e)) from None
-        summary = make_sketches(vgg_features, args.checkpoint, args.path_content, args.path_result, thresholds,
-                                args.size, args.batch_size, device, args.overwrite, max(0, args.workers))
-    except (RunError, DataError, CheckpointError, ConfigError, OutputError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    device = resolve_device(args.device)
+    for checkpoint in args.checkpoint:  # refuse bad inputs before loading the VGG weights
+        resolve_checkpoint(checkpoint)
+    require_images(args.path_content, nested=True)
+    check_writable(args.path_result, folder=True)
+    if vgg_features is None:  # only the command line needs the pretrained weights
+        vgg_features = weights.vgg16_features()
+    summary = make_sketches(vgg_features, args.checkpoint, args.path_content, args.path_result, thresholds,
+                            args.size, args.batch_size, device, args.overwrite, max(0, args.workers))
     print(f"wrote {summary['written']} sketches, kept {summary['kept']} existing")
     if summary["unreadable"]:
         print(f"{len(summary['unreadable'])} unreadable photo(s) skipped: {', '.join(summary['unreadable'])}",

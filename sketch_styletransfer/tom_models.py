@@ -131,11 +131,6 @@ def _mean_std(feat: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tenso
 
 # --------------------------------------------------------------------------- losses
 
-def d_hinge(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """Hinge loss of the style discriminator: real sketches above +1, generated below -1."""
-    return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
-
-
 def gram_loss(fake_feats: list[torch.Tensor], real_feats: list[torch.Tensor]) -> torch.Tensor:
     """GRAM_SCALE x the summed per-image Gram MSE over the levels given (generated vs real sketch)."""
     return GRAM_SCALE * sum(F.mse_loss(gram(f), gram(r.detach())) for f, r in zip(fake_feats, real_feats))

@@ -38,25 +38,26 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from datasets import (DataError, FolderDataset, InfiniteSampler, iteration_generator, paired_crop_flip,
-                      require_images, to_float)
-from fileio import CHECKPOINT_FORMAT, CheckpointError, OutputError, load_checkpoint, newest_checkpoint, write_json
+import weights
+from datasets import (DataError, FolderDataset, InfiniteSampler, RandomStream, iteration_generator, mix_seed,
+                      paired_crop_flip, require_images, to_float)
+from errors import UserError, cli
+from fileio import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, newest_checkpoint, write_json
+from losses import d_hinge  # the style discriminator's: real sketches above +1, generated below -1
 from sketch_styletransfer.tom_models import (THRESHOLD, StyleDiscriminator, TOMGenerator, VGGFeatures, check_size,
-                                             content_loss, d_hinge, gram_input, gram_loss, sketch_photos, to_sketch)
-from config import ConfigError
-from training import (LoopOptions, NanGuard, NonFiniteLoss, Runtime, StageResult, from_rank0, ignore_stop_signals,
+                                             content_loss, gram_input, gram_loss, sketch_photos, to_sketch)
+from training import (LoopOptions, NanGuard, Runtime, StageResult, from_rank0, ignore_stop_signals,
                       join_torchrun, optimizer_step, resolve_device, run_stage, seed_everything)
 
 KIND = "tom"
 FORMAT = CHECKPOINT_FORMAT  # 2: training.checkpoint's layout (config, state); 1: networks, optimizers, args at the top
 CROP_SCALE = 292 / 256   # the reference resizes 256 px training images to 292, then crops 256
-PHOTO_STREAM, SKETCH_STREAM = 1, 2   # separate random streams for the two unpaired folders
 DEFAULTS = dict(path_a=None, path_b=None, im_size=256, batch_size=4, total_iter=5000, lr=2e-4, mse_weight=0.2,
                 gram_weight=1.0, nfc=128, seed=0, save_interval=500, image_interval=100, log_interval=100,
                 keep=10, grid_n=8, workers=2, nan_policy="stop", nan_skip_limit=20)
 
 
-class RunError(Exception):
+class RunError(UserError):
     """A refused or impossible run (an existing run folder, missing arguments)."""
 
 
@@ -97,7 +98,7 @@ class TOMTrainer:
         a = self.args
         self.photos, self.sketches = (Stream(a[key], a["im_size"], a["batch_size"], a["seed"], stream, iteration,
                                              a["workers"], self.rt)
-                                      for key, stream in (("path_a", PHOTO_STREAM), ("path_b", SKETCH_STREAM)))
+                                      for key, stream in (("path_a", RandomStream.TOM_PHOTOS), ("path_b", RandomStream.TOM_SKETCHES)))
 
     def items_per_step(self) -> int:
         return self.args["batch_size"] * self.rt.world_size
@@ -177,7 +178,7 @@ class Stream:
                  runtime: Runtime):
         data = FolderDataset(folder, round(size * CROP_SCALE), "RGB", nested=True)
         self.n = len(data)
-        sampler = InfiniteSampler(self.n, seed=seed * 7919 + stream, start=start * batch_size, rank=runtime.rank,
+        sampler = InfiniteSampler(self.n, seed=mix_seed(seed, stream), start=start * batch_size, rank=runtime.rank,
                                   world_size=runtime.world_size)
         self.loader = iter(DataLoader(_ByPosition(data), batch_size=batch_size, sampler=sampler, num_workers=workers,
                                       pin_memory=runtime.device.type == "cuda", persistent_workers=workers > 0,
@@ -368,26 +369,19 @@ Example:
     return args
 
 
+@cli
 def main(argv: list[str] | None = None, vgg_features: nn.Module | None = None) -> int:
     """Command-line entry; returns the exit code. Tests pass `vgg_features` (a random VGG16) to skip the download."""
     args = parse_args(argv)
     options = {k: v for k, v in vars(args).items() if k != "device"}
-    try:
-        runtime = join_torchrun(resolve_device(args.device))
-        plan = plan_run(options)  # refuse early, before loading VGG weights, if the run cannot start
-        if runtime.distributed:  # every rank has planned before rank 0 writes; all use rank 0's folder
-            dist.barrier()
-            plan.out = from_rank0(plan.out, runtime)
-        if vgg_features is None:
-            import weights  # only the command line needs the pretrained weights
-            try:
-                vgg_features = weights.vgg16_features()
-            except weights.WeightsError as e:
-                raise RunError(str(e)) from None
-        train(plan, vgg_features, runtime=runtime)
-    except (RunError, DataError, CheckpointError, ConfigError, OutputError, NonFiniteLoss) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    runtime = join_torchrun(resolve_device(args.device))
+    plan = plan_run(options)  # refuse early, before loading VGG weights, if the run cannot start
+    if runtime.distributed:  # every rank has planned before rank 0 writes; all use rank 0's folder
+        dist.barrier()
+        plan.out = from_rank0(plan.out, runtime)
+    if vgg_features is None:  # only the command line needs the pretrained weights
+        vgg_features = weights.vgg16_features()
+    train(plan, vgg_features, runtime=runtime)
     if not runtime.is_main:
         return 0
     out = plan.out

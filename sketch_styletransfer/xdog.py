@@ -36,7 +36,8 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from datasets import DataError, load_image, require_images, resize
-from fileio import OutputError, check_writable
+from errors import cli
+from fileio import check_writable, save_png
 
 MAX_SIGMA = 100.0  # px: a wider blur draws no lines, and its filter grows with it
 
@@ -116,23 +117,6 @@ def parse_setting(text: str) -> tuple[str, Setting]:
     return name, setting
 
 
-def write_png(image: Image.Image, path) -> None:
-    """Save a PNG atomically (temp file + rename) but without fsync; the caller syncs once at the end.
-
-    For many small files that can be remade: a per-file fsync costs more than making the image.
-    A killed process never leaves a half-written PNG under its final name.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _sketch_one(task: tuple) -> tuple[int, str | None]:
     """Worker: read one image, write its missing sketches; (files written, error text or None)."""
     path, jobs, size, binary = task
@@ -145,7 +129,7 @@ def _sketch_one(task: tuple) -> tuple[int, str | None]:
     gray = np.asarray(image, dtype=np.float64) / 255.0
     for setting, out_path in jobs:
         sketch = xdog(gray, **asdict(setting), binary=binary)
-        write_png(Image.fromarray(np.round(sketch * 255).astype(np.uint8), mode="L"), out_path)
+        save_png(Image.fromarray(np.round(sketch * 255).astype(np.uint8), mode="L"), out_path, fsync=False)
     return len(jobs), None
 
 
@@ -180,7 +164,7 @@ def make_sketch_folders(input_dir, output_dir, settings: dict[str, Setting], siz
         written, unreadable = _collect(map(_sketch_one, tasks), bar)
     bar.close()
     if written:
-        os.sync()  # one flush for all files written above (write_png does not fsync each)
+        os.sync()  # one flush for all files written above (saved without a per-file fsync)
     return {"folders": {k: str(v) for k, v in folders.items()}, "images": len(images), "written": written,
             "kept": kept, "unreadable": unreadable}
 
@@ -195,6 +179,7 @@ def _collect(results, bar) -> tuple[int, list[str]]:
     return written, unreadable
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry; returns the exit code."""
     p = argparse.ArgumentParser(description="Make XDoG sketch folders (one per setting) that pair with an image "
@@ -233,13 +218,9 @@ Example:
         p.error(str(e))
     if args.size is not None and args.size < 8:
         p.error("--size must be at least 8")
-    try:
-        check_writable(args.output, folder=True)
-        summary = make_sketch_folders(args.input, args.output, settings, args.size, args.binary,
-                                      args.overwrite, max(1, args.workers))
-    except (DataError, OutputError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    check_writable(args.output, folder=True)
+    summary = make_sketch_folders(args.input, args.output, settings, args.size, args.binary,
+                                  args.overwrite, max(1, args.workers))
     print(f"{summary['images']} images: wrote {summary['written']} sketches, kept {summary['kept']} existing")
     if summary["unreadable"]:
         print(f"{len(summary['unreadable'])} unreadable image(s) skipped:", file=sys.stderr)

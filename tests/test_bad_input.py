@@ -267,7 +267,7 @@ def test_a_gan_stage_on_an_ae_of_another_size_is_one_line(demo_root, run_dir, tm
 def test_benchmark_stops_on_an_unreadable_file_with_its_name(folders, tmp_path, capsys, cheap_inception):
     out = tmp_path / "stats.npz"
     argv = ["stats", "--folder", str(folders["images"]), "--out", str(out), "--device", "cpu", "--no-cache"]
-    assert B.main(argv) == 2
+    assert B.main(argv) == 1
     _one_error_line(capsys.readouterr().err, "cannot read image")
     assert not out.exists()
     _no_temporary_files(tmp_path)
@@ -288,7 +288,7 @@ def test_benchmark_reads_every_mode(folders, tmp_path, cheap_inception):
 @pytest.mark.parametrize("which", ["empty", "missing"])
 def test_benchmark_on_an_empty_or_missing_folder_is_one_line(folders, tmp_path, capsys, which):
     argv = ["stats", "--folder", str(folders[which]), "--out", str(tmp_path / "s.npz"), "--device", "cpu"]
-    assert B.main(argv) == 2
+    assert B.main(argv) == 1
     _one_error_line(capsys.readouterr().err, str(folders[which]))
 
 
@@ -300,7 +300,7 @@ def test_every_command_refuses_a_missing_folder_in_one_line_before_loading_weigh
     monkeypatch.setattr(weights, "locate", lambda *a, **k: pytest.fail("weights needed before the inputs were checked"))
     missing, out = str(folders["missing"]), str(tmp_path / "out")
     commands = [
-        (bench_speed.main, ["--data", missing, "--device", "cpu"], 2),
+        (bench_speed.main, ["--data", missing, "--device", "cpu"], 1),
         (tom_train.main, ["--path_a", missing, "--path_b", str(folders["sketches"]), "--device", "cpu"], 1),
         (tom_train.main, ["--path_a", str(folders["images"]), "--path_b", str(folders["empty"]), "--device", "cpu"], 1),
         (tom_evaluate.main, ["--path_content", missing, "--path_result", out, "--checkpoint", str(tmp_path)], 1),
@@ -323,7 +323,7 @@ def test_benchmark_refuses_a_file_that_is_not_statistics_before_extracting(folde
     monkeypatch.setattr(weights, "fid_inception", lambda allow_download=True: pytest.fail("extraction started"))
     (tmp_path / "notes.md").write_text("# not statistics\n")
     argv = ["fid", "--real", str(folders["images"]), "--fake", str(tmp_path / "notes.md"), "--device", "cpu"]
-    assert B.main(argv) == 2
+    assert B.main(argv) == 1
     _one_error_line(capsys.readouterr().err, "notes.md: not an image folder or .npz statistics file")
 
 
@@ -373,7 +373,7 @@ def test_statistics_that_cannot_be_a_gaussian_are_refused(tmp_path, capsys, case
     mu = [np.nan, 0, 0, 0] if case == "nan_mu" else np.zeros(4)
     good = _stats_file(tmp_path / "good.npz", np.zeros(4), np.eye(4))
     bad = _stats_file(tmp_path / "bad.npz", mu, sigma)
-    assert B.main(["fid", "--real", good, "--fake", bad, "--device", "cpu", "--out", str(tmp_path / "r.json")]) == 2
+    assert B.main(["fid", "--real", good, "--fake", bad, "--device", "cpu", "--out", str(tmp_path / "r.json")]) == 1
     _one_error_line(capsys.readouterr().err, "bad.npz", message)
     assert not (tmp_path / "r.json").exists()
     singular = np.diag([1.0, 1.0, 0.0, 0.0])  # a covariance of few samples: singular, still valid
@@ -597,7 +597,7 @@ def test_benchmark_mistakes_are_one_line_before_measuring(folders, run_dir, tmp_
             B.main(argv)
         assert e.value.code == 2 and message in capsys.readouterr().err
     else:
-        assert B.main(argv) == 2
+        assert B.main(argv) == 1
         _one_error_line(capsys.readouterr().err, message)
 
 
@@ -617,7 +617,7 @@ def test_lpips_refuses_an_unwritable_out_before_computing(folders, tmp_path, cap
     blocker = tmp_path / "file"
     blocker.write_text("a file")
     out = blocker / "r.json" if where == "under_a_file" else tmp_path
-    assert lpips_main(["--dir0", str(folders["sketches"]), "--out", str(out)]) == 2
+    assert lpips_main(["--dir0", str(folders["sketches"]), "--out", str(out)]) == 1
     _one_error_line(capsys.readouterr().err, "is a f")
 
 

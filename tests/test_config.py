@@ -29,11 +29,14 @@ def test_default_is_demo_and_presets_apply():
 
 def test_overrides_are_typed():
     cfg = C.from_args(["DATA_NAME=face", "BATCH_SIZE_AE=8", "SKETCH_DIRS=a, b", "BETAS=0.9,0.99",
-                       "TRIAL_NAME=none", "RESUME=yes", "LR_AE=1e-4"])
+                       "TRIAL_NAME=none", "RESUME=no", "LR_AE=1e-4"])
     assert cfg.DATA_NAME == "face" and cfg.BATCH_SIZE_AE == 8
     assert cfg.SKETCH_DIRS == ("a", "b") and cfg.BETAS == (0.9, 0.99)
-    assert cfg.TRIAL_NAME is None and cfg.RESUME is True and cfg.LR_AE == 1e-4
+    assert cfg.TRIAL_NAME is None and cfg.RESUME is False and cfg.LR_AE == 1e-4
     assert cfg.IM_SIZE_AE == 512  # the face preset underneath
+    assert C.parse_overrides(["RESUME=yes"]) == {"RESUME": True}
+    with pytest.raises(C.ConfigError, match="RESUME=true needs TRIAL_NAME of an existing run"):
+        C.from_args(["RESUME=yes"])  # the command line of a resume starts from the run's config.json
 
 
 @pytest.mark.parametrize("args, message", [

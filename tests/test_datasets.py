@@ -1,6 +1,8 @@
 """datasets.py: pairing, robust loading of every image mode, skips, augmentations, samplers."""
+import ast
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -213,6 +215,45 @@ def test_augmentations_depend_on_their_generator_only(augment):
     b = augment(src, torch.Generator().manual_seed(5))
     assert torch.equal(a, b)
     assert not torch.equal(a, augment(src, torch.Generator().manual_seed(6)))
+
+
+# --------------------------------------------------------------------------- seeds
+
+def test_mix_seed_closed_form_and_order_matters():
+    m = 2 ** 63 - 1
+    assert D.mix_seed(7) == 7 and D.mix_seed() == 0
+    assert D.mix_seed(5, 11, 3) == ((5 * 1_000_003 + 11) * 1_000_003 + 3) % m
+    assert D.mix_seed(2 ** 62, 2 ** 62) == (2 ** 62 * 1_000_003 + 2 ** 62) % m   # stays a valid 63-bit seed
+    assert D.mix_seed(1, 2) != D.mix_seed(2, 1)
+    assert torch.equal(D.iteration_generator(5, 11, 3).get_state(),
+                       torch.Generator().manual_seed(D.mix_seed(5, 11, 3, 0)).get_state())
+
+
+SEEDED_CALLS = {"iteration_generator", "_generator", "mix_seed", "infinite_batches", "InfiniteSampler", "Stream"}
+
+
+def _literal_stream_ids(source: str) -> list[int]:
+    """Line numbers where a seeded call gets an integer literal beyond its first argument (the seed):
+    stream ids are named (datasets.RandomStream), never written as numbers."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            name = getattr(node.func, "id", getattr(node.func, "attr", None))
+            args = node.args[1:] if name in SEEDED_CALLS else []
+            if any(isinstance(a, ast.Constant) and type(a.value) is int and a.value != 0 for a in args):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_random_streams_are_named_in_one_registry():
+    assert _literal_stream_ids("g = iteration_generator(seed, 13, i)\nh = mix_seed(seed, RandomStream.GAN)") == [1]
+    assert len({int(s) for s in D.RandomStream}) == len(D.RandomStream)
+    root = Path(D.__file__).parent
+    paths = [p for p in root.rglob("*.py") if p.relative_to(root).parts[0] not in (".venv", "data", "tests")]
+    assert {"bench_speed.py", "train_step_1_ae.py", "sketch_styletransfer/train.py"} <= {
+        p.relative_to(root).as_posix() for p in paths}
+    for path in paths:
+        assert not _literal_stream_ids(path.read_text(encoding="utf-8")), path
 
 
 # --------------------------------------------------------------------------- samplers

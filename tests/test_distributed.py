@@ -35,6 +35,13 @@ def test_ranks_keep_identical_weights(demo_root, tmp_path):
     assert "identical on 2 ranks" in out
 
 
+def test_nan_skip_is_agreed_by_every_rank():
+    """NAN_POLICY=skip under torchrun: a NaN loss on one rank skips the step on both (the averaged
+    gradients are NaN everywhere); before, the other rank stepped and the weights diverged."""
+    out = _torchrun(HERE / "nan_ddp_worker.py")
+    assert out.count("agreed on 2 ranks") == 2
+
+
 def test_sync_batchnorm_conversion_keeps_parametrization_and_keys():
     """SYNC_BN swaps every BatchNorm (spectral-normed ones included) for SyncBatchNorm with the same
     state-dict keys and the same eval outputs (the multi-GPU run itself needs CUDA)."""

@@ -95,3 +95,56 @@ def test_an_old_python_is_refused_at_start_in_one_line():
     assert done.stderr.strip().splitlines() == ["error: this project needs Python >= 3.11 (this is Python 3.10.4); "
                                                 "see README 'Quick start'"]
     assert datasets.python_error() is None and datasets.python_error((3, 12, 0)) is None
+
+
+def _main_decorators(source: str) -> list[str] | None:
+    """The decorator names of a module's top-level `def main`, or None without one."""
+    import ast
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef) and node.name == "main":
+            return [getattr(d, "id", getattr(d, "attr", "")) for d in node.decorator_list]
+    return None
+
+
+def test_every_command_reports_user_errors_by_one_rule():
+    """errors.cli wraps every command's main: a UserError or OSError is one line and exit code 1;
+    train_step_*.py pass their arguments on to train.main, which wears it."""
+    assert _main_decorators("@cli\ndef main(argv):\n    pass\n") == ["cli"]
+    assert _main_decorators("def main(argv):\n    pass\n") == []
+    delegates = {"train_step_1_ae.py", "train_step_2_gan.py"}
+    mains = {}
+    for path in ROOT.rglob("*.py"):
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] not in ("tests", ".venv", "data", "train_results") and not rel.parts[0].startswith("."):
+            decorators = _main_decorators(path.read_text(encoding="utf-8"))
+            if decorators is not None:
+                mains[rel.as_posix()] = decorators
+    assert {"train.py", "bench_speed.py", "evaluate/quality.py", "lpips/metric.py", "app.py"} <= set(mains)
+    assert {s for s in _scripts() if not s.startswith("-m ")} - set(mains) == set()  # every script has a main
+    for name, decorators in mains.items():
+        assert "cli" in decorators or name in delegates, name
+
+
+def test_cli_turns_user_errors_into_one_line_and_keeps_bugs(capsys):
+    from errors import EXIT_USER_ERROR, UserError, cli
+
+    @cli
+    def main(error):
+        if error:
+            raise error
+        return 0
+
+    assert main(None) == 0
+    assert main(datasets.DataError("no images in x")) == EXIT_USER_ERROR == 1
+    assert capsys.readouterr().err == "error: no images in x\n"
+    assert main(PermissionError(13, "Permission denied", "out")) == 1
+    assert capsys.readouterr().err.count("\n") == 1
+    import benchmark, fileio, inference, plot_log, training, weights
+    from sketch_styletransfer import train as tom_train
+    kinds = (C.ConfigError, datasets.DataError, fileio.CheckpointError, fileio.OutputError, weights.WeightsError,
+             inference.InferenceError, benchmark.StatsError, plot_log.LogError, tom_train.RunError,
+             training.NonFiniteLoss)
+    assert all(issubclass(kind, UserError) for kind in kinds)
+    assert issubclass(C.ConfigError, ValueError) and issubclass(weights.WeightsError, RuntimeError)  # as before
+    with pytest.raises(KeyError):  # a bug keeps its traceback
+        main(KeyError("x"))

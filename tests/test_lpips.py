@@ -170,7 +170,7 @@ def test_pair_sampling_is_seeded_distinct_and_bounded():
 
 
 def test_missing_folder_is_an_error_not_a_crash(tmp_path, capsys):
-    assert main(["--dir0", str(tmp_path / "nope")]) == 2
+    assert main(["--dir0", str(tmp_path / "nope")]) == 1
     assert "folder not found" in capsys.readouterr().err
 
 

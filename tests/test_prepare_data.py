@@ -12,6 +12,7 @@ import torch
 import torchvision
 from PIL import Image
 
+import config as C
 import prepare_data as P
 import train
 from datasets import flat_name, list_images, pair_folders
@@ -86,7 +87,7 @@ def test_nested_photos_to_folders_that_train_with_the_printed_command(demo_root,
     for key in ("IMAGE_DIR", "TEST_IMAGE_DIR", "TEST_SKETCH_DIR", *values["SKETCH_DIRS"].split(",")):
         path = values.get(key, key)
         assert os.path.isabs(path) and Path(path).is_dir(), path
-    cfg, _ = train.load_config(words[2:])                                         # the command is valid...
+    cfg, _ = C.from_command_line(words[2:])                                         # the command is valid...
     assert len(pair_folders(cfg.IMAGE_DIR, cfg.SKETCH_DIRS)) == len(train_names)   # ...and pairs every photo
     assert len(pair_folders(cfg.TEST_IMAGE_DIR, [cfg.TEST_SKETCH_DIR])) == 3
 
@@ -159,7 +160,7 @@ def test_tom_sketches_of_nested_photos_pair_by_flat_name(demo_root, tmp_path, vg
     values = dict(w.split("=", 1) for w in shlex.split(command)[2:])
     sets = values["SKETCH_DIRS"].split(",")
     assert [Path(s).name for s in sets] == [f"{checkpoint.stem}_t0.6", f"{checkpoint.stem}_t0.8"]
-    cfg, _ = train.load_config(shlex.split(command)[2:])
+    cfg, _ = C.from_command_line(shlex.split(command)[2:])
     assert len(pair_folders(cfg.IMAGE_DIR, cfg.SKETCH_DIRS)) + len(pair_folders(cfg.TEST_IMAGE_DIR,
                                                                                 [cfg.TEST_SKETCH_DIR])) == len(names)
 
@@ -203,7 +204,7 @@ def test_your_own_sketch_folders_are_split_with_the_photos(demo_root, tmp_path, 
     argv = [str(rgb), str(out), "--sketch-dirs", str(demo_root / "train" / "sketches"), str(second)]
     assert P.main(argv) == 0
     words = shlex.split(capsys.readouterr().out.split("train with:\n")[1].strip())
-    cfg, _ = train.load_config(words[2:])
+    cfg, _ = C.from_command_line(words[2:])
     assert [Path(d).name for d in cfg.SKETCH_DIRS] == ["sketches", "sketch"]
     train_pairs = pair_folders(cfg.IMAGE_DIR, cfg.SKETCH_DIRS)
     test_pairs = pair_folders(cfg.TEST_IMAGE_DIR, [cfg.TEST_SKETCH_DIR])

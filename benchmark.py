@@ -497,10 +497,6 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
 
 
-def _default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _source_stats(source: str, args, model_fn, keep_features: bool) -> Stats:
     """Statistics of a --real/--fake argument: an .npz file or an image folder."""
     if Path(source).is_file():
@@ -651,7 +647,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         q.add_argument("--size", type=int, default=None,
                        help="resize images to size x size (PIL bilinear) before the 299 resize; "
                             "default: as they are (the pytorch-fid protocol)")
-        q.add_argument("--device", default=_default_device())
+        q.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, mps")
         q.add_argument("--batch-size", type=int, default=50)
         q.add_argument("--workers", type=int, default=None,
                        help="image decoding processes (default: 0 on CPU, 4 on GPU)")
@@ -691,7 +687,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     q = sub.add_parser("speed", help="time the Frechet distance and feature extraction")
     q.add_argument("--dims", type=int, default=2048)
     q.add_argument("--repeats", type=int, default=3)
-    q.add_argument("--device", default=_default_device())
+    q.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, mps")
     q.add_argument("--batch-size", type=int, default=16)
     q.add_argument("--images", type=int, default=64, help="images timed (after one warm-up batch)")
     q.add_argument("--image-size", type=int, default=256, help="input resolution (resized to 299 on the device)")

@@ -12,6 +12,7 @@ This package also holds their shared helpers: seeded choice of input files and p
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Callable
@@ -26,6 +27,15 @@ if str(ROOT) not in sys.path:
 from datasets import DataError, require_images, to_float, to_uint8_tensor  # noqa: E402
 from fileio import to_pil  # noqa: E402
 from inference import InferenceError  # noqa: E402
+
+
+def model_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments every grid script shares: the trained model, seed, batch size, device."""
+    p.add_argument("--checkpoint", required=True,
+                   help="run folder of train.py, a GAN checkpoint file, or a .safetensors file from export.py")
+    p.add_argument("--seed", type=int, default=0, help="picks the files and the noise")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto")
 
 
 def image_files(path, what: str) -> list[Path]:

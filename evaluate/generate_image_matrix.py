@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from errors import cli  # noqa: E402
-from evaluate import as_rgb, blank, choose, image_files  # noqa: E402
+from evaluate import as_rgb, blank, choose, image_files, model_arguments  # noqa: E402
 from fileio import save_grid  # noqa: E402
 from inference import InferenceError, SketchToImage  # noqa: E402
 
@@ -45,15 +45,12 @@ Outputs: one PNG (--out): the styles across the top, the sketches down the side,
 Example:
     python evaluate/generate_image_matrix.py --checkpoint train_results/<run> --sketches data/demo/test/sketches \\
         --styles data/demo/test/images --n-sketches 4 --n-styles 5 --out matrix.png""")
-    p.add_argument("--checkpoint", required=True, help="run folder of train.py, a GAN checkpoint file, or a .safetensors file from export.py")
+    model_arguments(p)
     p.add_argument("--sketches", required=True, help="folder of sketches (or one sketch)")
     p.add_argument("--styles", required=True, help="folder of style images (or one)")
     p.add_argument("--n-sketches", type=int, default=4, help="rows (0: every sketch)")
     p.add_argument("--n-styles", type=int, default=4, help="columns (0: every style image)")
     p.add_argument("--out", default="matrix.png", help="output PNG")
-    p.add_argument("--seed", type=int, default=0, help="picks the files and the noise")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="auto")
     return p
 
 

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from errors import cli  # noqa: E402
-from evaluate import as_rgb, blank, choose, image_files  # noqa: E402
+from evaluate import as_rgb, blank, choose, image_files, model_arguments  # noqa: E402
 from datasets import resize, to_float, to_uint8_tensor  # noqa: E402
 from fileio import CheckpointError, save_grid, save_png  # noqa: E402
 from inference import InferenceError, SketchToImage, open_image  # noqa: E402
@@ -148,16 +148,13 @@ Inputs: a train.py run folder, GAN checkpoint or exported model; content photos;
 Outputs: per content photo P: <out>/sketches/P.png, <out>/images/P__<style>.png and <out>/P_grid.png.
 Example:
     python evaluate/style_transfer.py --checkpoint train_results/<run> --photos A/ --styles B/ --out st --sketcher xdog:bold""")
-    p.add_argument("--checkpoint", required=True, help="run folder of train.py, a GAN checkpoint file, or a .safetensors file from export.py")
+    model_arguments(p)
     p.add_argument("--photos", required=True, help="content photo, or a folder of them")
     p.add_argument("--styles", required=True, help="style image, or a folder of them")
     p.add_argument("--sketcher", default=f"xdog:{XDOG_DEFAULT}", help="xdog[:thin|medium|bold] or tom:CHECKPOINT")
     p.add_argument("--out", default="style_transfer", help="output folder")
     p.add_argument("--n", type=int, default=4, help="content photos (0: all)")
     p.add_argument("--n-styles", type=int, default=4, help="style images (0: all)")
-    p.add_argument("--seed", type=int, default=0, help="picks the files and the noise")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="auto")
     return p
 
 

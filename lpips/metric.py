@@ -117,7 +117,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=256, help="images are resized to size x size (bilinear)")
     p.add_argument("--max-pairs", type=int, default=2000, help="one folder: pairs drawn at most")
     p.add_argument("--seed", type=int, default=0, help="one folder: seed of the pair draw")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, mps")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=0, help="image decoding processes")
     p.add_argument("--out", help="write the result as JSON here")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Optional
 
 from errors import UserError
-from models import GENERATORS
+from models import GENERATORS, PRESET_GENERATORS
 
 _NAMES_ABOVE_THE_BLOCK = set(globals())
 # =================================== EDIT HERE ===================================================
@@ -215,9 +215,9 @@ class Config:
     @classmethod
     def from_dict(cls, values: dict) -> "Config":
         """Rebuild from `to_dict()` output (e.g. a run's config.json), type-checked. A config written
-        before GENERATOR existed gets its preset's, as the GAN stage then chose by DATA_NAME."""
-        if "GENERATOR" not in values and values.get("DATA_NAME") in PRESETS:
-            values = {**values, "GENERATOR": PRESETS[values["DATA_NAME"]]["GENERATOR"]}
+        before GENERATOR existed gets the one its preset then chose (models.PRESET_GENERATORS)."""
+        if "GENERATOR" not in values and values.get("DATA_NAME") in PRESET_GENERATORS:
+            values = {**values, "GENERATOR": PRESET_GENERATORS[values["DATA_NAME"]]}
         return cls(**{key: _coerce(key, value) for key, value in _known(values).items()})
 
     def replace(self, **changes) -> "Config":

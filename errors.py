@@ -21,12 +21,6 @@ class UserError(Exception):
     """A mistake in the user's input, reported in one line (`cli`)."""
 
 
-def report(error: BaseException) -> int:
-    """Print `error` as one line on stderr; the exit code of a user error."""
-    print(f"error: {error}", file=sys.stderr)
-    return EXIT_USER_ERROR
-
-
 def cli(main):
     """Wrap a command's `main(argv) -> int`: a UserError or OSError becomes one line and EXIT_USER_ERROR."""
     @functools.wraps(main)
@@ -34,5 +28,6 @@ def cli(main):
         try:
             return main(*args, **kwargs)
         except (UserError, OSError) as e:
-            return report(e)
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_USER_ERROR
     return run

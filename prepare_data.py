@@ -41,8 +41,9 @@ from datasets import DataError, list_images, load_image, require_images, resize
 from errors import cli
 from fileio import save_png, write_json
 from sketch_styletransfer import evaluate as tom
-from sketch_styletransfer.train import resolve_checkpoint, resolve_device
+from sketch_styletransfer.train import resolve_checkpoint
 from sketch_styletransfer.xdog import BUILTIN_SETTINGS, make_sketch_folders
+from training import resolve_device
 
 ROOT = Path(__file__).resolve().parent
 SMALL_DATA = 10_000   # fewer training photos than this: the "shoe" preset (the original README's advice)

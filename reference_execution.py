@@ -2,7 +2,8 @@
 "reference" mode: the same passes as ours, run the way the reference runs them.
 
 - Precision and kernels: fp32 (convolutions in TF32, torch's default; matmuls in full fp32),
-  NCHW, cudnn.benchmark off (`backend_flags`).
+  NCHW, cudnn.benchmark off (`backend_flags`; bench_speed's reference config sets BF16,
+  CHANNELS_LAST and COMPILE off).
 - Updates: torch.optim.Adam's per-parameter loop (foreach=False, fused=False), zero_grad that
   fills zeros (torch 1.x), the generator EMA one parameter at a time (`runtime`: the stages read
   Runtime.reference_loops; nothing is patched).
@@ -27,8 +28,8 @@ from training import Runtime
 
 
 def runtime(ours: Runtime) -> Runtime:
-    """`ours` executed as the reference: fp32, NCHW, no compile, per-parameter update loops."""
-    return dataclasses.replace(ours, bf16=False, channels_last=False, compile=False, reference_loops=True)
+    """`ours` with the reference's per-parameter update loops (precision and layout come from the config)."""
+    return dataclasses.replace(ours, reference_loops=True)
 
 
 def backend_flags(reference: bool, device: torch.device) -> None:

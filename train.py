@@ -107,7 +107,7 @@ def train(cfg: Config, settings: str = "") -> int:
     if cfg.TRAIN_GAN_ONLY and cfg.PRETRAINED_AE_PATH:
         pretrained = load_ae(cfg, None, None)
     lpips = build_lpips(max(cfg.W_REC_LPIPS, cfg.W_GAN_LPIPS), runtime.device)
-    fid = _fid_callback(cfg, runtime, grid_pairs) if cfg.FID_INTERVAL and not cfg.TRAIN_AE_ONLY else None
+    fid = benchmark.training_fid(cfg, runtime, grid_pairs) if cfg.FID_INTERVAL and not cfg.TRAIN_AE_ONLY else None
     run_dir = prepare_run_dir(cfg, runtime)
     if runtime.is_main:
         write_text(run_dir / "settings.txt", (settings or C.settings_report(cfg, {})) + "\n")
@@ -227,11 +227,6 @@ def _check_preset(ae_config: dict, cfg: Config) -> None:
     trained = ae_config["DATA_NAME"]
     if trained != cfg.DATA_NAME:
         raise CheckpointError(f"the AE checkpoint belongs to preset '{trained}', this run is '{cfg.DATA_NAME}'")
-
-
-def _fid_callback(cfg: Config, runtime: Runtime, held_out):
-    """FID of the EMA generator on the held-out pairs, through benchmark.py."""
-    return benchmark.training_fid(cfg, runtime, held_out)
 
 
 def _stopped(cfg: Config, run_dir: Path, runtime: Runtime) -> int:

@@ -162,8 +162,9 @@ Example:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     photos, styles = image_files(args.photos, "photo"), image_files(args.styles, "style")
-    model = SketchToImage.from_pretrained(args.checkpoint, args.device)
-    sketcher = make_sketcher(args.sketcher, model.image_size, resolve_device(args.device))
+    device = resolve_device(args.device)
+    model = SketchToImage.from_pretrained(args.checkpoint, device)
+    sketcher = make_sketcher(args.sketcher, model.image_size, device)
     out = Path(args.out)
     grids = style_transfer(model, photos, styles, sketcher, out, args.n, args.n_styles, args.seed,
                            args.batch_size)

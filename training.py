@@ -38,6 +38,7 @@ from errors import UserError
 from fileio import CheckpointDir, CheckpointError, JsonlLog, load_checkpoint, save_grid
 from monitor import StageMonitor
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # what stops a run cleanly (StopRequest)
 
 # --------------------------------------------------------------------------- runtime
 
@@ -208,7 +209,27 @@ def infinite_batches(dataset: Dataset, batch_size: int, cfg: Config, runtime: Ru
                         pin_memory=runtime.device.type == "cuda", persistent_workers=False,
                         prefetch_factor=4 if workers else None, generator=seeds,
                         worker_init_fn=ignore_stop_signals if workers else None)
-    return iter(loader)
+    with stop_signals_blocked():  # the workers start here (fork) and are born with them blocked
+        return iter(loader)
+
+
+@contextlib.contextmanager
+def stop_signals_blocked():
+    """Hold SIGINT/SIGTERM back in this thread; a forked child inherits the mask.
+
+    Without it a signal to the whole group that lands while a loader worker starts (before its
+    init, `ignore_stop_signals`, runs: torch's own handlers kill the worker on any SIGTERM, and a
+    SIGINT ends its loop) kills that worker, and the main process then fails on its next batch
+    instead of saving. Signals meant for this process wait and are handled on exit from the block.
+    """
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:
@@ -220,11 +241,15 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
     worker at once: a thread waits for SIGTERM with its sender's pid (Linux; elsewhere torch's
     default handling is kept).
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # also drops one that came while it started
     if not hasattr(signal, "sigwaitinfo"):
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         return
     parent = os.getppid()
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started later inherit the mask
+    # SIGTERM stays blocked (born so: stop_signals_blocked); threads started later inherit the mask
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
     def watch():
         while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
@@ -379,7 +404,7 @@ class StopRequest:
         self._previous = {}
 
     def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             with contextlib.suppress(ValueError):  # not the main thread: no signal handling
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self

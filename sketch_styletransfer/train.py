@@ -47,7 +47,8 @@ from losses import d_hinge  # the style discriminator's: real sketches above +1,
 from sketch_styletransfer.tom_models import (THRESHOLD, StyleDiscriminator, TOMGenerator, VGGFeatures, check_size,
                                              content_loss, gram_input, gram_loss, sketch_photos, to_sketch)
 from training import (LoopOptions, NanGuard, Runtime, StageResult, from_rank0, ignore_stop_signals,
-                      join_torchrun, optimizer_step, resolve_device, run_stage, seed_everything)
+                      join_torchrun, optimizer_step, resolve_device, run_stage, seed_everything,
+                      stop_signals_blocked)
 
 KIND = "tom"
 FORMAT = CHECKPOINT_FORMAT  # 2: training.checkpoint's layout (config, state); 1: networks, optimizers, args at the top
@@ -180,9 +181,11 @@ class Stream:
         self.n = len(data)
         sampler = InfiniteSampler(self.n, seed=mix_seed(seed, stream), start=start * batch_size, rank=runtime.rank,
                                   world_size=runtime.world_size)
-        self.loader = iter(DataLoader(_ByPosition(data), batch_size=batch_size, sampler=sampler, num_workers=workers,
-                                      pin_memory=runtime.device.type == "cuda", persistent_workers=workers > 0,
-                                      worker_init_fn=ignore_stop_signals if workers else None))
+        loader = DataLoader(_ByPosition(data), batch_size=batch_size, sampler=sampler, num_workers=workers,
+                            pin_memory=runtime.device.type == "cuda", persistent_workers=workers > 0,
+                            worker_init_fn=ignore_stop_signals if workers else None)
+        with stop_signals_blocked():  # the workers start here
+            self.loader = iter(loader)
         self.size, self.seed, self.stream, self.rt = size, seed, stream, runtime
         self.skipped = 0
 

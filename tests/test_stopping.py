@@ -84,6 +84,39 @@ def test_sigterm_to_the_process_group_with_loader_workers_saves(demo_root, tmp_p
     assert load_checkpoint(CheckpointDir(run / "ae" / "checkpoints").last())["iteration"] == stopped_at + 1
 
 
+def test_a_group_signal_while_a_loader_worker_starts_leaves_the_worker_alive():
+    """The AE stage starts new loader workers at every subset switch. A SIGTERM to the group that
+    lands before a worker's init has run must not kill it (torch's handler would): workers are
+    born with the stop signals blocked, and the main process gets its SIGTERM after the start."""
+    script = textwrap.dedent(f"""
+        import signal, sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        from torch.utils.data import DataLoader
+        import training
+        received = []
+        signal.signal(signal.SIGTERM, lambda *_: received.append("SIGTERM"))
+
+        def slow_init(worker_id):
+            print("worker starting", flush=True)
+            time.sleep(3)  # the group's SIGTERM lands here, before the init proper
+            training.ignore_stop_signals(worker_id)
+        loader = DataLoader(list(range(100)), batch_size=2, num_workers=1, worker_init_fn=slow_init)
+        with training.stop_signals_blocked():
+            batches = iter(loader)
+        print(next(batches).tolist(), received, flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "worker starting\n"
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0 and out == "[0, 1] ['SIGTERM']\n", err[-2000:]
+
+
 def test_a_crash_with_loader_workers_alive_still_exits():
     """Workers ignore SIGTERM from others, not from their parent: at exit after an uncaught error,
     multiprocessing terminates and joins them, and a worker ignoring that would hang the process."""

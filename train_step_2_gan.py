@@ -16,12 +16,11 @@ import torch
 
 import losses as L
 from config import Config
-from datasets import (Pairs, PairedDataset, RandomStream, fixed_batch, iteration_generator, paired_crop_flip, sketch_set_weights,
-                      to_float)
+from datasets import (Pairs, PairedDataset, RandomStream, fixed_batch, iteration_generator, paired_crop_flip,
+                      sketch_set_weights, to_float)
 from fileio import CHECKPOINT_FORMAT, CheckpointError
 from models import AE_NETWORKS, AutoEncoder, Discriminator, batch_norm_mode, build_generator, generator_name
 from training import EMA, NanGuard, Runtime, adam, infinite_batches, optimizer_step
-
 
 
 def check_autoencoder(ae: AutoEncoder, cfg: Config) -> None:
@@ -43,7 +42,8 @@ class GANStage:
         self.ae = runtime.prepare(ae.eval().requires_grad_(False))  # frozen
         self.generator = runtime.prepare(build_generator(cfg.GENERATOR, cfg.NFC, cfg.IM_SIZE_AE, cfg.IM_SIZE_GAN))
         self.discriminator = runtime.prepare(Discriminator(cfg.NFC, cfg.IM_SIZE_D))
-        self.ema = EMA(self.generator, cfg.EMA_DECAY, foreach=not runtime.reference_loops)  # copied before compiling (see Runtime.compiled)
+        # copied before compiling (see Runtime.compiled)
+        self.ema = EMA(self.generator, cfg.EMA_DECAY, foreach=not runtime.reference_loops)
         runtime.compiled(self.generator)
         runtime.compiled(self.discriminator)
         self.opt = {"generator": adam(self.generator.parameters(), cfg.LR_GAN, cfg, runtime),

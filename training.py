@@ -205,11 +205,18 @@ def infinite_batches(dataset: Dataset, batch_size: int, cfg: Config, runtime: Ru
     workers = cfg.DATALOADER_WORKERS
     # its own generator: creating an iterator must not draw from the global RNG (exact resume)
     seeds = torch.Generator().manual_seed(mix_seed(sampler.seed, RandomStream.LOADER, start))
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
-                        pin_memory=runtime.device.type == "cuda", persistent_workers=False,
-                        prefetch_factor=4 if workers else None, generator=seeds,
-                        worker_init_fn=ignore_stop_signals if workers else None)
-    with stop_signals_blocked():  # the workers start here (fork) and are born with them blocked
+    return stoppable_batches(dataset, workers, batch_size=batch_size, sampler=sampler, drop_last=True,
+                             pin_memory=runtime.device.type == "cuda", persistent_workers=False,
+                             prefetch_factor=4 if workers else None, generator=seeds)
+
+
+def stoppable_batches(dataset: Dataset, workers: int, **loader_args):
+    """iter(DataLoader(dataset, num_workers=workers, **loader_args)) whose worker processes leave
+    a stop signal sent to the whole process group to the main process (StopRequest): they ignore
+    it (`ignore_stop_signals`) and are born with it blocked (`stop_signals_blocked`)."""
+    loader = DataLoader(dataset, num_workers=workers, worker_init_fn=ignore_stop_signals if workers else None,
+                        **loader_args)
+    with stop_signals_blocked():  # the workers start here
         return iter(loader)
 
 

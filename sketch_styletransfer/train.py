@@ -36,7 +36,7 @@ if ROOT not in sys.path:  # run as a script: the repository's top-level modules 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 import weights
 from datasets import (DataError, FolderDataset, InfiniteSampler, RandomStream, iteration_generator, mix_seed,
@@ -46,9 +46,8 @@ from fileio import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, newest_c
 from losses import d_hinge  # the style discriminator's: real sketches above +1, generated below -1
 from sketch_styletransfer.tom_models import (THRESHOLD, StyleDiscriminator, TOMGenerator, VGGFeatures, check_size,
                                              content_loss, gram_input, gram_loss, sketch_photos, to_sketch)
-from training import (LoopOptions, NanGuard, Runtime, StageResult, from_rank0, ignore_stop_signals,
-                      join_torchrun, optimizer_step, resolve_device, run_stage, seed_everything,
-                      stop_signals_blocked)
+from training import (LoopOptions, NanGuard, Runtime, StageResult, from_rank0, join_torchrun, optimizer_step,
+                      resolve_device, run_stage, seed_everything, stoppable_batches)
 
 KIND = "tom"
 FORMAT = CHECKPOINT_FORMAT  # 2: training.checkpoint's layout (config, state); 1: networks, optimizers, args at the top
@@ -99,7 +98,8 @@ class TOMTrainer:
         a = self.args
         self.photos, self.sketches = (Stream(a[key], a["im_size"], a["batch_size"], a["seed"], stream, iteration,
                                              a["workers"], self.rt)
-                                      for key, stream in (("path_a", RandomStream.TOM_PHOTOS), ("path_b", RandomStream.TOM_SKETCHES)))
+                                      for key, stream in (("path_a", RandomStream.TOM_PHOTOS),
+                                                          ("path_b", RandomStream.TOM_SKETCHES)))
 
     def items_per_step(self) -> int:
         return self.args["batch_size"] * self.rt.world_size
@@ -181,11 +181,8 @@ class Stream:
         self.n = len(data)
         sampler = InfiniteSampler(self.n, seed=mix_seed(seed, stream), start=start * batch_size, rank=runtime.rank,
                                   world_size=runtime.world_size)
-        loader = DataLoader(_ByPosition(data), batch_size=batch_size, sampler=sampler, num_workers=workers,
-                            pin_memory=runtime.device.type == "cuda", persistent_workers=workers > 0,
-                            worker_init_fn=ignore_stop_signals if workers else None)
-        with stop_signals_blocked():  # the workers start here
-            self.loader = iter(loader)
+        self.loader = stoppable_batches(_ByPosition(data), workers, batch_size=batch_size, sampler=sampler,
+                                        pin_memory=runtime.device.type == "cuda", persistent_workers=workers > 0)
         self.size, self.seed, self.stream, self.rt = size, seed, stream, runtime
         self.skipped = 0
 

@@ -138,7 +138,7 @@ class Config:
     TRAIN_AE_ONLY: bool = False              # stop after the AE stage
     TRAIN_GAN_ONLY: bool = False             # skip the AE stage (needs PRETRAINED_AE_PATH or RESUME)
     DEVICE: str = "auto"                     # "auto" (cuda if present), "cpu", "cuda", "cuda:1", ...
-    BF16: bool = True                        # bf16 autocast on CUDA (ignored on CPU)
+    BF16: bool = True                        # bf16 autocast on CUDA and on CPUs with native bf16 (false: fp32)
     CHANNELS_LAST: bool = True               # channels-last memory format on CUDA
     COMPILE: bool = False                    # torch.compile the networks (CUDA)
     SYNC_BN: bool = False                    # SyncBatchNorm under DDP
@@ -249,6 +249,19 @@ PRESETS: dict[str, dict] = {
         LR_GAN=1e-3,  # 300 GAN steps: 5x the reference's rate colours better (README: LR_GAN sweep)
         SUBSET_PASSES=50, W_MI=0.0, MI_HIDDEN=64,
         LOG_INTERVAL=10, SAVE_IMAGE_INTERVAL=100, SAVE_MODEL_INTERVAL=100, FID_INTERVAL=0,
+        FID_N_SAMPLES=200, EMA_DECAY=0.99),
+    "portraits": dict(  # 241 painted portraits (python portraits.py); 128 px output on 2 CPU cores
+        NO_LPIPS_LOSSES, GENERATOR="art",
+        IMAGE_DIR="data/portraits/train/images",
+        SKETCH_DIRS=("data/portraits/train/sketches/xdog_thin", "data/portraits/train/sketches/xdog_bold",
+                     "data/portraits/train/sketches/xdog_medium"),
+        TEST_IMAGE_DIR="data/portraits/test/images",
+        TEST_SKETCH_DIR="data/portraits/test/sketches/xdog_medium",
+        DATALOADER_WORKERS=0, NFC=16, NBR_CLS=64, IM_SIZE_AE=64, IM_SIZE_GAN=128, IM_SIZE_D=128,
+        BATCH_SIZE_AE=8, ITERATION_AE=1200, LR_AE=1e-3, LR_AE_AFTER_SWITCH=1e-3,
+        BATCH_SIZE_GAN=8, ITERATION_GAN=600, LR_GAN=1e-3,
+        SUBSET_PASSES=50, MI_HIDDEN=64,
+        LOG_INTERVAL=20, SAVE_IMAGE_INTERVAL=200, SAVE_MODEL_INTERVAL=200, FID_INTERVAL=0,
         FID_N_SAMPLES=200, EMA_DECAY=0.99),
 }
 

@@ -187,7 +187,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sketch-dirs", nargs="+", type=Path, metavar="DIR",
                    help="instead of making sketches: your sketch folders, files named like the photos (e.g. the "
                         "original CelebA/WikiArt data's sketch folders); split with the photos")
-    p.add_argument("--preset", default="auto", choices=("auto", "art", "face", "shoe"),
+    p.add_argument("--preset", default="auto", choices=("auto", "art", "face", "shoe", "portraits"),
                    help=f"DATA_NAME of the printed command (auto: shoe below {SMALL_DATA:,} training photos, else art)")
     p.add_argument("--overwrite", action="store_true", help="remake photos and sketches that already exist")
     p.add_argument("--workers", type=int, default=1, help="processes for copying and XDoG (default 1)")
@@ -214,22 +214,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-@cli
-def main(argv: list[str] | None = None, vgg_features=None) -> int:
-    """Command-line entry; returns the exit code. Tests pass `vgg_features` (a random VGG16) for --tom."""
-    args = parse_args(argv)
+def prepare(photos: dict[str, Path], args: argparse.Namespace, vgg_features=None) -> str:
+    """Split `photos` ({name: file}) into args.out, sketch both splits, write prepare.json, print the
+    train.py command (returned)."""
     out = Path(args.out)
-    photos = require_images(args.photos, nested=True)
-    inside = Path(os.path.abspath(out))  # OUT inside PHOTOS: its files are not photos to prepare
-    photos = {n: p for n, p in photos.items() if inside not in Path(os.path.abspath(p)).parents}
-    for folder in args.sketch_dirs or []:  # checked before any file is written
-        require_images(folder, "--sketch-dirs", nested=True)
-    if args.tom:
-        args.device = resolve_device(args.device)
-        for checkpoint in args.tom:
-            resolve_checkpoint(checkpoint)
-        if vgg_features is None:  # only TOM needs the pretrained VGG16
-            vgg_features = weights.vgg16_features()
     split = split_names(photos, args.test_ratio)
     copied = copy_photos(photos, split, out, args.size, args.overwrite, args.workers)
     n = {part: len(_existing(out / part / "images")) for part in SPLITS}
@@ -250,6 +238,26 @@ def main(argv: list[str] | None = None, vgg_features=None) -> int:
         for line in copied["unreadable"].values():
             print(f"  {line}", file=sys.stderr)
     print(f"train with:\n  {command}")
+    return command
+
+
+@cli
+def main(argv: list[str] | None = None, vgg_features=None) -> int:
+    """Command-line entry; returns the exit code. Tests pass `vgg_features` (a random VGG16) for --tom."""
+    args = parse_args(argv)
+    out = Path(args.out)
+    photos = require_images(args.photos, nested=True)
+    inside = Path(os.path.abspath(out))  # OUT inside PHOTOS: its files are not photos to prepare
+    photos = {n: p for n, p in photos.items() if inside not in Path(os.path.abspath(p)).parents}
+    for folder in args.sketch_dirs or []:  # checked before any file is written
+        require_images(folder, "--sketch-dirs", nested=True)
+    if args.tom:
+        args.device = resolve_device(args.device)
+        for checkpoint in args.tom:
+            resolve_checkpoint(checkpoint)
+        if vgg_features is None:  # only TOM needs the pretrained VGG16
+            vgg_features = weights.vgg16_features()
+    prepare(photos, args, vgg_features)
     return 0
 
 

@@ -46,7 +46,7 @@ STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # what stops a run cleanly (Stop
 class Runtime:
     """Where and how to compute, chosen once per process and passed down."""
     device: torch.device
-    bf16: bool = False            # bf16 autocast (CUDA only)
+    bf16: bool = False            # bf16 autocast (CUDA, or a CPU with native bf16: native_bf16)
     channels_last: bool = False
     rank: int = 0
     world_size: int = 1
@@ -65,9 +65,9 @@ class Runtime:
         return self.world_size > 1
 
     def autocast(self):
-        """bf16 autocast context on CUDA when enabled; a no-op otherwise."""
+        """bf16 autocast context on this device when enabled; a no-op otherwise."""
         if self.bf16:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def prepare(self, net: nn.Module) -> nn.Module:
@@ -107,6 +107,22 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return device
 
 
+def native_bf16(device: torch.device, cpu_flags: str | None = None) -> bool:
+    """Whether bf16 autocast pays on `device`: CUDA, or a CPU whose instruction set has bf16 arithmetic
+    (x86 AVX512-BF16 or AMX-BF16, Arm BF16; read from /proc/cpuinfo, `cpu_flags` in tests). Elsewhere
+    bf16 is emulated and slower than fp32, so the BF16 setting leaves such devices in fp32."""
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    if cpu_flags is None:
+        try:
+            cpu_flags = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return False
+    return bool(set(cpu_flags.split()) & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
 def setup_runtime(cfg: Config) -> Runtime:
     """Pick the device, join a torchrun process group if there is one, seed, set kernels."""
     device = resolve_device(cfg.DEVICE)
@@ -122,7 +138,7 @@ def setup_runtime(cfg: Config) -> Runtime:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     seed_everything(cfg.SEED)  # same seed on every rank: identical initial weights
     cuda = runtime.device.type == "cuda"
-    return dataclasses.replace(runtime, bf16=cfg.BF16 and cuda, channels_last=cfg.CHANNELS_LAST and cuda,
+    return dataclasses.replace(runtime, bf16=cfg.BF16 and native_bf16(runtime.device), channels_last=cfg.CHANNELS_LAST and cuda,
                                sync_bn=cfg.SYNC_BN, compile=cfg.COMPILE)
 
 

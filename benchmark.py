@@ -220,6 +220,17 @@ def generated_features(generate_fn: Callable[[int], torch.Tensor], n: int, batch
     return extract_features(batches(), model, device, total=-(-n // batch_size), desc="generated")
 
 
+def fid_kid_of_arrays(a: np.ndarray, b: np.ndarray, device="cpu", model: nn.Module | None = None) -> dict:
+    """FID and KID between two sets of RGB images (N, H, W, 3) in [0, 1] (e.g. a benchmark's outputs and
+    its held-out images): {"fid", "kid", "kid_std", "n_a", "n_b"}. FID below 2048 samples warns."""
+    model = InceptionFeatures() if model is None else model
+    tensors = [torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float() * 2 - 1 for x in (a, b)]
+    feats = [extract_features(t.split(50), model, device, desc=name) for t, name in zip(tensors, ("a", "b"))]
+    mean_kid, std_kid = kid(*feats)
+    return {"fid": frechet_distance(*statistics(feats[0]), *statistics(feats[1])), "kid": mean_kid,
+            "kid_std": std_kid, "n_a": len(a), "n_b": len(b)}
+
+
 READINGS = ("pytorch-fid", "training")  # how FID reads an image file: the one place that decides
 
 

@@ -26,7 +26,7 @@ from errors import UserError, cli
 from fileio import atomic_path
 
 CURVES_FILE = "loss_curves.png"
-BOOKKEEPING = ("iter", "img_per_s", "subset", "lr_style", "skipped_files", "skipped_steps", "skipped", "fid_n")
+BOOKKEEPING = ("iter", "img_per_s", "sec", "subset", "lr_style", "skipped_files", "skipped_steps", "skipped", "fid_n")
 FID_KEYS = ("fid", "fid_mismatched")
 
 

@@ -225,7 +225,8 @@ def prepare(photos: dict[str, Path], args: argparse.Namespace, vgg_features=None
         raise DataError(f"only {n['train']} readable training photo(s) in {args.photos}: train.py needs at least 2")
     folders = make_sketches(out, args, vgg_features)
     command = train_command(n["train"], folders, out, args.preset)
-    write_json(out / "prepare.json", {"photos": os.path.abspath(args.photos), "test_ratio": args.test_ratio,
+    source = os.path.abspath(args.photos) if Path(args.photos).exists() else args.photos  # a folder, or a package
+    write_json(out / "prepare.json", {"photos": source, "test_ratio": args.test_ratio,
                                       "size": args.size, "split": split, "unreadable": sorted(copied["unreadable"]),
                                       "sketcher": {"sketch_dirs": [os.path.abspath(d) for d in args.sketch_dirs]}
                                       if args.sketch_dirs else {"tom": args.tom, "thresholds": args.threshold}

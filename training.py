@@ -594,6 +594,7 @@ def check_arch(saved: dict, current: dict, path) -> None:
 def _log_record(it, sums, count, seconds, stage: Stage, guard: NanGuard) -> dict:
     record = {"iter": it, **{k: float(v) / count for k, v in sums.items()}}
     record["img_per_s"] = count * stage.items_per_step() / max(seconds, 1e-9)
+    record["sec"] = seconds  # wall time of these iterations (grids and checkpoints included): time -> quality
     if guard.skipped:
         record["skipped_steps"] = guard.skipped
     record.update(getattr(stage, "log_extras", dict)())

@@ -73,8 +73,8 @@ def train_variant(out: Path, name: str, overrides: list[str], base: list[str]) -
 
 def score(run: Path, sketch_folder: str, out: Path) -> dict:
     """The quality benchmark's summary row of the AE on held-out sketches of one kind."""
-    result = Q.run(run, DATA, out / "quality" / sketch_folder, swaps=4, device="cpu", sketch_folder=sketch_folder,
-                   progress=False)
+    result = Q.run(run, out / "quality" / sketch_folder, DATA / "test" / "images", DATA / "test" / sketch_folder,
+                   DATA / "train" / "images", swaps=4, device="cpu", progress=False)
     return result["summary"][Q.AE]
 
 
@@ -109,7 +109,7 @@ def table(results: dict) -> str:
             cells = [name, sketches]
             for kind in COLUMNS:
                 s = summary[kind]
-                cells += [f"{s['psnr']:.2f}", f"{s['fill_de']:.1f}", f"{s['shape_iou']:.3f}"]
+                cells += [f"{s['truth_psnr']:.2f}", f"{s['fill_de']:.1f}", f"{s['shape_iou']:.3f}"]
             rows.append(cells + ([f"{r['heldout_mi']:.2f}"] if extra else []))
     return markdown_table(header, rows)
 

@@ -1,4 +1,4 @@
-"""FID and KID with the standard pytorch-fid Inception protocol; a statistics cache; a speed benchmark.
+"""FID and KID with the standard pytorch-fid Inception protocol; a statistics cache.
 
 Inputs: image folders (read flat), .npz statistics, or a GAN checkpoint with sketch and style folders.
 Outputs: the numbers on stdout and, with --out, as JSON (stats: an .npz file); folder statistics
@@ -8,7 +8,6 @@ Examples:
     python benchmark.py fid --real DIR_OR_NPZ --fake DIR_OR_NPZ [--size N] [--kid] [--out results.json]
     python benchmark.py fid --real DIR_OR_NPZ --checkpoint RUN --sketch DIR --style DIR [--pairing shifted]
     python benchmark.py stats --folder DIR --out stats.npz [--features]
-    python benchmark.py speed [--device cuda] [--out results/benchmark_speed.json]
 
 Protocol (pytorch-fid): files read as pytorch-fid reads them (`--reading pytorch-fid`, see
 `read_image`), RGB in [-1, 1], bilinear resize to 299x299 without antialiasing, pytorch-fid's FID
@@ -24,9 +23,7 @@ import argparse
 import functools
 import hashlib
 import json
-import statistics as pystats
 import sys
-import time
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -576,80 +573,6 @@ def cmd_stats(args) -> dict:
     return {"folder": args.folder, "n": stats.n, "out": args.out}
 
 
-def _timed(fn, repeats: int) -> tuple[list[float], object]:
-    times, value = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        value = fn()
-        times.append(time.perf_counter() - start)
-    return times, value
-
-
-def realistic_statistics(dims: int, n: int, seed: int) -> tuple[tuple, tuple]:
-    """Two (mu, sigma) pairs from correlated, non-negative, pool3-like random features."""
-    g = torch.Generator().manual_seed(seed)
-    mix = torch.randn(dims, dims, generator=g, dtype=torch.float64) / dims ** 0.5
-    sets = []
-    for shift in (0.0, 0.1):
-        z = torch.randn(n, dims, generator=g, dtype=torch.float64)
-        sets.append(statistics(torch.relu(z @ (mix + shift * torch.eye(dims, dtype=torch.float64)) + 0.3).numpy()))
-    return sets[0], sets[1]
-
-
-def cmd_speed(args) -> dict:
-    """Time the Frechet distance (eigenvalues vs sqrtm) and feature extraction."""
-    (mu1, s1), (mu2, s2) = realistic_statistics(args.dims, 2 * args.dims, args.seed)
-    eig_times, fid_eig = _timed(lambda: frechet_distance(mu1, s1, mu2, s2), args.repeats)
-    sqrtm_times, fid_sqrtm = _timed(lambda: frechet_distance_sqrtm(mu1, s1, mu2, s2), args.repeats)
-    device = torch.device(args.device)
-    if weights.available("fid_inception"):
-        model, net_note = InceptionFeatures().to(device), "pretrained FID Inception"
-    else:
-        net = weights.FIDInceptionPool3(weights.build_fid_inception())
-        model = InceptionFeatures(net, "random").to(device)
-        net_note = "RANDOM weights (the FID Inception file is absent): valid for throughput only"
-    g = torch.Generator().manual_seed(args.seed)
-    batch = torch.randint(0, 256, (args.batch_size, 3, args.image_size, args.image_size), generator=g,
-                          dtype=torch.uint8)
-    n_batches = max(1, args.images // args.batch_size)
-    extract_features([batch], model, device, desc="warm-up")
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    extract_features((batch for _ in range(n_batches)), model, device, total=n_batches, desc="timing")
-    seconds = time.perf_counter() - start  # extract_features ends with .cpu(): the device is done
-    result = {
-        "frechet": {"dims": args.dims, "repeats": args.repeats, "eigen_s": eig_times, "sqrtm_s": sqrtm_times,
-                    "eigen_median_s": pystats.median(eig_times), "sqrtm_median_s": pystats.median(sqrtm_times),
-                    "eigen_min_s": min(eig_times), "sqrtm_min_s": min(sqrtm_times),
-                    "fid_eigen": fid_eig, "fid_sqrtm": fid_sqrtm,
-                    "relative_difference": abs(fid_eig - fid_sqrtm) / abs(fid_sqrtm)},
-        "extraction": {"device": str(device), "device_name": _device_name(device), "network": net_note,
-                       "images": n_batches * args.batch_size, "batch_size": args.batch_size,
-                       "input_size": args.image_size, "seconds": seconds,
-                       "images_per_s": n_batches * args.batch_size / seconds,
-                       "torch_threads": torch.get_num_threads()},
-        "versions": {"torch": torch.__version__, "numpy": np.__version__, "scipy": scipy.__version__}}
-    f, e = result["frechet"], result["extraction"]
-    print(format_table([
-        (f"Frechet {args.dims}-d, eigenvalues (min / median of {args.repeats})",
-         f"{f['eigen_min_s']:.2f} s / {f['eigen_median_s']:.2f} s"),
-        (f"Frechet {args.dims}-d, scipy sqrtm (min / median of {args.repeats})",
-         f"{f['sqrtm_min_s']:.2f} s / {f['sqrtm_median_s']:.2f} s"),
-        ("speed-up (medians)", f"{f['sqrtm_median_s'] / f['eigen_median_s']:.1f}x"),
-        ("relative difference of the two FIDs", f"{f['relative_difference']:.2e}"),
-        (f"extraction on {e['device_name']}", f"{e['images_per_s']:.1f} images/s "
-                                              f"(batch {args.batch_size}, {args.image_size}px -> 299)"),
-        ("network", net_note)]))
-    return result
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({torch.get_num_threads()} threads)"
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -695,15 +618,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     q.add_argument("--features", action="store_true", help="keep the features too (for KID), float32")
     extraction_options(q)
 
-    q = sub.add_parser("speed", help="time the Frechet distance and feature extraction")
-    q.add_argument("--dims", type=int, default=2048)
-    q.add_argument("--repeats", type=int, default=3)
-    q.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, mps")
-    q.add_argument("--batch-size", type=int, default=16)
-    q.add_argument("--images", type=int, default=64, help="images timed (after one warm-up batch)")
-    q.add_argument("--image-size", type=int, default=256, help="input resolution (resized to 299 on the device)")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--out", default="results/benchmark_speed.json", help="write the results as JSON here")
     argv = sys.argv[1:] if argv is None else argv
     if not argv:  # `python benchmark.py` alone, as the original README runs it: the full help
         p.print_help()
@@ -711,8 +625,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if getattr(args, "checkpoint", None) and not (args.sketch and args.style):
         p.error("--checkpoint needs --sketch and --style folders")
-    least = dict(batch_size=1, size=1, max_samples=2, kid_subsets=1, kid_subset_size=2, dims=1, repeats=1, images=1,
-                 image_size=1, workers=0)
+    least = dict(batch_size=1, size=1, max_samples=2, kid_subsets=1, kid_subset_size=2, workers=0)
     for name, low in least.items():
         value = getattr(args, name, None)
         if value is not None and value < low:
@@ -730,7 +643,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     """Run one subcommand; the exit code (errors.py: 1 on a data, statistics or weights problem, with its reason)."""
     args = parse_args(argv)
-    command = {"fid": cmd_fid, "stats": cmd_stats, "speed": cmd_speed}[args.command]
+    command = {"fid": cmd_fid, "stats": cmd_stats}[args.command]
     if getattr(args, "out", None):  # outputs are checked first: a bad one costs no measurement
         check_writable(args.out)
     if getattr(args, "checkpoint", None):

@@ -42,12 +42,12 @@ class AEStage:
         self.decoder = runtime.compiled(runtime.prepare(Decoder(nfc, size)))
         self.head = runtime.prepare(InstanceClassifier(nfc * 8, self.nbr_cls))
         self.club = runtime.prepare(L.CLUB(nfc * 14, nfc * 14, cfg.MI_HIDDEN)) if cfg.W_MI > 0 else None
-        self.opt = {"style": adam(self.style_encoder.parameters(), cfg.LR_AE, cfg, runtime),
-                    "content": adam(self.content_encoder.parameters(), cfg.LR_AE, cfg, runtime),
-                    "decoder": adam(self.decoder.parameters(), cfg.LR_AE, cfg, runtime),
-                    "head": adam(self.head.parameters(), cfg.LR_AE, cfg, runtime)}
+        self.opt = {"style": adam(self.style_encoder.parameters(), cfg.LR_AE, cfg.BETAS, runtime.device),
+                    "content": adam(self.content_encoder.parameters(), cfg.LR_AE, cfg.BETAS, runtime.device),
+                    "decoder": adam(self.decoder.parameters(), cfg.LR_AE, cfg.BETAS, runtime.device),
+                    "head": adam(self.head.parameters(), cfg.LR_AE, cfg.BETAS, runtime.device)}
         if self.club is not None:
-            self.opt["club"] = adam(self.club.parameters(), cfg.LR_AE, cfg, runtime)
+            self.opt["club"] = adam(self.club.parameters(), cfg.LR_AE, cfg.BETAS, runtime.device)
         self.reconstruction = L.Reconstruction(cfg.W_REC_MSE, cfg.W_REC_L1, cfg.W_REC_LPIPS, lpips, cfg.LPIPS_SIZE)
         self.reconstruction_b = L.Reconstruction(cfg.W_REC_MSE, cfg.W_REC_L1_B, cfg.W_REC_LPIPS, lpips, cfg.LPIPS_SIZE)
         self.ss_data = SelfSupervisedDataset(pairs, size, self.nbr_cls, seed=cfg.SEED)
@@ -119,7 +119,7 @@ class AEStage:
         self.ss_data.next_subset()
         self.ss_batches = self._ss_batches(0)
         self.head.reset_parameters()
-        self.opt["head"] = adam(self.head.parameters(), self.cfg.LR_AE, self.cfg, self.rt)
+        self.opt["head"] = adam(self.head.parameters(), self.cfg.LR_AE, self.cfg.BETAS, self.rt.device)
         for name in ("style", "decoder"):
             for group in self.opt[name].param_groups:
                 group["lr"] = self.cfg.LR_AE_AFTER_SWITCH

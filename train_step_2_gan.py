@@ -43,11 +43,11 @@ class GANStage:
         self.generator = runtime.prepare(build_generator(cfg.GENERATOR, cfg.NFC, cfg.IM_SIZE_AE, cfg.IM_SIZE_GAN))
         self.discriminator = runtime.prepare(Discriminator(cfg.NFC, cfg.IM_SIZE_D))
         # copied before compiling (see Runtime.compiled)
-        self.ema = EMA(self.generator, cfg.EMA_DECAY, foreach=not runtime.reference_loops)
+        self.ema = EMA(self.generator, cfg.EMA_DECAY)
         runtime.compiled(self.generator)
         runtime.compiled(self.discriminator)
-        self.opt = {"generator": adam(self.generator.parameters(), cfg.LR_GAN, cfg, runtime),
-                    "discriminator": adam(self.discriminator.parameters(), cfg.LR_GAN, cfg, runtime)}
+        self.opt = {"generator": adam(self.generator.parameters(), cfg.LR_GAN, cfg.BETAS, runtime.device),
+                    "discriminator": adam(self.discriminator.parameters(), cfg.LR_GAN, cfg.BETAS, runtime.device)}
         self.reconstruction = L.Reconstruction(cfg.W_GAN_MSE, cfg.W_GAN_L1, cfg.W_GAN_LPIPS, lpips, cfg.LPIPS_SIZE)
         self.data = PairedDataset(pairs, cfg.IM_SIZE_GAN)
         self.set_weights = sketch_set_weights(len(pairs.sketches[0]), cfg.SKETCH_SET_WEIGHTS)

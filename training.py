@@ -52,9 +52,6 @@ class Runtime:
     world_size: int = 1
     sync_bn: bool = False          # SyncBatchNorm across ranks (DDP)
     compile: bool = False          # torch.compile the trained networks
-    # the reference code's execution (bench_speed.py's "reference" mode): per-parameter loops in
-    # Adam and the EMA, and zero_grad filling zeros instead of freeing the gradients
-    reference_loops: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -308,7 +305,7 @@ def optimizer_step(loss: torch.Tensor, optimizers, runtime: Runtime, guard: NanG
     loop) are detached either way: no autograd graph outlives the step, skipped or not.
     """
     for opt in optimizers:
-        opt.zero_grad(set_to_none=not runtime.reference_loops)
+        opt.zero_grad(set_to_none=True)
     loss.backward()
     sync_gradients([p for opt in optimizers for group in opt.param_groups for p in group["params"]], runtime)
     if guard.ok(it, losses):
@@ -318,34 +315,27 @@ def optimizer_step(loss: torch.Tensor, optimizers, runtime: Runtime, guard: NanG
         losses[k] = losses[k].detach()
 
 
-def adam(params, lr: float, cfg: Config, runtime: Runtime) -> torch.optim.Adam:
-    """The optimizer of every network: Adam with the config's betas (fused on CUDA, foreach on the
-    CPU; the per-parameter loop under Runtime.reference_loops)."""
-    if runtime.reference_loops:
-        return torch.optim.Adam(params, lr=lr, betas=cfg.BETAS, foreach=False, fused=False)
-    fused = runtime.device.type == "cuda"
-    return torch.optim.Adam(params, lr=lr, betas=cfg.BETAS, fused=fused or None, foreach=None if fused else True)
+def adam(params, lr: float, betas: tuple[float, float], device: torch.device,
+         foreach: bool | None = True) -> torch.optim.Adam:
+    """The optimizer of every network: Adam, fused on CUDA, else `foreach` (False: one parameter at a time)."""
+    if device.type == "cuda" and foreach is not False:
+        return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
+    return torch.optim.Adam(params, lr=lr, betas=betas, foreach=foreach)
 
 
 # --------------------------------------------------------------------------- EMA and guards
 
 class EMA:
-    """Exponential moving average of a network's parameters; buffers are copied. `foreach=False`
-    updates one parameter at a time, as the reference code (Runtime.reference_loops)."""
+    """Exponential moving average of a network's parameters; buffers are copied."""
 
-    def __init__(self, net: nn.Module, decay: float, foreach: bool = True):
-        self.decay, self.foreach = decay, foreach
+    def __init__(self, net: nn.Module, decay: float):
+        self.decay = decay
         self.net = copy.deepcopy(net).eval().requires_grad_(False)
 
     @torch.no_grad()
     def update(self, net: nn.Module) -> None:
-        ema_params = list(self.net.parameters())
         params = [p.detach() for p in net.parameters()]
-        if self.foreach:
-            torch._foreach_lerp_(ema_params, params, 1.0 - self.decay)  # ema += (1 - decay) (p - ema)
-        else:
-            for avg, p in zip(ema_params, params):
-                avg.mul_(self.decay).add_(p, alpha=1.0 - self.decay)
+        torch._foreach_lerp_(list(self.net.parameters()), params, 1.0 - self.decay)  # ema += (1 - decay)(p - ema)
         for b_ema, b in zip(self.net.buffers(), net.buffers()):
             b_ema.copy_(b)
 

@@ -17,7 +17,7 @@ def main():
     assert runtime.world_size == 2
     torch.manual_seed(0)
     net = torch.nn.Linear(3, 1)
-    opt = adam(net.parameters(), 0.1, C.preset("demo"), runtime)
+    opt = adam(net.parameters(), 0.1, C.preset("demo").BETAS, runtime.device)
     guard = NanGuard("skip", runtime.device, distributed=runtime.distributed)
     before = [p.detach().clone() for p in net.parameters()]
     x = torch.ones(4, 3)

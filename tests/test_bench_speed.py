@@ -1,112 +1,70 @@
-"""bench_speed.py and reference_execution.py: an end-to-end run at a tiny size, the reference-style
-datasets and update loops, the loss check."""
+"""bench_speed.py: its settings grammar, the step-1 loss check, bf16 parity on the CPU, and an end-to-end
+run at a tiny size (the timing itself is a benchmark, not a test)."""
 import json
-import random
 
 import pytest
-import torch
-import torch.nn as nn
 
 import bench_speed as B
 import config as C
-import reference_execution as R
-from datasets import pair_folders
-from demo_data import make_demo_data
-from training import EMA, NanGuard, Runtime, adam, optimizer_step
+from conftest import tiny_train_args
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """16 demo-data pairs at 80 px (images and their exact line drawings), in DIR/train/."""
-    return make_demo_data(tmp_path_factory.mktemp("bench_data"), 16, 0, 80, seed=1, progress=False) / "train"
+def test_settings_are_tokens():
+    s = B.parse_setting("bf16,cl,threads=1,passive")
+    assert s["bf16"] and s["cl"] and s["passive"] and s["threads"] == 1 and not s["fp32"] and s["name"] == "bf16,cl,threads=1,passive"
+    assert B.parse_setting("fp32")["threads"] is None
+    for bad in ("bf16,fast", "threads=0", "threads=x", "fp32,bf16"):
+        with pytest.raises(ValueError):
+            B.parse_setting(bad)
 
 
-def test_benchmark_runs_end_to_end_and_writes_json(data_dir, tmp_path):
+def test_loss_check_tolerances():
+    assert B.loss_check({"a": 1.0, "b": 0.0}, {"a": 1.00001, "b": 0.0}, B.FP32_TOLERANCE)
+    assert not B.loss_check({"a": 1.0}, {"a": 1.01}, B.FP32_TOLERANCE)
+    assert B.loss_check({"a": 1.0}, {"a": 1.04}, B.BF16_TOLERANCE)
+    assert not B.loss_check({"a": 1.0}, {"b": 1.0}, B.BF16_TOLERANCE)  # another set of losses
+
+
+def _job(demo_root, tmp_path, stage: str, setting: str, steps: int = 3) -> dict:
+    args = tiny_train_args(demo_root, tmp_path, NFC=8, IM_SIZE_GAN=128, IM_SIZE_D=128)[1:]
+    return {"preset": "demo", "device": "cpu", "overrides": args, "steps": steps, "warmup": 1, "stage": stage,
+            "setting": setting}
+
+
+@pytest.mark.parametrize("stage", ["ae", "gan"])
+def test_bf16_autocast_on_the_cpu_keeps_the_first_steps_losses(demo_root, tmp_path, stage):
+    """The parity check behind BF16=true on CPUs with native bf16: step 1 from the same weights and batch."""
+    fp32 = B.measure(_job(demo_root, tmp_path, stage, "fp32"))
+    bf16 = B.measure(_job(demo_root, tmp_path, stage, "bf16"))
+    assert set(fp32["step1"]) == set(bf16["step1"]) and len(fp32["step1"]) >= 5
+    assert B.loss_check(fp32["step1"], bf16["step1"], B.BF16_TOLERANCE), (fp32["step1"], bf16["step1"])
+    assert fp32["step1"] != bf16["step1"]  # bf16 really ran
+    again = B.measure(_job(demo_root, tmp_path, stage, "fp32,ref"))
+    assert B.loss_check(fp32["step1"], again["step1"], B.FP32_TOLERANCE)  # the reference's updates: same step 1
+
+
+def test_benchmark_runs_end_to_end_and_writes_json(demo_root, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    rc = B.main(["--stages", "ae,gan", "--size-ae", "64", "--size-gan", "64", "--nfc", "8",
-                 "--batch-ae", "4", "--batch-gan", "4", "--steps", "2", "--warmup", "1", "--workers", "0",
-                 "--loader-batches", "1", "--device", "cpu", "--data", str(data_dir), "--out", str(out)])
+    overrides = tiny_train_args(demo_root, tmp_path, NFC=8)[1:]
+    rc = B.main([*overrides, "--settings", "fp32", "bf16,threads=1", "--steps", "2", "--warmup", "1",
+                 "--rounds", "1", "--out", str(out)])
     assert rc == 0
-    res = json.loads(out.read_text())
-    assert {"machine", "versions", "settings", "stages", "loader", "command"} <= set(res)
-    assert res["machine"]["cpu_count"] >= 1 and res["versions"]["torch"] == torch.__version__
-    assert res["settings"]["lpips"] is False and res["settings"]["data"]["n_pairs"] == 16
-    assert res["all_loss_checks_passed"] is True
-    for kind, images_per_step in (("ae", 8), ("gan", 4)):  # the AE's two steps each see a batch
-        st = res["stages"][kind]
-        assert set(st["modes"]) == {"reference", "fast"}
-        for mode in st["modes"].values():
-            assert mode["img_per_s"] > 0 and mode["images_per_step"] == images_per_step
-            assert mode["peak_mem_bytes"] is None and mode["mfu"] is None  # CPU: n/a
-        assert st["modes"]["reference"]["optimizer"] == "Adam(foreach=False, fused=False)"
-        assert st["modes"]["fast"]["optimizer"] == "Adam(foreach=True, fused=None)"
-        assert st["ratio_fast_over_reference"] > 0 and st["flops_per_step"] > 0
-        check = st["loss_check"]
-        assert check["passed"] and check["tolerance"] == B.TOL_FP32  # CPU: both fp32
-        assert all(v["pass"] for v in check["losses"].values()) and len(check["losses"]) >= 5
-        ld = res["loader"][kind]
-        assert ld["reference_style_pil"]["img_per_s"] > 0 and ld["ours_total_serial"]["img_per_s"] > 0
-        assert ld["ratio_ours_over_reference"] > 0
+    result = json.loads(out.read_text())
+    assert result["machine"]["cpu_count"] >= 1 and "native_bf16_cpu" in result["machine"]
+    assert set(result["results"]) == {"ae fp32", "gan fp32", "ae bf16,threads=1", "gan bf16,threads=1"}
+    for name, row in result["results"].items():
+        assert row["s_per_step"] > 0 and row["loss_check"] and len(row["rounds"]) == 1
+        assert row["rounds"][0]["threads"] == (1 if "threads=1" in name else row["rounds"][0]["threads"])
+    assert result["results"]["ae fp32"]["speedup"] == 1.0
+    printed = capsys.readouterr().out
+    assert "| ae bf16,threads=1 " in printed and "pass" in printed
 
 
-def test_reference_self_supervised_dataset_returns_the_reference_tensors(data_dir):
-    pairs = pair_folders(data_dir / "images", [data_dir / "sketches"])
-    ds = R.reference_dataset("ae", pairs, 64)
-    torch.manual_seed(0)
-    random.seed(0)
-    erased_any = False
-    for i in range(6):
-        img_rd, img, skt, bold, erased, erased_bold, idx = ds[i]
-        assert idx == i
-        assert img_rd.shape == img.shape == (3, 64, 64)
-        assert skt.shape == bold.shape == erased.shape == erased_bold.shape == (1, 64, 64)
-        for t in (img_rd, img, skt, bold, erased, erased_bold):
-            assert t.dtype == torch.float32 and t.min() >= -1 and t.max() <= 1
-        assert (bold <= skt + 1e-6).all() and bold.mean() < skt.mean()  # strokes thicker (darker)
-        assert (erased >= skt - 1e-6).all() and (erased_bold >= bold - 1e-6).all()  # erasing paints white
-        erased_any |= bool((erased > skt).any() or (erased_bold > bold).any())
-    assert erased_any
-
-
-def test_reference_paired_multi_dataset_shapes(data_dir):
-    pairs = pair_folders(data_dir / "images", [data_dir / "sketches"])
-    img, s1, s2, s3 = R.reference_dataset("gan", pairs, 64)[0]
-    assert img.shape == (3, 64, 64) and s1.shape == s2.shape == s3.shape == (1, 64, 64)
-    assert img.min() >= -1 and img.max() <= 1
-
-
-def test_loss_check_flags_a_mismatch():
-    ok = B.check_losses({"a": 1.0, "b": 0.0}, {"a": 1.00001, "b": 0.0}, B.TOL_FP32)
-    assert ok["passed"]
-    bad = B.check_losses({"a": 1.0, "b": 0.0}, {"a": 1.01, "b": 0.0}, B.TOL_FP32)
-    assert not bad["passed"] and not bad["losses"]["a"]["pass"] and bad["losses"]["b"]["pass"]
-    assert B.check_losses({"a": 1.0}, {"a": 1.04}, B.TOL_BF16)["passed"]
-    assert not B.check_losses({"a": 1.0}, {"a": float("nan")}, B.TOL_BF16)["passed"]
-
-
-def test_reference_loops_update_as_ours_one_parameter_at_a_time():
-    """Runtime.reference_loops: per-parameter Adam, zero_grad filling zeros, per-parameter EMA;
-    the numbers are ours (the modes differ in execution only)."""
-    cfg = C.preset("demo")
-    ours = Runtime(torch.device("cpu"))
-    reference = R.runtime(ours)
-    assert reference.reference_loops and not reference.bf16 and not ours.reference_loops
-    nets = {}
-    for name, rt in (("ours", ours), ("reference", reference)):
-        torch.manual_seed(0)
-        net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
-        frozen = nn.Linear(4, 1)  # reached by the first loss only: later its gradient stays as zero_grad left it
-        opt, other = adam(net.parameters(), 1e-2, cfg, rt), adam(frozen.parameters(), 1e-2, cfg, rt)
-        ema = EMA(net, 0.9, foreach=not rt.reference_loops)
-        assert opt.defaults["foreach"] is (False if rt.reference_loops else True)
-        for it in range(3):
-            x = torch.randn(16, 4, generator=torch.Generator().manual_seed(it))
-            loss = net(x).pow(2).mean() + (frozen(x).mean() if it == 0 else 0)
-            optimizer_step(loss, [opt, other], rt, NanGuard("stop", rt.device), it, {"loss": loss})
-            ema.update(net)
-        nets[name] = (net, ema.net, frozen)
-        assert (frozen.weight.grad is None) is (not rt.reference_loops)  # zero_grad: None (ours) vs zeros
-    for a, b in zip(nets["ours"][0].parameters(), nets["reference"][0].parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
-    for a, b in zip(nets["ours"][1].parameters(), nets["reference"][1].parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+def test_bad_settings_are_refused_on_the_command_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        B.main(["--settings", "bf16,turbo"])
+    assert exit_info.value.code == 2 and "turbo" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        B.main(["NFC=7"])
+    assert "NFC" in capsys.readouterr().err
+    assert C.preset("demo").NFC == 8

@@ -508,6 +508,18 @@ def test_a_bad_setting_is_one_line_before_any_folder_exists(demo_root, tmp_path,
                                         ITERATION_AE=0)]) == 0  # the corrected retry with the same name runs
 
 
+@pytest.mark.parametrize("extra,needle", [(["W_GAN_MSE=0", "W_GAN_L1=0"], "the GAN stage has no reconstruction term"),
+                                          (["W_REC_MSE=0"], "the AE step B has no reconstruction term"),
+                                          (["TRIAL_NAME={tmp}/elsewhere"], "must be a folder name under SAVE_FOLDER"),
+                                          (["TRIAL_NAME=../outside"], "must be a folder name under SAVE_FOLDER")])
+def test_settings_that_fail_later_or_write_elsewhere_are_one_line_first(demo_root, tmp_path, capsys, extra, needle):
+    """A GAN stage with no reconstruction term crashed after the whole AE stage; a TRIAL_NAME outside
+    SAVE_FOLDER wrote there."""
+    assert train.main([*tiny_train_args(demo_root, tmp_path), *(a.format(tmp=tmp_path) for a in extra)]) == 1
+    _one_error_line(capsys.readouterr().err, needle)
+    assert list(tmp_path.iterdir()) == []  # neither runs/ nor ../outside nor elsewhere
+
+
 def test_a_bad_device_is_one_line_in_every_command(folders, run_dir, tmp_path, capsys):
     dummy = tmp_path / "dummy.pt"
     dummy.write_bytes(b"")

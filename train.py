@@ -104,8 +104,8 @@ def train(cfg: Config, settings: str = "") -> int:
         raise ConfigError("FID_INTERVAL > 0 needs a held-out set: set TEST_IMAGE_DIR and TEST_SKETCH_DIR "
                           "(FID on augmented training crops is not a valid number), or FID_INTERVAL=0")
     pretrained = None
-    if cfg.TRAIN_GAN_ONLY and cfg.PRETRAINED_AE_PATH:
-        pretrained = load_ae(cfg, None, None)
+    if cfg.TRAIN_GAN_ONLY:  # PRETRAINED_AE_PATH's AE, or that of the run RESUME continues
+        pretrained = load_ae(cfg, Path(cfg.SAVE_FOLDER) / cfg.TRIAL_NAME if cfg.RESUME else None, None)
     lpips = build_lpips(max(cfg.W_REC_LPIPS, cfg.W_GAN_LPIPS), runtime.device)
     fid = benchmark.training_fid(cfg, runtime, grid_pairs) if cfg.FID_INTERVAL and not cfg.TRAIN_AE_ONLY else None
     run_dir = prepare_run_dir(cfg, runtime)
@@ -208,7 +208,7 @@ def find_ae_checkpoint(cfg: Config, run_dir: Path | None, just_trained: Path | N
         if not path.is_file():
             raise CheckpointError(f"PRETRAINED_AE_PATH={path}: no such file or folder")
         return path
-    found = newest_checkpoint(run_dir / "ae" / "checkpoints")
+    found = newest_checkpoint(run_dir / "ae" / "checkpoints") if run_dir is not None else None
     if found is None:
         raise CheckpointError("TRAIN_GAN_ONLY needs an AE: set PRETRAINED_AE_PATH to an AE checkpoint or run "
                               "folder, or resume a run that trained its AE")

@@ -7,14 +7,26 @@ a folder without write permission), into one line `error: ...` on stderr. Anythi
 and keeps its traceback.
 
 Exit codes of every command: 0 done, 1 a user error (`EXIT_USER_ERROR`), 2 a command line that
-does not parse (argparse's own rule), 130 interrupted by Ctrl-C.
+does not parse (argparse's own rule), 128 + the signal when a signal stopped it (`stopped_exit_code`):
+130 for Ctrl-C (SIGINT: `cli` turns a KeyboardInterrupt into one line "interrupted"), 143 for a
+SIGTERM (`timeout`, Slurm) after which a trainer saved and stopped cleanly. A script or scheduler
+can so tell a finished run from an interrupted one, as a shell tells a process a signal killed.
 """
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 
 EXIT_USER_ERROR = 1
+
+
+def stopped_exit_code(signum: int) -> int:
+    """The exit code of a command that the signal `signum` stopped: 128 + signum, the shell's rule."""
+    return 128 + signum
+
+
+EXIT_INTERRUPTED = stopped_exit_code(signal.SIGINT)  # 130
 
 
 class UserError(Exception):
@@ -22,7 +34,8 @@ class UserError(Exception):
 
 
 def cli(main):
-    """Wrap a command's `main(argv) -> int`: a UserError or OSError becomes one line and EXIT_USER_ERROR."""
+    """Wrap a command's `main(argv) -> int`: a UserError or OSError becomes one line and EXIT_USER_ERROR,
+    Ctrl-C (KeyboardInterrupt) the line "interrupted" and EXIT_INTERRUPTED."""
     @functools.wraps(main)
     def run(*args, **kwargs) -> int:
         try:
@@ -30,4 +43,7 @@ def cli(main):
         except (UserError, OSError) as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_USER_ERROR
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
     return run

@@ -44,7 +44,7 @@ import config as C
 from config import Config, ConfigError
 from datasets import pair_folders, require_readable
 from demo_data import ensure_demo_data
-from errors import cli
+from errors import EXIT_INTERRUPTED, cli
 from fileio import (CheckpointError, OutputError, newest_checkpoint, remove_stale_temporaries,
                     write_json, write_text)
 from monitor import require_tensorboard
@@ -52,7 +52,7 @@ from losses import build_lpips
 from models import AutoEncoder, load_trained
 from train_step_1_ae import AEStage
 from train_step_2_gan import GANStage, check_autoencoder
-from training import LoopOptions, Runtime, from_rank0, print_resume_hint, run_stage, setup_runtime
+from training import LoopOptions, Runtime, StageResult, from_rank0, print_resume_hint, run_stage, setup_runtime
 
 RUN_ENTRIES = {"config.json", "settings.txt", "ae", "gan"}  # what a run folder holds
 
@@ -76,7 +76,7 @@ def main(argv: list[str]) -> int:
         return train(cfg, report)
     except KeyboardInterrupt:  # Ctrl-C during start-up, or a second one while saving
         print("interrupted: nothing saved since the last checkpoint", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def help_text(cfg: Config, origins: dict[str, str]) -> str:
@@ -120,7 +120,7 @@ def train(cfg: Config, settings: str = "") -> int:
         stage = AEStage(cfg, runtime, pairs, grid_pairs, lpips)
         result = run_stage(stage, loop_options(cfg, cfg.ITERATION_AE), run_dir / "ae", runtime, resume=cfg.RESUME)
         if result.stopped:
-            return _stopped(cfg, run_dir, runtime)
+            return _stopped(cfg, run_dir, runtime, result)
         ae_checkpoint = result.last_checkpoint
         _barrier(runtime)
     if not cfg.TRAIN_AE_ONLY:
@@ -129,7 +129,7 @@ def train(cfg: Config, settings: str = "") -> int:
         result = run_stage(stage, loop_options(cfg, cfg.ITERATION_GAN, cfg.FID_INTERVAL), run_dir / "gan", runtime,
                            resume=cfg.RESUME)
         if result.stopped:
-            return _stopped(cfg, run_dir, runtime)
+            return _stopped(cfg, run_dir, runtime, result)
     if runtime.is_main:
         print(f"done: grids in {run_dir}/*/images, checkpoints in {run_dir}/*/checkpoints")
     return 0
@@ -229,10 +229,11 @@ def _check_preset(ae_config: dict, cfg: Config) -> None:
         raise CheckpointError(f"the AE checkpoint belongs to preset '{trained}', this run is '{cfg.DATA_NAME}'")
 
 
-def _stopped(cfg: Config, run_dir: Path, runtime: Runtime) -> int:
+def _stopped(cfg: Config, run_dir: Path, runtime: Runtime, result: StageResult) -> int:
+    """Saved and stopped by a signal: the resume command, and the exit code that says so (130, 143)."""
     if runtime.is_main:
         print_resume_hint(cfg, run_dir)
-    return 0
+    return result.exit_code
 
 
 def _barrier(runtime: Runtime) -> None:

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from config import Config, ConfigError
 from datasets import InfiniteSampler, RandomStream, mix_seed
-from errors import UserError
+from errors import UserError, stopped_exit_code
 from fileio import CheckpointDir, CheckpointError, JsonlLog, load_checkpoint, save_grid
 from monitor import StageMonitor
 
@@ -404,11 +404,24 @@ class NanGuard:
 
 
 class StopRequest:
-    """SIGINT/SIGTERM set a flag; the loop finishes the current step, saves, and exits cleanly."""
+    """SIGINT/SIGTERM set a flag; the loop finishes the current step, saves, and exits cleanly.
+
+    A second signal aborts at once without saving (KeyboardInterrupt), but only one that comes
+    REPEAT_WINDOW seconds or more after the first: GNU `timeout` sends its SIGTERM to the child and
+    then to the child's whole group, which reach the handler as two calls a fraction of a millisecond
+    apart. That is one request, not a user pressing Ctrl-C twice.
+    """
+
+    REPEAT_WINDOW = 1.0  # seconds
 
     def __init__(self):
-        self.requested = False
+        self.signal = 0  # the stop signal received first (0: none yet)
+        self._first = 0.0  # when (time.monotonic)
         self._previous = {}
+
+    @property
+    def requested(self) -> bool:
+        return bool(self.signal)
 
     def __enter__(self):
         for sig in STOP_SIGNALS:
@@ -417,9 +430,12 @@ class StopRequest:
         return self
 
     def _handle(self, signum, frame):
-        if self.requested:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.requested = True
+        now = time.monotonic()
+        if self.requested:
+            if now - self._first >= self.REPEAT_WINDOW:  # a second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            return  # the same request again (`timeout`'s echo to the process group)
+        self.signal, self._first = signum, now
         tqdm.write(f"\n{signal.Signals(signum).name}: finishing this step, saving a checkpoint, then stopping "
                    f"(press again to abort without saving)", file=sys.stderr)
 
@@ -467,7 +483,16 @@ class LoopOptions:
 class StageResult:
     last_checkpoint: Path | None
     iteration: int
-    stopped: bool              # True if a signal stopped it before the end
+    stop_signal: int = 0       # the signal (SIGINT, SIGTERM) that stopped it before the end; 0: none did
+
+    @property
+    def stopped(self) -> bool:
+        return bool(self.stop_signal)
+
+    @property
+    def exit_code(self) -> int:
+        """The trainer's exit code: 0 done, 128 + the signal if one stopped it (errors.stopped_exit_code)."""
+        return stopped_exit_code(self.stop_signal) if self.stopped else 0
 
 
 def run_stage(stage: Stage, options: LoopOptions, stage_dir: Path, runtime: Runtime,
@@ -528,11 +553,11 @@ def run_stage(stage: Stage, options: LoopOptions, stage_dir: Path, runtime: Runt
                 if stop.requested:
                     bar.close()
                     monitor.close()
-                    return StageResult(last, done, stopped=True)
+                    return StageResult(last, done, stop_signal=stop.signal)
     if start >= total and last is None and runtime.is_main:
         last = save(start)  # nothing to train (e.g. 0 iterations): still leave a loadable checkpoint
     monitor.close()
-    return StageResult(last, max(start, total), stopped=False)
+    return StageResult(last, max(start, total))
 
 
 def checkpoint(stage: Stage, iteration: int, config: dict) -> dict:

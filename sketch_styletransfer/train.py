@@ -12,8 +12,8 @@ Both folders are read with their sub-folders (flat folders or ImageFolder-style 
 --keep, last.txt points at the newest). --checkpoint takes a checkpoint file or a run folder and
 restores weights, optimizers and the iteration count; unspecified options keep the run's values.
 The loop is training.run_stage, the one of train.py (TOMTrainer is its stage): a NaN/Inf loss stops
-the run (or, with --nan_policy skip, skips that step), and Ctrl-C finishes the current step, saves
-a checkpoint and stops. Then make sketches with evaluate.py. Under torchrun --batch_size is per
+the run (or, with --nan_policy skip, skips that step), and Ctrl-C (or SIGTERM) finishes the current
+step, saves a checkpoint and stops with exit code 130 (143). Then make sketches with evaluate.py. Under torchrun --batch_size is per
 process, every rank reads its own share of the photos and sketches, gradients are averaged
 (identical weights), and rank 0 alone writes.
 """
@@ -381,9 +381,9 @@ def main(argv: list[str] | None = None, vgg_features: nn.Module | None = None) -
         plan.out = from_rank0(plan.out, runtime)
     if vgg_features is None:  # only the command line needs the pretrained weights
         vgg_features = weights.vgg16_features()
-    train(plan, vgg_features, runtime=runtime)
-    if not runtime.is_main:
-        return 0
+    result = train(plan, vgg_features, runtime=runtime)
+    if result.stopped or not runtime.is_main:
+        return result.exit_code  # 130 or 143 when a signal stopped it (errors.stopped_exit_code)
     out = plan.out
     checkpoints = f"{shlex.quote(str(out.resolve() / 'checkpoints'))}/ckpt_*.pt"  # the glob left to the shell
     print(f"done: {out}\nmake sketches of the photos with (--path_result: any folder):\n  "

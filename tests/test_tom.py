@@ -1,6 +1,8 @@
 """TOM (sketch_styletransfer/): sizes, per-image Grams, training, exact resume, sketch folders. CPU, random VGG."""
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -153,6 +155,24 @@ def test_a_nan_loss_stops_the_run_in_one_line_naming_the_last_good_checkpoint(vg
     assert len(errors) == 1 and "loss 'gram' became NaN/Inf at iteration 2. Last good checkpoint: " in errors[0]
     assert errors[0].endswith("ckpt_00000002.pt. Lower the learning rate, or skip such steps with --nan_policy skip.")
     assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("ckpt_*.pt")] == ["ckpt_00000002.pt"]
+
+
+def test_a_stop_signal_saves_and_exits_with_its_code(vgg, demo_root, tmp_path, capsys, monkeypatch):
+    """SIGTERM (or Ctrl-C) finishes the step, saves and exits 143 (130): not 0 and "done" as a finished run."""
+    data = ["--path_a", str(demo_root / "train" / "images"), "--path_b", str(demo_root / "test" / "sketches")]
+    real, calls = M.gram_loss, []
+
+    def gram_loss(fake, real_features):
+        calls.append(None)
+        if len(calls) == 2:  # during iteration 1
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(fake, real_features)
+    monkeypatch.setattr(T, "gram_loss", gram_loss)
+    out = tmp_path / "run"
+    assert T.main(data + TINY + ["--total_iter", "100", "--out", str(out)], vgg_features=vgg) == 143
+    printed = capsys.readouterr()
+    assert "resume with:" in printed.err and "done:" not in printed.out
+    assert load_checkpoint(CheckpointDir(out / "checkpoints").last(), kind="tom")["iteration"] == 2
 
 
 def test_nan_policy_skip_skips_the_bad_update_and_goes_on(vgg, demo_root, tmp_path, capsys, monkeypatch):

@@ -146,7 +146,7 @@ class Config:
     SEED: int = 0                            # seeds data order, augmentation and initialisation
     DETERMINISTIC: bool = False              # deterministic kernels (for exact-resume checks)
     NAN_POLICY: str = "stop"                 # a NaN/Inf loss: "stop" the run or "skip" the step
-    NAN_SKIP_LIMIT: int = 20                 # NAN_POLICY=skip: stop after this many skipped steps in a row
+    NAN_SKIP_LIMIT: int = 20                 # NAN_POLICY=skip: stop after this many skips in a row of one update
 
     def __post_init__(self):
         _check_choice("DATA_NAME", self.DATA_NAME, PRESETS)

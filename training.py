@@ -350,7 +350,9 @@ class NanGuard:
     "stop": the first bad iteration of each loss is recorded on the device and checked at log
     and checkpoint time, where the run stops naming the step, the loss and the last good
     checkpoint. "skip": each step is checked before its optimizer steps (one sync per step);
-    `skip_limit` skipped steps in a row stop the run (the weights themselves are broken then).
+    `skip_limit` skipped steps in a row of one update stop the run (the weights themselves are broken
+    then). Each update (named by its losses: step A, step B, D, G) counts its own row, so a good
+    update cannot reset the count of one that fails every iteration.
     `skip_setting` is how this run's user asks for "skip" (its command line's words). Under
     torchrun (`distributed`) the ranks agree: a step is skipped on every rank if any rank's loss is
     bad (the averaged gradients are bad on all of them), so the weights stay identical.
@@ -362,7 +364,7 @@ class NanGuard:
         self.distributed = distributed
         self.first_bad: dict[str, torch.Tensor] = {}
         self.skipped = 0
-        self.in_a_row = 0
+        self.in_a_row: dict[tuple[str, ...], int] = {}  # per update (its loss names): skipped steps in a row
         self.last_good: Path | None = None  # named when the run stops (run_stage keeps it current)
 
     def ok(self, it: int, losses: dict[str, torch.Tensor]) -> bool:
@@ -371,13 +373,15 @@ class NanGuard:
             bad = [k for k, v in losses.items() if not torch.isfinite(v.detach()).all()]
             if self.distributed and self._any_rank_bad(bool(bad)) and not bad:
                 bad = ["(a loss on another rank)"]
-            self.in_a_row = self.in_a_row + 1 if bad else 0
+            update = tuple(losses)
+            row = self.in_a_row[update] = (self.in_a_row.get(update, 0) + 1) if bad else 0
             if bad:
                 self.skipped += 1
                 tqdm.write(f"warning: iteration {it}: non-finite {', '.join(bad)}; step skipped", file=sys.stderr)
-            if self.in_a_row >= self.skip_limit:
-                raise NonFiniteLoss(f"{self.in_a_row} steps in a row skipped for NaN/Inf losses (up to iteration "
-                                    f"{it}; skip limit {self.skip_limit}): the weights themselves are broken. "
+            if row >= self.skip_limit:
+                raise NonFiniteLoss(f"{row} steps in a row skipped for NaN/Inf losses of the update of "
+                                    f"{', '.join(update)} (up to iteration {it}; skip limit {self.skip_limit}): "
+                                    f"the weights themselves are broken. "
                                     f"Last good checkpoint: {self.last_good or 'none saved yet'}. Lower the "
                                     f"learning rate and resume from it.")
             return not bad
@@ -472,7 +476,7 @@ class LoopOptions:
     keep: int = 3                  # newest checkpoints kept
     seed: int = 0                  # the fixed seed of grids and metrics (see _fixed_rng)
     nan_policy: str = "stop"       # a NaN/Inf loss: "stop" the run or "skip" the step (NanGuard)
-    nan_skip_limit: int = 20       # "skip": stop after this many skipped steps in a row
+    nan_skip_limit: int = 20       # "skip": stop after this many skipped steps in a row of one update
     nan_skip_setting: str = "NAN_POLICY=skip"  # how the user asks for "skip", named in the stop message
     eval_interval: int = 0         # iterations between stage.evaluate calls (0: never)
     logger: str = "none"           # "tensorboard": scalars and grids also in <stage_dir>/tensorboard

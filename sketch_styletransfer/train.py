@@ -355,7 +355,7 @@ Example:
     p.add_argument("--nan_policy", choices=("stop", "skip"),
                    help=f"a NaN/Inf loss: stop the run, or skip that step's update (default {d['nan_policy']})")
     p.add_argument("--nan_skip_limit", type=int,
-                   help=f"with skip: stop after this many skipped steps in a row (default {d['nan_skip_limit']})")
+                   help=f"with skip: stop after this many skipped steps in a row of one update (default {d['nan_skip_limit']})")
     args = p.parse_args(argv)
     for key in ("batch_size", "total_iter", "save_interval", "image_interval", "log_interval", "keep", "grid_n", "nfc",
                 "nan_skip_limit"):

@@ -20,6 +20,7 @@ process, every rank reads its own share of the photos and sketches, gradients ar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import shlex
@@ -42,7 +43,7 @@ import weights
 from datasets import (DataError, FolderDataset, InfiniteSampler, RandomStream, iteration_generator, mix_seed,
                       paired_crop_flip, require_images, to_float)
 from errors import UserError, cli
-from fileio import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, newest_checkpoint, write_json
+from fileio import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, locked_folder, newest_checkpoint, write_json
 from losses import d_hinge  # the style discriminator's: real sketches above +1, generated below -1
 from sketch_styletransfer.tom_models import (THRESHOLD, StyleDiscriminator, TOMGenerator, VGGFeatures, check_size,
                                              content_loss, gram_input, gram_loss, sketch_photos, to_sketch)
@@ -304,16 +305,18 @@ def loop_options(args: dict) -> LoopOptions:
 
 def train(plan: Plan, vgg_features: nn.Sequential, runtime: Runtime | None = None) -> StageResult:
     """Train (or resume) the run `plan_run` planned in training.run_stage. Under torchrun (`runtime`
-    from join_torchrun) every rank trains on its share of the data and rank 0 alone writes."""
+    from join_torchrun) every rank trains on its share of the data and rank 0 alone writes, holding the
+    run folder (fileio.locked_folder) so that a second process on it stops before writing."""
     args, out = plan.args, plan.out
     rt = runtime or Runtime(device=torch.device("cpu"))
     seed_everything(args["seed"])  # the same on every rank: identical initial weights
     trainer = TOMTrainer(vgg_features, args, rt)
-    if rt.is_main:
-        write_json(out / "args.json", args)
-        print(f"run folder: {out}\n{plan.counts[0]} photos, {plan.counts[1]} sketches, {args['total_iter']} "
-              f"iterations on {rt.device}")
-    result = run_stage(trainer, loop_options(args), out, rt, resume=plan.checkpoint_path or False)
+    with locked_folder(out, "choose another --out") if rt.is_main else contextlib.nullcontext():
+        if rt.is_main:
+            write_json(out / "args.json", args)
+            print(f"run folder: {out}\n{plan.counts[0]} photos, {plan.counts[1]} sketches, {args['total_iter']} "
+                  f"iterations on {rt.device}")
+        result = run_stage(trainer, loop_options(args), out, rt, resume=plan.checkpoint_path or False)
     if result.stopped and rt.is_main:
         print(f"stopped at iteration {result.iteration}; resume with:\n  {_command('train.py', '--checkpoint', out)}",
               file=sys.stderr)

@@ -13,7 +13,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from fileio import CheckpointDir, load_checkpoint, save_checkpoint
+from fileio import LOCK_FILE, CheckpointDir, load_checkpoint, locked_folder, save_checkpoint
 from sketch_styletransfer import evaluate as E
 from sketch_styletransfer import tom_models as M
 from sketch_styletransfer import train as T
@@ -155,6 +155,20 @@ def test_a_nan_loss_stops_the_run_in_one_line_naming_the_last_good_checkpoint(vg
     assert len(errors) == 1 and "loss 'gram' became NaN/Inf at iteration 2. Last good checkpoint: " in errors[0]
     assert errors[0].endswith("ckpt_00000002.pt. Lower the learning rate, or skip such steps with --nan_policy skip.")
     assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("ckpt_*.pt")] == ["ckpt_00000002.pt"]
+
+
+def test_a_run_folder_in_use_is_one_line_before_writing(vgg, demo_root, tmp_path, capsys):
+    """Two TOM runs on one --out at once (or two --checkpoint resumes of one run): the second stops."""
+    data = ["--path_a", str(demo_root / "train" / "images"), "--path_b", str(demo_root / "test" / "sketches")]
+    out = tmp_path / "run"
+    with locked_folder(out):  # the first run, before it has written anything
+        assert T.main(data + TINY + ["--total_iter", "2", "--out", str(out)], vgg_features=vgg) == 1
+        assert f"error: {out} is in use by another process" in capsys.readouterr().err
+        assert [p.name for p in out.iterdir()] == [LOCK_FILE]
+    assert T.main(data + TINY + ["--total_iter", "2", "--out", str(out)], vgg_features=vgg) == 0
+    with locked_folder(out):
+        assert T.main(["--checkpoint", str(out), "--total_iter", "4"], vgg_features=vgg) == 1
+        assert "choose another --out" in capsys.readouterr().err
 
 
 def test_a_stop_signal_saves_and_exits_with_its_code(vgg, demo_root, tmp_path, capsys, monkeypatch):

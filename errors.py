@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import signal
 import sys
+from pathlib import Path
 
 EXIT_USER_ERROR = 1
 
@@ -27,10 +28,25 @@ def stopped_exit_code(signum: int) -> int:
 
 
 EXIT_INTERRUPTED = stopped_exit_code(signal.SIGINT)  # 130
+CONFIG_PY = Path(__file__).resolve().with_name("config.py")  # the settings file users edit (quiet_start)
 
 
 class UserError(Exception):
     """A mistake in the user's input, reported in one line (`cli`)."""
+
+
+def quiet_start(kind, value, tb) -> None:
+    """The sys.excepthook of a training command while its libraries load (before `cli` runs): Ctrl-C is
+    the line "interrupted" (the exit status stays SIGINT's), a syntax error in config.py (its EDIT HERE
+    block is Python, imported with the libraries) one `error:` line naming the file and line (exit 1);
+    anything else keeps its traceback."""
+    if issubclass(kind, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+    elif issubclass(kind, SyntaxError) and value.filename and Path(value.filename).resolve() == CONFIG_PY:
+        print(f"error: {value.filename}, line {value.lineno}: {value.msg}: {(value.text or '').strip()}",
+              file=sys.stderr)
+    else:
+        sys.__excepthook__(kind, value, tb)
 
 
 def cli(main):

@@ -20,17 +20,10 @@ from __future__ import annotations
 
 import sys
 
+from errors import EXIT_INTERRUPTED, cli, quiet_start
 
-def _quiet_interrupt(kind, value, tb):
-    """Ctrl-C while the libraries load (before main runs): one line, no traceback."""
-    if issubclass(kind, KeyboardInterrupt):
-        print("interrupted", file=sys.stderr)
-    else:
-        sys.__excepthook__(kind, value, tb)
-
-
-if __name__ == "__main__":
-    sys.excepthook = _quiet_interrupt
+if __name__ == "__main__":  # Ctrl-C while the libraries load, a syntax error in config.py: one line
+    sys.excepthook = quiet_start
 
 import contextlib  # after the hook: the imports below take seconds (torch)
 import itertools
@@ -46,7 +39,6 @@ import config as C
 from config import Config, ConfigError
 from datasets import Pairs, pair_folders, require_readable
 from demo_data import ensure_demo_data
-from errors import EXIT_INTERRUPTED, cli
 from fileio import (LOCK_FILE, CheckpointDir, CheckpointError, OutputError, load_checkpoint, locked_folder,
                     newest_checkpoint, remove_stale_temporaries, write_json, write_text)
 from monitor import require_tensorboard

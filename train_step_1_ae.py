@@ -15,6 +15,11 @@ from __future__ import annotations
 
 import sys
 
+from errors import quiet_start
+
+if __name__ == "__main__":  # as train.py: Ctrl-C while the libraries load, a syntax error in config.py
+    sys.excepthook = quiet_start
+
 import torch
 
 import losses as L

@@ -215,3 +215,16 @@ def test_an_edit_of_a_copy_of_config_py_reaches_the_run(demo_root, tmp_path):
     assert rows["BATCH_SIZE_AE"] == ["config.py", "6"] and rows["ITERATION_AE"] == ["command", "line", "2"]
     assert rows["IMAGE_DIR"][0] == "config.py" and rows["MI_HIDDEN"] == ["command", "line", "16"]
     assert rows["EMA_DECAY"] == ["preset", "demo", "0.99"]
+
+
+def test_a_syntax_error_in_the_block_is_one_line_naming_config_py_and_the_line(tmp_path):
+    """config.py is imported with the libraries, before main: train.py's start-up hook (errors.quiet_start)."""
+    repo = _repo_copy(tmp_path / "repo")
+    config_py = repo / "config.py"
+    lines = config_py.read_text().splitlines()
+    number = lines.index("# BATCH_SIZE_AE = 32") + 1
+    lines[number - 1] = "BATCH_SIZE_AE = = 6"
+    config_py.write_text("\n".join(lines) + "\n")
+    done = subprocess.run([sys.executable, "train.py"], cwd=repo, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1 and done.stderr.splitlines() == [
+        f"error: {config_py}, line {number}: invalid syntax: BATCH_SIZE_AE = = 6"], done.stderr[-3000:]

@@ -13,9 +13,9 @@ Both folders are read with their sub-folders (flat folders or ImageFolder-style 
 restores weights, optimizers and the iteration count; unspecified options keep the run's values.
 The loop is training.run_stage, the one of train.py (TOMTrainer is its stage): a NaN/Inf loss stops
 the run (or, with --nan_policy skip, skips that step), and Ctrl-C (or SIGTERM) finishes the current
-step, saves a checkpoint and stops with exit code 130 (143). Then make sketches with evaluate.py. Under torchrun --batch_size is per
-process, every rank reads its own share of the photos and sketches, gradients are averaged
-(identical weights), and rank 0 alone writes.
+step, saves a checkpoint and stops with exit code 130 (143). Then make sketches with evaluate.py.
+Under torchrun --batch_size is per process, every rank reads its own share of the photos and
+sketches, gradients are averaged (identical weights), and rank 0 alone writes.
 """
 from __future__ import annotations
 
@@ -358,7 +358,8 @@ Example:
     p.add_argument("--nan_policy", choices=("stop", "skip"),
                    help=f"a NaN/Inf loss: stop the run, or skip that step's update (default {d['nan_policy']})")
     p.add_argument("--nan_skip_limit", type=int,
-                   help=f"with skip: stop after this many skipped steps in a row of one update (default {d['nan_skip_limit']})")
+                   help=f"with skip: stop after this many skipped steps in a row of one update (G or D; default "
+                        f"{d['nan_skip_limit']})")
     args = p.parse_args(argv)
     for key in ("batch_size", "total_iter", "save_interval", "image_interval", "log_interval", "keep", "grid_n", "nfc",
                 "nan_skip_limit"):

@@ -74,7 +74,8 @@ class Config:
     NBR_CLS: int = 500                       # images per self-supervised subset = classes of the head
     IM_SIZE_AE: int = 512                    # autoencoder resolution (64..512, a power of two)
     IM_SIZE_GAN: int = 1024                  # final output resolution: IM_SIZE_AE or 2 * IM_SIZE_AE
-    IM_SIZE_D: int = 512                     # discriminator structure size (reference: 512 even at 1024 px)
+    IM_SIZE_D: int = 512                     # discriminator structure size (reference: 512 even at 1024 px);
+                                             # when not set, at most IM_SIZE_GAN
     GENERATOR: str = "art"                   # refine generator architecture: "art", "face" or "shoe"
                                              # (the art one without style input; models.GENERATORS)
 
@@ -145,7 +146,7 @@ class Config:
     SEED: int = 0                            # seeds data order, augmentation and initialisation
     DETERMINISTIC: bool = False              # deterministic kernels (for exact-resume checks)
     NAN_POLICY: str = "stop"                 # a NaN/Inf loss: "stop" the run or "skip" the step
-    NAN_SKIP_LIMIT: int = 20                 # NAN_POLICY=skip: stop after this many skipped steps in a row
+    NAN_SKIP_LIMIT: int = 20                 # NAN_POLICY=skip: stop after this many skips in a row of one update
 
     def __post_init__(self):
         _check_choice("DATA_NAME", self.DATA_NAME, PRESETS)
@@ -193,6 +194,23 @@ class Config:
                 raise ConfigError(f"{name}={getattr(self, name)}: a loss weight must be >= 0")
         if self.CONTENT_MARGIN < 0:
             raise ConfigError(f"CONTENT_MARGIN={self.CONTENT_MARGIN}: must be >= 0")
+        self._check_reconstruction()
+        _check_trial_name(self.TRIAL_NAME)
+
+    def _check_reconstruction(self) -> None:
+        """Each reconstruction loss a stage of this run trains has a term: without one the decoder or
+        generator learns nothing from the image (the face and art presets' only GAN term is LPIPS)."""
+        stages = {}
+        if not self.TRAIN_GAN_ONLY:
+            stages["AE step A"] = ("W_REC_MSE", "W_REC_L1", "W_REC_LPIPS")
+            stages["AE step B"] = ("W_REC_MSE", "W_REC_L1_B", "W_REC_LPIPS")
+        if not self.TRAIN_AE_ONLY:
+            stages["GAN stage"] = ("W_GAN_MSE", "W_GAN_L1", "W_GAN_LPIPS")
+        for stage, names in stages.items():
+            if not any(getattr(self, name) > 0 for name in names):
+                hint = " ".join(f"{k}={v:g}" for k, v in NO_LPIPS_LOSSES.items() if k in names and v > 0)
+                raise ConfigError(f"the {stage} has no reconstruction term ({', '.join(names)} are all 0): set "
+                                  f"one > 0" + (f" (without LPIPS the shoe preset has {hint})" if hint else ""))
 
     def _check_sampling(self) -> None:
         _check_choice("SAMPLE_BN", self.SAMPLE_BN, ("running", "batch"))
@@ -270,7 +288,20 @@ def preset(name: str, **overrides) -> Config:
     """The preset `name` with `overrides` on top (type-checked)."""
     _check_choice("DATA_NAME", name, PRESETS)
     values = {**PRESETS[name], **overrides, "DATA_NAME": name}
+    if "IM_SIZE_D" not in overrides and "IM_SIZE_GAN" in overrides:  # D's size follows a smaller output size
+        values["IM_SIZE_D"] = min(values.get("IM_SIZE_D", _DEFAULTS["IM_SIZE_D"]),
+                                  _coerce("IM_SIZE_GAN", overrides["IM_SIZE_GAN"]))
     return Config().replace(**values)
+
+
+def _check_trial_name(name: Optional[str]) -> None:
+    """A run folder stays inside SAVE_FOLDER: TRIAL_NAME is a relative name (sub-folders allowed), no '..'."""
+    if name is None:
+        return
+    path = Path(name)
+    if path.is_absolute() or not path.parts or ".." in path.parts:
+        raise ConfigError(f"TRIAL_NAME={name}: must be a folder name under SAVE_FOLDER (relative, without '..'); "
+                          f"to write elsewhere set SAVE_FOLDER")
 
 
 def parse_overrides(args: list[str]) -> dict:
@@ -305,6 +336,7 @@ def from_command_line(args: list[str]) -> tuple[Config, dict[str, str]]:
 def _resumed(wanted: dict) -> Config:
     """The saved config of the run RESUME=true continues (SAVE_FOLDER/TRIAL_NAME/config.json), or
     ConfigError before anything is written: a failed resume must not change the run."""
+    _check_trial_name(wanted.get("TRIAL_NAME"))
     run_dir = Path(wanted.get("SAVE_FOLDER", Config.SAVE_FOLDER)) / str(wanted.get("TRIAL_NAME"))
     if not wanted.get("TRIAL_NAME") or not (run_dir / "config.json").is_file():
         raise ConfigError(f"RESUME=true needs TRIAL_NAME of an existing run (no {run_dir / 'config.json'})")
@@ -350,6 +382,8 @@ def resolve(cli: dict, base: Optional[Config] = None, base_name: str = "") -> tu
         cfg = preset(name, **wanted)
         origins = {k: f"preset {name}" for k in PRESETS[name]}
         origins["DATA_NAME"] = "DEFAULT_PRESET"
+        if cfg.IM_SIZE_D != PRESETS[name].get("IM_SIZE_D", _DEFAULTS["IM_SIZE_D"]) and "IM_SIZE_D" not in wanted:
+            origins["IM_SIZE_D"] = "follows IM_SIZE_GAN"  # preset()
     else:
         cfg = base.replace(**wanted)
         origins = {k: base_name for k in _HINTS if getattr(base, k) != _DEFAULTS[k]}

@@ -19,10 +19,16 @@ from torchvision.utils import make_grid
 
 from errors import UserError
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 # bump when the layout of the checkpoint dict changes; load_checkpoint refuses newer ones.
 # 2: GAN arch names its GENERATOR; TOM uses the common layout (1: TOM's own layout, still read for sketches)
 CHECKPOINT_FORMAT = 2
 CHECKSUM_KEY = "checksum"  # "sha256:<hex>" of the rest of the checkpoint dict (state_checksum); absent in old files
+LOCK_FILE = ".lock"  # locked_folder's file in a folder in use
 TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # atomic_path's temporary names: .<name>.<8 random>.tmp
 
 
@@ -32,6 +38,10 @@ class CheckpointError(UserError):
 
 class OutputError(UserError):
     """An output cannot be written: no space left, no permission, a file where a folder should be."""
+
+
+class FolderInUse(UserError):
+    """Another running process holds the folder (locked_folder)."""
 
 
 def _output_error(path: Path, e: OSError) -> OutputError:
@@ -92,6 +102,28 @@ def check_writable(path, folder: bool = False) -> None:
             pass
     except OSError as e:
         raise _output_error(path, e) from None
+
+
+@contextlib.contextmanager
+def locked_folder(folder, hint: str = "use another folder") -> Iterator[Path]:
+    """Hold `folder` (made if missing) for the block: an exclusive flock on `folder`/.lock. A second
+    process asking for it meanwhile gets FolderInUse at once (ending with `hint`), so two processes
+    never write one run folder. The lock ends with the block or the process (a killed run leaves no
+    stale lock: the file stays, unlocked). Without fcntl (Windows) nothing is locked."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / LOCK_FILE, "a")
+    except OSError as e:
+        raise _output_error(folder / LOCK_FILE, e) from None
+    with handle:
+        try:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderInUse(f"{folder} is in use by another process that has not ended: wait for it, or "
+                              f"{hint}") from None
+        yield folder
 
 
 def remove_stale_temporaries(folder) -> int:

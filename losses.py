@@ -76,6 +76,8 @@ class Reconstruction(nn.Module):
     def __init__(self, w_mse: float, w_l1: float, w_lpips: float, lpips: nn.Module | None = None,
                  lpips_size: int = 256):
         super().__init__()
+        if not (w_mse > 0 or w_l1 > 0 or w_lpips > 0):  # Config refuses it: the sum of no term is no loss
+            raise ValueError("a reconstruction loss needs a term with a weight > 0")
         if w_lpips > 0 and lpips is None:
             raise ValueError("this preset's reconstruction uses LPIPS (w_lpips > 0) but no LPIPS network "
                              "was given")

@@ -19,7 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from torch.nn.utils.parametrizations import spectral_norm
+import torch.nn.utils.parametrize as parametrize
+from torch.nn.utils.parametrizations import _SpectralNorm
 
 from fileio import CheckpointError, atomic_path, load_checkpoint, newest_checkpoint
 
@@ -84,6 +85,29 @@ class GLU(nn.Module):
         return F.glu(x, dim=1)  # (B, 2C, H, W) -> (B, C, H, W)
 
 
+class _ReferencePowerIteration(_SpectralNorm):
+    """torch's spectral-norm parametrization (its buffers _u, _v: the same state-dict keys) with the power
+    iteration of torch.nn.utils.spectral_norm (torch 1.x), which the reference used: v = W^T u, then
+    u = W v, so sigma = |W v|. The parametrization updates u first (sigma = |W^T u|): the same once u and
+    v have converged, not on the first steps nor after a large weight change. Kept from torch: the 15
+    iterations at construction (the reference starts from random u and v, and an eval-mode forward before
+    the first training step, e.g. of a fresh EMA copy, would divide by u^T W v of two random vectors)."""
+
+    @torch.no_grad()
+    def _power_method(self, weight_mat: torch.Tensor, n_power_iterations: int) -> None:
+        for _ in range(n_power_iterations):  # in place, as torch's (its note: DataParallel replicas)
+            self._v = F.normalize(torch.mv(weight_mat.H, self._u), dim=0, eps=self.eps, out=self._v)
+            self._u = F.normalize(torch.mv(weight_mat, self._v), dim=0, eps=self.eps, out=self._u)
+
+
+def spectral_norm(module: nn.Module) -> nn.Module:
+    """Spectral-normalise module.weight as the reference does (_ReferencePowerIteration); a transposed
+    convolution over its output dimension (1), as torch's spectral_norm."""
+    dim = 1 if isinstance(module, nn.ConvTranspose2d) else 0
+    parametrize.register_parametrization(module, "weight", _ReferencePowerIteration(module.weight, dim=dim))
+    return module
+
+
 def sn_batchnorm(ch: int) -> nn.Module:
     """BatchNorm2d whose gain vector is spectral-normed.
 
@@ -128,8 +152,12 @@ class ResBlkG(nn.Module):
     def __init__(self, ch: int, expand: int = 4):
         super().__init__()
         wide = ch * expand
-        # No bias, as the reference's torch_dwconv.DepthwiseConv2d (0.1.0 takes none; a BN follows).
+        # No bias, as the reference's torch_dwconv.DepthwiseConv2d (0.1.0 takes none; a BN follows), and
+        # its init, torch.randn: std 1, not nn.Conv2d's 1/sqrt(fan_in) (0.116 at 5x5). Spectral norm makes
+        # the forward the same, but Adam's steps have a fixed size in the raw weight: at std 0.116 the
+        # normalised kernel moved ~8.5x faster than the reference's.
         depthwise = nn.Conv2d(wide, wide, DW_KERNEL, 1, DW_KERNEL // 2, groups=wide, bias=False)
+        nn.init.normal_(depthwise.weight)
         self.main = nn.Sequential(
             sn_batchnorm(ch), spectral_norm(nn.Conv2d(ch, wide, 1, bias=False)),
             sn_batchnorm(wide), Swish(), spectral_norm(depthwise),

@@ -20,41 +20,36 @@ from __future__ import annotations
 
 import sys
 
+from errors import EXIT_INTERRUPTED, cli, quiet_start
 
-def _quiet_interrupt(kind, value, tb):
-    """Ctrl-C while the libraries load (before main runs): one line, no traceback."""
-    if issubclass(kind, KeyboardInterrupt):
-        print("interrupted", file=sys.stderr)
-    else:
-        sys.__excepthook__(kind, value, tb)
+if __name__ == "__main__":  # Ctrl-C while the libraries load, a syntax error in config.py: one line
+    sys.excepthook = quiet_start
 
-
-if __name__ == "__main__":
-    sys.excepthook = _quiet_interrupt
-
-import itertools  # after the hook: the imports below take seconds (torch)
+import contextlib  # after the hook: the imports below take seconds (torch)
+import itertools
 import os
 import time
 from pathlib import Path
+from typing import Iterator
 
 import torch.distributed as dist
 
 import benchmark
 import config as C
 from config import Config, ConfigError
-from datasets import pair_folders, require_readable
+from datasets import Pairs, pair_folders, require_readable
 from demo_data import ensure_demo_data
-from errors import cli
-from fileio import (CheckpointError, OutputError, newest_checkpoint, remove_stale_temporaries,
-                    write_json, write_text)
+from fileio import (LOCK_FILE, CheckpointDir, CheckpointError, OutputError, load_checkpoint, locked_folder,
+                    newest_checkpoint, remove_stale_temporaries, write_json, write_text)
 from monitor import require_tensorboard
 from losses import build_lpips
 from models import AutoEncoder, load_trained
 from train_step_1_ae import AEStage
 from train_step_2_gan import GANStage, check_autoencoder
-from training import LoopOptions, Runtime, from_rank0, print_resume_hint, run_stage, setup_runtime
+from training import (LoopOptions, Runtime, StageResult, check_arch, from_rank0, print_resume_hint, run_stage,
+                      setup_runtime)
 
-RUN_ENTRIES = {"config.json", "settings.txt", "ae", "gan"}  # what a run folder holds
+RUN_ENTRIES = {"config.json", "settings.txt", "ae", "gan", LOCK_FILE}  # what a run folder holds
 
 
 @cli
@@ -76,7 +71,7 @@ def main(argv: list[str]) -> int:
         return train(cfg, report)
     except KeyboardInterrupt:  # Ctrl-C during start-up, or a second one while saving
         print("interrupted: nothing saved since the last checkpoint", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def help_text(cfg: Config, origins: dict[str, str]) -> str:
@@ -104,23 +99,31 @@ def train(cfg: Config, settings: str = "") -> int:
         raise ConfigError("FID_INTERVAL > 0 needs a held-out set: set TEST_IMAGE_DIR and TEST_SKETCH_DIR "
                           "(FID on augmented training crops is not a valid number), or FID_INTERVAL=0")
     pretrained = None
-    if cfg.TRAIN_GAN_ONLY and cfg.PRETRAINED_AE_PATH:
-        pretrained = load_ae(cfg, None, None)
+    if cfg.TRAIN_GAN_ONLY:  # PRETRAINED_AE_PATH's AE, or that of the run RESUME continues
+        pretrained = load_ae(cfg, Path(cfg.SAVE_FOLDER) / cfg.TRIAL_NAME if cfg.RESUME else None, None)
+    if cfg.RESUME:
+        check_resume(cfg, Path(cfg.SAVE_FOLDER) / cfg.TRIAL_NAME, len(pairs))
     lpips = build_lpips(max(cfg.W_REC_LPIPS, cfg.W_GAN_LPIPS), runtime.device)
     fid = benchmark.training_fid(cfg, runtime, grid_pairs) if cfg.FID_INTERVAL and not cfg.TRAIN_AE_ONLY else None
-    run_dir = prepare_run_dir(cfg, runtime)
-    if runtime.is_main:
-        write_text(run_dir / "settings.txt", (settings or C.settings_report(cfg, {})) + "\n")
-        print(f"run folder: {run_dir}\n{len(pairs)} training pairs, {len(pairs.sketches[0])} sketch set(s) each")
-        if pairs.missing:
-            print(pairs.report())
+    with prepare_run_dir(cfg, runtime) as run_dir:
+        if runtime.is_main:
+            write_text(run_dir / "settings.txt", (settings or C.settings_report(cfg, {})) + "\n")
+            print(f"run folder: {run_dir}\n{len(pairs)} training pairs, {len(pairs.sketches[0])} sketch set(s) each")
+            if pairs.missing:
+                print(pairs.report())
+        return train_stages(cfg, runtime, run_dir, pairs, grid_pairs, lpips, fid, pretrained)
 
+
+def train_stages(cfg: Config, runtime: Runtime, run_dir: Path, pairs: Pairs, grid_pairs: Pairs, lpips, fid,
+                 pretrained: AutoEncoder | None) -> int:
+    """The stages of `cfg` in the prepared `run_dir`, on what `train` checked and made (LPIPS, the FID
+    callable, the pretrained AE of TRAIN_GAN_ONLY); returns the exit code."""
     ae_checkpoint = None
     if not cfg.TRAIN_GAN_ONLY:
         stage = AEStage(cfg, runtime, pairs, grid_pairs, lpips)
         result = run_stage(stage, loop_options(cfg, cfg.ITERATION_AE), run_dir / "ae", runtime, resume=cfg.RESUME)
         if result.stopped:
-            return _stopped(cfg, run_dir, runtime)
+            return _stopped(cfg, run_dir, runtime, result)
         ae_checkpoint = result.last_checkpoint
         _barrier(runtime)
     if not cfg.TRAIN_AE_ONLY:
@@ -129,10 +132,35 @@ def train(cfg: Config, settings: str = "") -> int:
         result = run_stage(stage, loop_options(cfg, cfg.ITERATION_GAN, cfg.FID_INTERVAL), run_dir / "gan", runtime,
                            resume=cfg.RESUME)
         if result.stopped:
-            return _stopped(cfg, run_dir, runtime)
+            return _stopped(cfg, run_dir, runtime, result)
     if runtime.is_main:
         print(f"done: grids in {run_dir}/*/images, checkpoints in {run_dir}/*/checkpoints")
     return 0
+
+
+def check_resume(cfg: Config, run_dir: Path, n_pairs: int) -> None:
+    """RESUME=true: what the run's newest checkpoints hold fits `cfg`, or one line before anything is
+    written (a refused resume leaves the run as it was): each stage that runs builds the same networks
+    (training.check_arch; the AE's classifier head has min(NBR_CLS, pairs) classes), and the AE is not
+    trained on once the GAN stage has started from it (the GAN checkpoints would put the old AE back)."""
+    ae_last = CheckpointDir(run_dir / "ae" / "checkpoints", kind="ae").last()
+    gan_last = CheckpointDir(run_dir / "gan" / "checkpoints", kind="gan").last()
+    if ae_last is not None and not cfg.TRAIN_GAN_ONLY:
+        saved = load_checkpoint(ae_last, kind="ae")
+        check_arch(saved["state"]["arch"], AEStage.arch_of(cfg), ae_last)
+        classes, saved_classes = AEStage.classes(cfg, n_pairs), saved["state"].get("nbr_cls")
+        if saved_classes not in (None, classes):
+            raise ConfigError(f"{ae_last} was trained with {saved_classes} classes per subset; this run has {classes} "
+                              f"(NBR_CLS={cfg.NBR_CLS}, {n_pairs} training pairs): resume with the run's own NBR_CLS "
+                              f"and IMAGE_DIR (see its config.json)")
+        if gan_last is not None and saved["iteration"] < cfg.ITERATION_AE:
+            raise ConfigError(f"run {run_dir}: its GAN stage started from the AE of iteration {saved['iteration']}, "
+                              f"so ITERATION_AE={cfg.ITERATION_AE} cannot train that AE on (the GAN stage would put "
+                              f"the AE of {saved['iteration']} back): keep ITERATION_AE={saved['iteration']}, or train "
+                              f"a new run's GAN stage on an AE trained further")
+    if gan_last is not None and not cfg.TRAIN_AE_ONLY:
+        saved = load_checkpoint(gan_last, kind="gan")
+        check_arch(GANStage.upgrade_arch(saved["state"]["arch"]), GANStage.arch_of(cfg), gan_last)
 
 
 def loop_options(cfg: Config, total: int, eval_interval: int = 0) -> LoopOptions:
@@ -143,28 +171,33 @@ def loop_options(cfg: Config, total: int, eval_interval: int = 0) -> LoopOptions
                        logger=cfg.LOGGER, config=cfg.to_dict())
 
 
-def prepare_run_dir(cfg: Config, runtime: Runtime) -> Path:
-    """Name the run folder, refuse to reuse one by accident, write config.json (rank 0).
+@contextlib.contextmanager
+def prepare_run_dir(cfg: Config, runtime: Runtime) -> Iterator[Path]:
+    """Name the run folder, refuse to reuse one by accident, lock it, write config.json (rank 0); the
+    block runs with the folder locked (fileio.locked_folder), so a second process on it stops at once.
 
     Without TRIAL_NAME the name is <DATA_NAME>-<date>-<time>, with -2, -3, ... when runs start in
     the same second (made with an atomic mkdir, so concurrent runs never share a folder). An
     existing TRIAL_NAME folder is reused only by RESUME=true, or when it holds nothing but an
-    earlier attempt that saved no checkpoint (e.g. one stopped by a bad input).
+    earlier attempt that saved no checkpoint (e.g. one stopped by a bad input), and never while
+    another process (a run of the same TRIAL_NAME, another RESUME=true of it) holds it.
     """
     run_dir = None
-    if runtime.is_main:
-        try:
-            run_dir = _claim_run_dir(cfg)
-            stale = remove_stale_temporaries(run_dir)
-            if stale:
-                print(f"removed {stale} temporary file(s) left in {run_dir} by an interrupted write")
-            name = run_dir.relative_to(cfg.SAVE_FOLDER).as_posix()
-            write_json(run_dir / "config.json", cfg.replace(TRIAL_NAME=name).to_dict())
-        except (OSError, OutputError) as e:
-            where = Path(cfg.SAVE_FOLDER) / (cfg.TRIAL_NAME or "")
-            reason = e.strerror if isinstance(e, OSError) else str(e)
-            raise ConfigError(f"cannot write the run folder {where} ({reason}): set SAVE_FOLDER") from None
-    return from_rank0(run_dir, runtime)  # every rank uses rank 0's folder name
+    with contextlib.ExitStack() as held:
+        if runtime.is_main:
+            try:
+                run_dir = _claim_run_dir(cfg)
+                held.enter_context(locked_folder(run_dir, "choose another TRIAL_NAME"))
+                stale = remove_stale_temporaries(run_dir)
+                if stale:
+                    print(f"removed {stale} temporary file(s) left in {run_dir} by an interrupted write")
+                name = run_dir.relative_to(cfg.SAVE_FOLDER).as_posix()
+                write_json(run_dir / "config.json", cfg.replace(TRIAL_NAME=name).to_dict())
+            except (OSError, OutputError) as e:
+                where = Path(cfg.SAVE_FOLDER) / (cfg.TRIAL_NAME or "")
+                reason = e.strerror if isinstance(e, OSError) else str(e)
+                raise ConfigError(f"cannot write the run folder {where} ({reason}): set SAVE_FOLDER") from None
+        yield from_rank0(run_dir, runtime)  # every rank uses rank 0's folder name
 
 
 def _claim_run_dir(cfg: Config) -> Path:
@@ -208,7 +241,7 @@ def find_ae_checkpoint(cfg: Config, run_dir: Path | None, just_trained: Path | N
         if not path.is_file():
             raise CheckpointError(f"PRETRAINED_AE_PATH={path}: no such file or folder")
         return path
-    found = newest_checkpoint(run_dir / "ae" / "checkpoints")
+    found = newest_checkpoint(run_dir / "ae" / "checkpoints") if run_dir is not None else None
     if found is None:
         raise CheckpointError("TRAIN_GAN_ONLY needs an AE: set PRETRAINED_AE_PATH to an AE checkpoint or run "
                               "folder, or resume a run that trained its AE")
@@ -229,10 +262,11 @@ def _check_preset(ae_config: dict, cfg: Config) -> None:
         raise CheckpointError(f"the AE checkpoint belongs to preset '{trained}', this run is '{cfg.DATA_NAME}'")
 
 
-def _stopped(cfg: Config, run_dir: Path, runtime: Runtime) -> int:
+def _stopped(cfg: Config, run_dir: Path, runtime: Runtime, result: StageResult) -> int:
+    """Saved and stopped by a signal: the resume command, and the exit code that says so (130, 143)."""
     if runtime.is_main:
         print_resume_hint(cfg, run_dir)
-    return 0
+    return result.exit_code
 
 
 def _barrier(runtime: Runtime) -> None:

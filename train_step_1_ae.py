@@ -15,6 +15,11 @@ from __future__ import annotations
 
 import sys
 
+from errors import quiet_start
+
+if __name__ == "__main__":  # as train.py: Ctrl-C while the libraries load, a syntax error in config.py
+    sys.excepthook = quiet_start
+
 import torch
 
 import losses as L
@@ -35,7 +40,7 @@ class AEStage:
     def __init__(self, cfg: Config, runtime: Runtime, pairs: Pairs, grid_pairs: Pairs, lpips=None):
         self.cfg, self.rt = cfg, runtime
         nfc, size = cfg.NFC, cfg.IM_SIZE_AE
-        self.nbr_cls = min(cfg.NBR_CLS, len(pairs))
+        self.nbr_cls = self.classes(cfg, len(pairs))
         self.switch_every = max(1, self.nbr_cls * cfg.SUBSET_PASSES // cfg.BATCH_SIZE_AE)
         self.style_encoder = runtime.compiled(runtime.prepare(StyleEncoder(nfc, size)))
         self.content_encoder = runtime.compiled(runtime.prepare(ContentEncoder(nfc, size)))
@@ -66,8 +71,17 @@ class AEStage:
         return nets | ({"club": self.club} if self.club is not None else {})
 
     def arch(self) -> dict:
-        return {"preset": self.cfg.DATA_NAME, "nfc": self.cfg.NFC, "im_size": self.cfg.IM_SIZE_AE,
-                "mi_estimator": self.club is not None}
+        return self.arch_of(self.cfg)
+
+    @staticmethod
+    def arch_of(cfg: Config) -> dict:
+        """What a checkpoint must match to resume (training.check_arch); train.py checks it before writing."""
+        return {"preset": cfg.DATA_NAME, "nfc": cfg.NFC, "im_size": cfg.IM_SIZE_AE, "mi_estimator": cfg.W_MI > 0}
+
+    @staticmethod
+    def classes(cfg: Config, n_pairs: int) -> int:
+        """Images per self-supervised subset, the classes of the head: NBR_CLS, or all pairs if fewer."""
+        return min(cfg.NBR_CLS, n_pairs)
 
     def state_dict(self) -> dict:
         return {"networks": {k: n.state_dict() for k, n in self.networks().items()},

@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import sys
 
+from errors import quiet_start
+
+if __name__ == "__main__":  # as train.py: Ctrl-C while the libraries load, a syntax error in config.py
+    sys.excepthook = quiet_start
+
 import torch
 
 import losses as L
@@ -57,10 +62,16 @@ class GANStage:
 
     # --- the scaffold's interface ------------------------------------------------------------
     def arch(self) -> dict:
-        return {"preset": self.cfg.DATA_NAME, "generator": self.cfg.GENERATOR, "nfc": self.cfg.NFC,
-                "im_size_ae": self.cfg.IM_SIZE_AE, "im_size_gan": self.cfg.IM_SIZE_GAN, "im_size_d": self.cfg.IM_SIZE_D}
+        return self.arch_of(self.cfg)
 
-    def upgrade_arch(self, saved: dict) -> dict:
+    @staticmethod
+    def arch_of(cfg: Config) -> dict:
+        """What a checkpoint must match to resume (training.check_arch); train.py checks it before writing."""
+        return {"preset": cfg.DATA_NAME, "generator": cfg.GENERATOR, "nfc": cfg.NFC, "im_size_ae": cfg.IM_SIZE_AE,
+                "im_size_gan": cfg.IM_SIZE_GAN, "im_size_d": cfg.IM_SIZE_D}
+
+    @staticmethod
+    def upgrade_arch(saved: dict) -> dict:
         """A checkpoint from before GENERATOR was recorded: its preset named the generator."""
         return {**saved, "generator": generator_name(saved)} if "preset" in saved else saved
 

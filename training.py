@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from config import Config, ConfigError
 from datasets import InfiniteSampler, RandomStream, mix_seed
-from errors import UserError
+from errors import UserError, stopped_exit_code
 from fileio import CheckpointDir, CheckpointError, JsonlLog, load_checkpoint, save_grid
 from monitor import StageMonitor
 
@@ -356,7 +356,9 @@ class NanGuard:
     "stop": the first bad iteration of each loss is recorded on the device and checked at log
     and checkpoint time, where the run stops naming the step, the loss and the last good
     checkpoint. "skip": each step is checked before its optimizer steps (one sync per step);
-    `skip_limit` skipped steps in a row stop the run (the weights themselves are broken then).
+    `skip_limit` skipped steps in a row of one update stop the run (the weights themselves are broken
+    then). Each update (named by its losses: step A, step B, D, G) counts its own row, so a good
+    update cannot reset the count of one that fails every iteration.
     `skip_setting` is how this run's user asks for "skip" (its command line's words). Under
     torchrun (`distributed`) the ranks agree: a step is skipped on every rank if any rank's loss is
     bad (the averaged gradients are bad on all of them), so the weights stay identical.
@@ -368,7 +370,7 @@ class NanGuard:
         self.distributed = distributed
         self.first_bad: dict[str, torch.Tensor] = {}
         self.skipped = 0
-        self.in_a_row = 0
+        self.in_a_row: dict[tuple[str, ...], int] = {}  # per update (its loss names): skipped steps in a row
         self.last_good: Path | None = None  # named when the run stops (run_stage keeps it current)
 
     def ok(self, it: int, losses: dict[str, torch.Tensor]) -> bool:
@@ -377,13 +379,15 @@ class NanGuard:
             bad = [k for k, v in losses.items() if not torch.isfinite(v.detach()).all()]
             if self.distributed and self._any_rank_bad(bool(bad)) and not bad:
                 bad = ["(a loss on another rank)"]
-            self.in_a_row = self.in_a_row + 1 if bad else 0
+            update = tuple(losses)
+            row = self.in_a_row[update] = (self.in_a_row.get(update, 0) + 1) if bad else 0
             if bad:
                 self.skipped += 1
                 tqdm.write(f"warning: iteration {it}: non-finite {', '.join(bad)}; step skipped", file=sys.stderr)
-            if self.in_a_row >= self.skip_limit:
-                raise NonFiniteLoss(f"{self.in_a_row} steps in a row skipped for NaN/Inf losses (up to iteration "
-                                    f"{it}; skip limit {self.skip_limit}): the weights themselves are broken. "
+            if row >= self.skip_limit:
+                raise NonFiniteLoss(f"{row} steps in a row skipped for NaN/Inf losses of the update of "
+                                    f"{', '.join(update)} (up to iteration {it}; skip limit {self.skip_limit}): "
+                                    f"the weights themselves are broken. "
                                     f"Last good checkpoint: {self.last_good or 'none saved yet'}. Lower the "
                                     f"learning rate and resume from it.")
             return not bad
@@ -410,11 +414,24 @@ class NanGuard:
 
 
 class StopRequest:
-    """SIGINT/SIGTERM set a flag; the loop finishes the current step, saves, and exits cleanly."""
+    """SIGINT/SIGTERM set a flag; the loop finishes the current step, saves, and exits cleanly.
+
+    A second signal aborts at once without saving (KeyboardInterrupt), but only one that comes
+    REPEAT_WINDOW seconds or more after the first: GNU `timeout` sends its SIGTERM to the child and
+    then to the child's whole group, which reach the handler as two calls a fraction of a millisecond
+    apart. That is one request, not a user pressing Ctrl-C twice.
+    """
+
+    REPEAT_WINDOW = 1.0  # seconds
 
     def __init__(self):
-        self.requested = False
+        self.signal = 0  # the stop signal received first (0: none yet)
+        self._first = 0.0  # when (time.monotonic)
         self._previous = {}
+
+    @property
+    def requested(self) -> bool:
+        return bool(self.signal)
 
     def __enter__(self):
         for sig in STOP_SIGNALS:
@@ -423,9 +440,12 @@ class StopRequest:
         return self
 
     def _handle(self, signum, frame):
-        if self.requested:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.requested = True
+        now = time.monotonic()
+        if self.requested:
+            if now - self._first >= self.REPEAT_WINDOW:  # a second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            return  # the same request again (`timeout`'s echo to the process group)
+        self.signal, self._first = signum, now
         tqdm.write(f"\n{signal.Signals(signum).name}: finishing this step, saving a checkpoint, then stopping "
                    f"(press again to abort without saving)", file=sys.stderr)
 
@@ -462,7 +482,7 @@ class LoopOptions:
     keep: int = 3                  # newest checkpoints kept
     seed: int = 0                  # the fixed seed of grids and metrics (see _fixed_rng)
     nan_policy: str = "stop"       # a NaN/Inf loss: "stop" the run or "skip" the step (NanGuard)
-    nan_skip_limit: int = 20       # "skip": stop after this many skipped steps in a row
+    nan_skip_limit: int = 20       # "skip": stop after this many skipped steps in a row of one update
     nan_skip_setting: str = "NAN_POLICY=skip"  # how the user asks for "skip", named in the stop message
     eval_interval: int = 0         # iterations between stage.evaluate calls (0: never)
     logger: str = "none"           # "tensorboard": scalars and grids also in <stage_dir>/tensorboard
@@ -473,7 +493,16 @@ class LoopOptions:
 class StageResult:
     last_checkpoint: Path | None
     iteration: int
-    stopped: bool              # True if a signal stopped it before the end
+    stop_signal: int = 0       # the signal (SIGINT, SIGTERM) that stopped it before the end; 0: none did
+
+    @property
+    def stopped(self) -> bool:
+        return bool(self.stop_signal)
+
+    @property
+    def exit_code(self) -> int:
+        """The trainer's exit code: 0 done, 128 + the signal if one stopped it (errors.stopped_exit_code)."""
+        return stopped_exit_code(self.stop_signal) if self.stopped else 0
 
 
 def run_stage(stage: Stage, options: LoopOptions, stage_dir: Path, runtime: Runtime,
@@ -534,11 +563,11 @@ def run_stage(stage: Stage, options: LoopOptions, stage_dir: Path, runtime: Runt
                 if stop.requested:
                     bar.close()
                     monitor.close()
-                    return StageResult(last, done, stopped=True)
+                    return StageResult(last, done, stop_signal=stop.signal)
     if start >= total and last is None and runtime.is_main:
         last = save(start)  # nothing to train (e.g. 0 iterations): still leave a loadable checkpoint
     monitor.close()
-    return StageResult(last, max(start, total), stopped=False)
+    return StageResult(last, max(start, total))
 
 
 def checkpoint(stage: Stage, iteration: int, config: dict) -> dict:

@@ -12,14 +12,15 @@ Both folders are read with their sub-folders (flat folders or ImageFolder-style 
 --keep, last.txt points at the newest). --checkpoint takes a checkpoint file or a run folder and
 restores weights, optimizers and the iteration count; unspecified options keep the run's values.
 The loop is training.run_stage, the one of train.py (TOMTrainer is its stage): a NaN/Inf loss stops
-the run (or, with --nan_policy skip, skips that step), and Ctrl-C finishes the current step, saves
-a checkpoint and stops. Then make sketches with evaluate.py. Under torchrun --batch_size is per
-process, every rank reads its own share of the photos and sketches, gradients are averaged
-(identical weights), and rank 0 alone writes.
+the run (or, with --nan_policy skip, skips that step), and Ctrl-C (or SIGTERM) finishes the current
+step, saves a checkpoint and stops with exit code 130 (143). Then make sketches with evaluate.py.
+Under torchrun --batch_size is per process, every rank reads its own share of the photos and
+sketches, gradients are averaged (identical weights), and rank 0 alone writes.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import shlex
@@ -42,7 +43,7 @@ import weights
 from datasets import (DataError, FolderDataset, InfiniteSampler, RandomStream, iteration_generator, mix_seed,
                       paired_crop_flip, require_images, to_float)
 from errors import UserError, cli
-from fileio import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, newest_checkpoint, write_json
+from fileio import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, locked_folder, newest_checkpoint, write_json
 from losses import d_hinge  # the style discriminator's: real sketches above +1, generated below -1
 from sketch_styletransfer.tom_models import (THRESHOLD, StyleDiscriminator, TOMGenerator, VGGFeatures, check_size,
                                              content_loss, gram_input, gram_loss, sketch_photos, to_sketch)
@@ -304,16 +305,18 @@ def loop_options(args: dict) -> LoopOptions:
 
 def train(plan: Plan, vgg_features: nn.Sequential, runtime: Runtime | None = None) -> StageResult:
     """Train (or resume) the run `plan_run` planned in training.run_stage. Under torchrun (`runtime`
-    from join_torchrun) every rank trains on its share of the data and rank 0 alone writes."""
+    from join_torchrun) every rank trains on its share of the data and rank 0 alone writes, holding the
+    run folder (fileio.locked_folder) so that a second process on it stops before writing."""
     args, out = plan.args, plan.out
     rt = runtime or Runtime(device=torch.device("cpu"))
     seed_everything(args["seed"])  # the same on every rank: identical initial weights
     trainer = TOMTrainer(vgg_features, args, rt)
-    if rt.is_main:
-        write_json(out / "args.json", args)
-        print(f"run folder: {out}\n{plan.counts[0]} photos, {plan.counts[1]} sketches, {args['total_iter']} "
-              f"iterations on {rt.device}")
-    result = run_stage(trainer, loop_options(args), out, rt, resume=plan.checkpoint_path or False)
+    with locked_folder(out, "choose another --out") if rt.is_main else contextlib.nullcontext():
+        if rt.is_main:
+            write_json(out / "args.json", args)
+            print(f"run folder: {out}\n{plan.counts[0]} photos, {plan.counts[1]} sketches, {args['total_iter']} "
+                  f"iterations on {rt.device}")
+        result = run_stage(trainer, loop_options(args), out, rt, resume=plan.checkpoint_path or False)
     if result.stopped and rt.is_main:
         print(f"stopped at iteration {result.iteration}; resume with:\n  {_command('train.py', '--checkpoint', out)}",
               file=sys.stderr)
@@ -355,7 +358,8 @@ Example:
     p.add_argument("--nan_policy", choices=("stop", "skip"),
                    help=f"a NaN/Inf loss: stop the run, or skip that step's update (default {d['nan_policy']})")
     p.add_argument("--nan_skip_limit", type=int,
-                   help=f"with skip: stop after this many skipped steps in a row (default {d['nan_skip_limit']})")
+                   help=f"with skip: stop after this many skipped steps in a row of one update (G or D; default "
+                        f"{d['nan_skip_limit']})")
     args = p.parse_args(argv)
     for key in ("batch_size", "total_iter", "save_interval", "image_interval", "log_interval", "keep", "grid_n", "nfc",
                 "nan_skip_limit"):
@@ -381,9 +385,9 @@ def main(argv: list[str] | None = None, vgg_features: nn.Module | None = None) -
         plan.out = from_rank0(plan.out, runtime)
     if vgg_features is None:  # only the command line needs the pretrained weights
         vgg_features = weights.vgg16_features()
-    train(plan, vgg_features, runtime=runtime)
-    if not runtime.is_main:
-        return 0
+    result = train(plan, vgg_features, runtime=runtime)
+    if result.stopped or not runtime.is_main:
+        return result.exit_code  # 130 or 143 when a signal stopped it (errors.stopped_exit_code)
     out = plan.out
     checkpoints = f"{shlex.quote(str(out.resolve() / 'checkpoints'))}/ckpt_*.pt"  # the glob left to the shell
     print(f"done: {out}\nmake sketches of the photos with (--path_result: any folder):\n  "

@@ -25,7 +25,7 @@ import weights
 from conftest import tiny_config, tiny_train_args
 from training import Runtime, check_arch
 from datasets import DataError, PairedDataset, load_image, pair_folders
-from fileio import CheckpointDir, CheckpointError, JsonlLog, load_checkpoint, save_checkpoint
+from fileio import LOCK_FILE, CheckpointDir, CheckpointError, JsonlLog, load_checkpoint, locked_folder, save_checkpoint
 from lpips.metric import main as lpips_main
 from models import find_checkpoint
 from sketch_styletransfer import evaluate as tom_evaluate
@@ -243,6 +243,52 @@ def test_resuming_with_another_size_or_preset_is_one_line(run_dir, capsys):
     assert train.main([*common, "DATA_NAME=shoe"]) == 1
     _one_error_line(capsys.readouterr().err, "DATA_NAME=demo")
     assert (run_dir / "config.json").read_bytes() == saved  # a refused resume changes nothing
+
+
+def test_a_refused_resume_leaves_the_run_as_it_was(demo_root, tmp_path, capsys):
+    """Every refusal is one line before anything is written: config.json keeps the run's values (it held
+    the refused one, and the plain resume then failed too; NBR_CLS and IMAGE_DIR were a shape dump)."""
+    assert train.main(tiny_train_args(demo_root, tmp_path, ITERATION_AE=2, ITERATION_GAN=2, TRIAL_NAME="r")) == 0
+    run, two = tmp_path / "runs" / "r", tmp_path / "two"
+    for kind in ("images", "sketches"):
+        (two / kind).mkdir(parents=True)
+        for image in sorted((demo_root / "train" / kind).iterdir())[:2]:
+            shutil.copy(image, two / kind)
+    saved = {p: p.read_bytes() for p in (run / "config.json", run / "settings.txt")}
+    common = [f"SAVE_FOLDER={tmp_path / 'runs'}", "TRIAL_NAME=r", "RESUME=true"]
+    for extra, needle in [
+            (["NBR_CLS=4"], "was trained with 8 classes per subset; this run has 4 (NBR_CLS=4, 32 training pairs)"),
+            ([f"IMAGE_DIR={two / 'images'}", f"SKETCH_DIRS={two / 'sketches'}"], "this run has 2 (NBR_CLS=8, 2 "),
+            (["W_MI=0.1"], "was trained with mi_estimator=False; this run has mi_estimator=True"),
+            (["GENERATOR=face"], "was trained with generator=art; this run has generator=face"),
+            # item 21: the GAN stage's checkpoints hold the AE of iteration 2, and would put it back
+            (["ITERATION_AE=4"], "its GAN stage started from the AE of iteration 2, so ITERATION_AE=4 cannot"),
+            (["ITERATION_AE=4", "TRAIN_AE_ONLY=true"], "keep ITERATION_AE=2")]:
+        assert train.main([*common, *extra]) == 1, extra
+        _one_error_line(capsys.readouterr().err, needle)
+        assert all(p.read_bytes() == content for p, content in saved.items()), extra
+    assert train.main(common) == 0  # the plain resume still works
+    assert train.main([*common, "ITERATION_GAN=3", "GENERATOR=art"]) == 0
+
+
+def test_a_run_folder_in_use_by_another_process_is_one_line(demo_root, tmp_path, capsys):
+    """Two train.py with one TRIAL_NAME at once, or two RESUME=true of one run: the second stops before
+    writing (both ended "done", the first one's checkpoints overwritten). The lock is an flock, which a
+    second open refuses in one process as in another (test_fileio)."""
+    run = tmp_path / "runs" / "r"
+    args = tiny_train_args(demo_root, tmp_path, TRAIN_AE_ONLY=True, ITERATION_AE=2, TRIAL_NAME="r")
+    resume = [f"SAVE_FOLDER={tmp_path / 'runs'}", "TRIAL_NAME=r", "RESUME=true", "ITERATION_AE=3"]
+    with locked_folder(run):  # the first train.py, which has not saved yet
+        assert train.main(args) == 1
+        _one_error_line(capsys.readouterr().err, f"{run} is in use by another process", "choose another TRIAL_NAME")
+        assert [p.name for p in run.iterdir()] == [LOCK_FILE]
+    assert train.main(args) == 0  # the lock ends with the run that held it
+    saved = (run / "config.json").read_bytes()
+    with locked_folder(run):
+        assert train.main(resume) == 1
+        _one_error_line(capsys.readouterr().err, "is in use by another process")
+        assert (run / "config.json").read_bytes() == saved
+    assert train.main(resume) == 0
 
 
 def test_a_checkpoint_of_other_sizes_does_not_resume(tmp_path):
@@ -483,7 +529,10 @@ def test_resume_after_a_kill_before_the_first_checkpoint(demo_root, tmp_path, ca
 def test_default_run_names_are_unique_within_one_second(demo_root, tmp_path, monkeypatch):
     monkeypatch.setattr(train.time, "strftime", lambda fmt: "20250101-120000")
     cfg = tiny_config(demo_root, tmp_path)
-    folders = [train.prepare_run_dir(cfg, Runtime(torch.device("cpu"))) for _ in range(3)]
+    folders = []
+    for _ in range(3):
+        with train.prepare_run_dir(cfg, Runtime(torch.device("cpu"))) as folder:
+            folders.append(folder)
     assert [f.name for f in folders] == ["demo-20250101-120000", "demo-20250101-120000-2", "demo-20250101-120000-3"]
     assert all(json.loads((f / "config.json").read_text())["TRIAL_NAME"] == f.name for f in folders)
 
@@ -506,6 +555,18 @@ def test_a_bad_setting_is_one_line_before_any_folder_exists(demo_root, tmp_path,
     assert not (tmp_path / "runs").exists()
     assert train.main([*tiny_train_args(demo_root, tmp_path, TRIAL_NAME="r", TRAIN_AE_ONLY=True,
                                         ITERATION_AE=0)]) == 0  # the corrected retry with the same name runs
+
+
+@pytest.mark.parametrize("extra,needle", [(["W_GAN_MSE=0", "W_GAN_L1=0"], "the GAN stage has no reconstruction term"),
+                                          (["W_REC_MSE=0"], "the AE step B has no reconstruction term"),
+                                          (["TRIAL_NAME={tmp}/elsewhere"], "must be a folder name under SAVE_FOLDER"),
+                                          (["TRIAL_NAME=../outside"], "must be a folder name under SAVE_FOLDER")])
+def test_settings_that_fail_later_or_write_elsewhere_are_one_line_first(demo_root, tmp_path, capsys, extra, needle):
+    """A GAN stage with no reconstruction term crashed after the whole AE stage; a TRIAL_NAME outside
+    SAVE_FOLDER wrote there."""
+    assert train.main([*tiny_train_args(demo_root, tmp_path), *(a.format(tmp=tmp_path) for a in extra)]) == 1
+    _one_error_line(capsys.readouterr().err, needle)
+    assert list(tmp_path.iterdir()) == []  # neither runs/ nor ../outside nor elsewhere
 
 
 def test_a_bad_device_is_one_line_in_every_command(folders, run_dir, tmp_path, capsys):

@@ -51,11 +51,37 @@ def test_overrides_are_typed():
     (["NFC=12"], "NFC=12: must be a multiple of 8"),
     (["TRAIN_AE_ONLY=1", "TRAIN_GAN_ONLY=1"], "choose one"),
     (["BATCH_SIZE_AE"], "expected KEY=value"),
+    # the natural offline settings of face and art: no GAN term left (it crashed at the first GAN step)
+    (["DATA_NAME=face", "W_REC_LPIPS=0", "W_GAN_LPIPS=0"], "the GAN stage has no reconstruction term"),
+    (["DATA_NAME=art", "W_REC_LPIPS=0", "W_GAN_LPIPS=0"], "set one > 0 (without LPIPS the shoe preset has "
+                                                          "W_GAN_MSE=10 W_GAN_L1=10)"),
+    (["W_REC_MSE=0", "W_REC_L1=0"], "the AE step A has no reconstruction term"),
+    (["W_REC_MSE=0"], "the AE step B has no reconstruction term (W_REC_MSE, W_REC_L1_B, W_REC_LPIPS"),
+    (["DATA_NAME=art", "IM_SIZE_AE=64", "IM_SIZE_GAN=128", "IM_SIZE_D=256"],
+     "IM_SIZE_D=256: must be at most IM_SIZE_GAN (128)"),  # an explicit value is never changed
+    (["TRIAL_NAME=/tmp/elsewhere"], "TRIAL_NAME=/tmp/elsewhere: must be a folder name under SAVE_FOLDER"),
+    (["TRIAL_NAME=../x"], "TRIAL_NAME=../x: must be a folder name under SAVE_FOLDER (relative, without '..')"),
+    (["TRIAL_NAME=a/../../x"], "without '..'"),
 ])
 def test_bad_overrides_name_the_problem(args, message):
     with pytest.raises(C.ConfigError) as err:
         C.from_args(args)
     assert message in str(err.value)
+
+
+def test_a_stage_that_does_not_run_needs_no_reconstruction_term():
+    assert C.from_args(["DATA_NAME=face", "W_GAN_LPIPS=0", "TRAIN_AE_ONLY=true"]).W_GAN_LPIPS == 0
+    assert C.from_args(["W_REC_MSE=0", "W_REC_L1=0", "TRAIN_GAN_ONLY=true"]).W_REC_MSE == 0
+    assert C.from_args(["TRIAL_NAME=group/run"]).TRIAL_NAME == "group/run"  # a sub-folder stays inside
+
+
+def test_im_size_d_follows_a_smaller_im_size_gan_unless_set():
+    cfg, origins = C.resolve(C.parse_overrides(["DATA_NAME=art", "IM_SIZE_AE=64", "IM_SIZE_GAN=128"]))
+    assert cfg.IM_SIZE_D == 128 and origins["IM_SIZE_D"] == "follows IM_SIZE_GAN"
+    assert "IM_SIZE_D    follows IM_SIZE_GAN  128" in C.settings_report(cfg, origins)
+    assert C.from_args(["DATA_NAME=art", "IM_SIZE_AE=512", "IM_SIZE_GAN=1024"]).IM_SIZE_D == 512  # never above
+    assert C.from_args(["DATA_NAME=art", "IM_SIZE_AE=64", "IM_SIZE_GAN=128", "IM_SIZE_D=64"]).IM_SIZE_D == 64
+    assert C.preset("art", IM_SIZE_AE=128, IM_SIZE_GAN=256).IM_SIZE_D == 256
 
 
 def test_json_round_trip_and_type_check():
@@ -189,3 +215,16 @@ def test_an_edit_of_a_copy_of_config_py_reaches_the_run(demo_root, tmp_path):
     assert rows["BATCH_SIZE_AE"] == ["config.py", "6"] and rows["ITERATION_AE"] == ["command", "line", "2"]
     assert rows["IMAGE_DIR"][0] == "config.py" and rows["MI_HIDDEN"] == ["command", "line", "16"]
     assert rows["EMA_DECAY"] == ["preset", "demo", "0.99"]
+
+
+def test_a_syntax_error_in_the_block_is_one_line_naming_config_py_and_the_line(tmp_path):
+    """config.py is imported with the libraries, before main: train.py's start-up hook (errors.quiet_start)."""
+    repo = _repo_copy(tmp_path / "repo")
+    config_py = repo / "config.py"
+    lines = config_py.read_text().splitlines()
+    number = lines.index("# BATCH_SIZE_AE = 32") + 1
+    lines[number - 1] = "BATCH_SIZE_AE = = 6"
+    config_py.write_text("\n".join(lines) + "\n")
+    done = subprocess.run([sys.executable, "train.py"], cwd=repo, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1 and done.stderr.splitlines() == [
+        f"error: {config_py}, line {number}: invalid syntax: BATCH_SIZE_AE = = 6"], done.stderr[-3000:]

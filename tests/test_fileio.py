@@ -268,3 +268,21 @@ def test_check_writable(tmp_path):
                                   (blocker / "sub", True, "is a file, not a folder")):
         with pytest.raises(OutputError, match=message):
             check_writable(path, folder)
+
+
+def test_a_locked_folder_refuses_a_second_holder_until_released(tmp_path):
+    """flock: a second open of the lock file is refused even in one process, as in another process."""
+    run = tmp_path / "a" / "run"
+    with fileio.locked_folder(run, "choose another TRIAL_NAME") as held:
+        assert held == run and (run / fileio.LOCK_FILE).is_file()
+        with pytest.raises(fileio.FolderInUse) as e:
+            with fileio.locked_folder(run, "choose another TRIAL_NAME"):
+                pass
+        assert str(e.value) == f"{run} is in use by another process that has not ended: wait for it, or choose " \
+                               f"another TRIAL_NAME"
+    with fileio.locked_folder(run):  # released with the block
+        pass
+    script = f"import fcntl; fcntl.flock(open({str(run / fileio.LOCK_FILE)!r}), fcntl.LOCK_EX | fcntl.LOCK_NB)"
+    with fileio.locked_folder(run):  # and held against another process
+        assert subprocess.run([sys.executable, "-c", script], capture_output=True).returncode == 1
+    assert subprocess.run([sys.executable, "-c", script], capture_output=True).returncode == 0

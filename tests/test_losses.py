@@ -65,6 +65,8 @@ def test_reconstruction_parts_and_lpips_requirement():
     assert "lpips" not in parts
     with pytest.raises(ValueError, match="uses LPIPS"):
         L.Reconstruction(1.0, 0.0, 1.0, lpips=None)
+    with pytest.raises(ValueError, match="needs a term"):  # it returned the integer 0, no tensor
+        L.Reconstruction(0.0, 0.0, 0.0)
 
     class FakeLPIPS(torch.nn.Module):  # records the size it is called at
         def forward(self, a, b):

@@ -1,6 +1,8 @@
 """TOM (sketch_styletransfer/): sizes, per-image Grams, training, exact resume, sketch folders. CPU, random VGG."""
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from fileio import CheckpointDir, load_checkpoint, save_checkpoint
+from fileio import LOCK_FILE, CheckpointDir, load_checkpoint, locked_folder, save_checkpoint
 from sketch_styletransfer import evaluate as E
 from sketch_styletransfer import tom_models as M
 from sketch_styletransfer import train as T
@@ -153,6 +155,38 @@ def test_a_nan_loss_stops_the_run_in_one_line_naming_the_last_good_checkpoint(vg
     assert len(errors) == 1 and "loss 'gram' became NaN/Inf at iteration 2. Last good checkpoint: " in errors[0]
     assert errors[0].endswith("ckpt_00000002.pt. Lower the learning rate, or skip such steps with --nan_policy skip.")
     assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("ckpt_*.pt")] == ["ckpt_00000002.pt"]
+
+
+def test_a_run_folder_in_use_is_one_line_before_writing(vgg, demo_root, tmp_path, capsys):
+    """Two TOM runs on one --out at once (or two --checkpoint resumes of one run): the second stops."""
+    data = ["--path_a", str(demo_root / "train" / "images"), "--path_b", str(demo_root / "test" / "sketches")]
+    out = tmp_path / "run"
+    with locked_folder(out):  # the first run, before it has written anything
+        assert T.main(data + TINY + ["--total_iter", "2", "--out", str(out)], vgg_features=vgg) == 1
+        assert f"error: {out} is in use by another process" in capsys.readouterr().err
+        assert [p.name for p in out.iterdir()] == [LOCK_FILE]
+    assert T.main(data + TINY + ["--total_iter", "2", "--out", str(out)], vgg_features=vgg) == 0
+    with locked_folder(out):
+        assert T.main(["--checkpoint", str(out), "--total_iter", "4"], vgg_features=vgg) == 1
+        assert "choose another --out" in capsys.readouterr().err
+
+
+def test_a_stop_signal_saves_and_exits_with_its_code(vgg, demo_root, tmp_path, capsys, monkeypatch):
+    """SIGTERM (or Ctrl-C) finishes the step, saves and exits 143 (130): not 0 and "done" as a finished run."""
+    data = ["--path_a", str(demo_root / "train" / "images"), "--path_b", str(demo_root / "test" / "sketches")]
+    real, calls = M.gram_loss, []
+
+    def gram_loss(fake, real_features):
+        calls.append(None)
+        if len(calls) == 2:  # during iteration 1
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(fake, real_features)
+    monkeypatch.setattr(T, "gram_loss", gram_loss)
+    out = tmp_path / "run"
+    assert T.main(data + TINY + ["--total_iter", "100", "--out", str(out)], vgg_features=vgg) == 143
+    printed = capsys.readouterr()
+    assert "resume with:" in printed.err and "done:" not in printed.out
+    assert load_checkpoint(CheckpointDir(out / "checkpoints").last(), kind="tom")["iteration"] == 2
 
 
 def test_nan_policy_skip_skips_the_bad_update_and_goes_on(vgg, demo_root, tmp_path, capsys, monkeypatch):

@@ -176,13 +176,30 @@ def _poison_weights_at(stage, monkeypatch, iteration: int):
 
 
 def test_skipping_stops_after_the_limit_and_keeps_the_good_checkpoint(demo_root, demo_pairs, tmp_path, monkeypatch):
-    stage, cfg = _stage(demo_root, demo_pairs, tmp_path, NAN_POLICY="skip", NAN_SKIP_LIMIT=3, KEEP_CHECKPOINTS=1)
-    _poison_weights_at(stage, monkeypatch, 2)
-    with pytest.raises(NonFiniteLoss, match=r"3 steps in a row skipped .* Last good checkpoint: .*ckpt_00000002\.pt"):
+    stage, cfg = _stage(demo_root, demo_pairs, tmp_path, NAN_POLICY="skip", NAN_SKIP_LIMIT=2, KEEP_CHECKPOINTS=1)
+    _poison_weights_at(stage, monkeypatch, 2)  # from iteration 2 on: step A skipped at 2 and 3, the limit
+    with pytest.raises(NonFiniteLoss, match=r"2 steps in a row skipped .* Last good checkpoint: .*ckpt_00000002\.pt"):
         run_stage(stage, loop_options(cfg, 20), tmp_path / "ae", setup_runtime(cfg))
     checkpoints = sorted(p.name for p in (tmp_path / "ae" / "checkpoints").glob("ckpt_*.pt"))
     assert checkpoints == ["ckpt_00000002.pt"]
     assert load_checkpoint(tmp_path / "ae" / "checkpoints" / "ckpt_00000002.pt", kind="ae")["iteration"] == 2
+
+
+def test_the_skip_limit_counts_each_update_on_its_own(demo_root, demo_pairs, tmp_path, monkeypatch):
+    """Step A NaN at every iteration, step B fine: step B's good updates must not reset step A's count
+    (it ran to the end with step A skipped 38 times of 40)."""
+    nan, one = torch.tensor(float("nan")), torch.tensor(1.0)
+    guard = NanGuard("skip", torch.device("cpu"), skip_limit=2)
+    assert not guard.ok(0, {"d_loss": nan}) and guard.ok(0, {"g_adv": one, "g_rec": one})
+    with pytest.raises(NonFiniteLoss, match="2 steps in a row skipped for NaN/Inf losses of the update of d_loss"):
+        guard.ok(1, {"d_loss": nan})
+
+    stage, cfg = _stage(demo_root, demo_pairs, tmp_path, NAN_POLICY="skip", NAN_SKIP_LIMIT=3)
+    real = stage.reconstruction.forward
+    monkeypatch.setattr(stage.reconstruction, "forward", lambda fake, x: {"total": real(fake, x)["total"] * nan})
+    with pytest.raises(NonFiniteLoss, match=r"3 steps in a row .* update of cls, style, content, rec_a \(up to "
+                                            r"iteration 2;"):
+        run_stage(stage, loop_options(cfg, 20), tmp_path / "ae", setup_runtime(cfg))
 
 
 def test_non_finite_weights_are_never_saved_over_a_good_checkpoint(demo_root, demo_pairs, tmp_path, monkeypatch):

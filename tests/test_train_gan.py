@@ -175,6 +175,12 @@ def test_gan_only_with_pretrained_ae_and_its_errors(demo_root, tmp_path, capsys)
     assert train.main(_args(demo_root, tmp_path, "TRIAL_NAME=e6", "TRAIN_GAN_ONLY=true",
                             f"PRETRAINED_AE_PATH={tmp_path / 'face_ae.pt'}")) == 1
     assert "belongs to preset 'face'" in capsys.readouterr().err
+    assert not [p.name for p in (tmp_path / "runs").iterdir() if p.name.startswith("e")]  # refused before writing
+
+    resume = [f"SAVE_FOLDER={tmp_path / 'runs'}", "TRIAL_NAME=ae", "RESUME=true", "TRAIN_AE_ONLY=false",
+              "TRAIN_GAN_ONLY=true"]
+    assert train.main(resume) == 0  # the GAN stage of a run that trained its AE alone: its own AE
+    assert CheckpointDir(ae_run / "gan" / "checkpoints").last()
 
 
 def test_fid_interval_without_held_out_set_is_refused(demo_root, tmp_path, capsys):

@@ -49,8 +49,7 @@ from demo_data import ensure_demo_data
 from errors import UserError, cli
 from fileio import check_writable, write_json
 from models import AutoEncoder
-from train_step_1_ae import AEStage
-from train_step_2_gan import GANStage
+from stages import AEStage, GANStage
 from training import NanGuard, adam, native_bf16, seed_everything, setup_runtime
 
 TOKENS = ("fp32", "bf16", "cl", "compile", "passive", "ref", "data")

@@ -44,8 +44,7 @@ from fileio import (LOCK_FILE, CheckpointDir, CheckpointError, OutputError, load
 from monitor import require_tensorboard
 from losses import build_lpips
 from models import AutoEncoder, load_trained
-from train_step_1_ae import AEStage
-from train_step_2_gan import GANStage, check_autoencoder
+from stages import AEStage, GANStage, check_autoencoder
 from training import (LoopOptions, Runtime, StageResult, check_arch, from_rank0, print_resume_hint, run_stage,
                       setup_runtime)
 

@@ -1,6 +1,6 @@
 """The loop scaffold every trainer shares: device, precision, data, EMA, checkpoints, logs.
 
-A stage (train_step_1_ae.AEStage, train_step_2_gan.GANStage, sketch_styletransfer's TOMTrainer)
+A stage (stages.AEStage, stages.GANStage, sketch_styletransfer's TOMTrainer)
 supplies only its networks and its `step` (its updates through `optimizer_step`); `run_stage`
 does everything else: resume, the progress bar, the JSON-lines log, PNG sample grids, periodic
 evaluation, atomic checkpoints, NaN/Inf handling and clean stops on SIGINT/SIGTERM. Its knobs

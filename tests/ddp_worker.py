@@ -13,8 +13,7 @@ from config import parse_overrides  # noqa: E402
 from conftest import tiny_config  # noqa: E402
 from datasets import pair_folders  # noqa: E402
 from models import AE_NETWORKS, AutoEncoder  # noqa: E402
-from train_step_1_ae import AEStage  # noqa: E402
-from train_step_2_gan import GANStage  # noqa: E402
+from stages import AEStage, GANStage  # noqa: E402
 from training import NanGuard, setup_runtime  # noqa: E402
 
 

@@ -250,7 +250,7 @@ def test_random_streams_are_named_in_one_registry():
     assert len({int(s) for s in D.RandomStream}) == len(D.RandomStream)
     root = Path(D.__file__).parent
     paths = [p for p in root.rglob("*.py") if p.relative_to(root).parts[0] not in (".venv", "data", "tests")]
-    assert {"bench_speed.py", "train_step_1_ae.py", "sketch_styletransfer/train.py"} <= {
+    assert {"bench_speed.py", "stages.py", "sketch_styletransfer/train.py"} <= {
         p.relative_to(root).as_posix() for p in paths}
     for path in paths:
         assert not _literal_stream_ids(path.read_text(encoding="utf-8")), path

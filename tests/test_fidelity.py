@@ -13,8 +13,7 @@ import datasets as D
 import losses as L
 from conftest import tiny_config
 from models import AutoEncoder, Decoder, RefineGeneratorArt, ResBlkG, spectral_norm
-from train_step_1_ae import AEStage
-from train_step_2_gan import GANStage
+from stages import AEStage, GANStage
 from training import NanGuard, setup_runtime
 
 GUARD = NanGuard("stop", torch.device("cpu"))
@@ -129,10 +128,9 @@ def test_paired_crop_without_flip_keeps_orientation():
 def test_flip_only_in_step_a_unless_paired_flip(demo_root, demo_pairs, tmp_path, monkeypatch, paired_flip):
     """Item 5. The reference flips in the self-supervised step A only; AE step B and the GAN stage
     read its PairedMultiDataset, which does not flip. PAIRED_FLIP=true adds the flip there."""
-    import train_step_1_ae
-    import train_step_2_gan
-    ae_calls = _spy(monkeypatch, train_step_1_ae, "paired_crop_flip")
-    gan_calls = _spy(monkeypatch, train_step_2_gan, "paired_crop_flip")
+    import stages
+    ae_calls = _spy(monkeypatch, stages, "paired_crop_flip")
+    gan_calls = []  # one spy sees both stages: step A, step B, then the GAN stage
     _ae_stage(demo_root, demo_pairs, tmp_path, PAIRED_FLIP=paired_flip).step(0, GUARD)
     _gan_stage(demo_root, demo_pairs, tmp_path, PAIRED_FLIP=paired_flip).step(0, GUARD)
     flips = [kwargs.get("flip", True) for _, kwargs in ae_calls + gan_calls]

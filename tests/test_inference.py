@@ -17,7 +17,7 @@ from evaluate import generate_image_matrix, generate_mix, style_transfer
 from fileio import CheckpointDir, CheckpointError, load_checkpoint
 from inference import SketchToImage
 from models import load_trained
-from train_step_2_gan import GANStage
+from stages import GANStage
 from training import setup_runtime
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ from fileio import CheckpointError, load_checkpoint
 from models import ContentEncoder, Decoder, StyleEncoder
 from datasets import fixed_batch
 from train import loop_options
-from train_step_1_ae import AEStage
+from stages import AEStage
 from training import NanGuard, NonFiniteLoss, run_stage, setup_runtime
 
 

@@ -8,8 +8,7 @@ import train
 from conftest import tiny_config, tiny_train_args
 from fileio import CheckpointDir, JsonlLog, load_checkpoint, save_checkpoint
 from models import load_trained
-from train_step_1_ae import AEStage
-from train_step_2_gan import GANStage
+from stages import AEStage, GANStage
 from training import EMA, NanGuard, run_stage, setup_runtime
 
 

@@ -49,8 +49,8 @@ from demo_data import ensure_demo_data
 from errors import UserError, cli
 from fileio import check_writable, write_json
 from models import AutoEncoder
-from stages import AEStage, GANStage
-from training import NanGuard, adam, native_bf16, seed_everything, setup_runtime
+from stages import AEStage, GANStage, runtime_for
+from training import NanGuard, adam, native_bf16, seed_everything
 
 TOKENS = ("fp32", "bf16", "cl", "compile", "passive", "ref", "data")
 FP32_TOLERANCE = {"rtol": 1e-4, "atol": 1e-6}   # |a - b| <= rtol * max(|a|, |b|) + atol
@@ -88,7 +88,7 @@ def loss_check(first: dict, other: dict, tolerance: dict) -> bool:
 
 def build_stage(kind: str, cfg: C.Config, setting: dict):
     """The stage as train.py builds it, with the setting's execution (forced on any device)."""
-    runtime = setup_runtime(cfg)
+    runtime = runtime_for(cfg)
     runtime = dataclasses.replace(runtime, bf16=setting["bf16"], channels_last=setting["cl"],
                                   compile=setting["compile"])
     pairs = pair_folders(cfg.IMAGE_DIR, cfg.SKETCH_DIRS)

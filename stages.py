@@ -27,7 +27,18 @@ from datasets import (Pairs, PairedDataset, RandomStream, SelfSupervisedDataset,
 from fileio import CHECKPOINT_FORMAT, CheckpointError
 from models import (AE_NETWORKS, AutoEncoder, ContentEncoder, Decoder, Discriminator, InstanceClassifier,
                     StyleEncoder, batch_norm_mode, build_generator, generator_name)
-from training import EMA, NanGuard, Runtime, adam, infinite_batches, optimizer_step
+from training import EMA, NanGuard, Runtime, adam, infinite_batches, optimizer_step, setup_runtime
+
+
+def runtime_for(cfg: Config) -> Runtime:
+    """The Runtime of a run's settings (training.setup_runtime)."""
+    return setup_runtime(cfg.DEVICE, cfg.SEED, cfg.BF16, cfg.CHANNELS_LAST, cfg.COMPILE, cfg.SYNC_BN, cfg.DETERMINISTIC)
+
+
+def batch_stream(cfg: Config, runtime: Runtime, dataset, batch_size: int, set_weights, stream: int, start: int):
+    """A stage's batch stream: training.infinite_batches with the run's loader settings."""
+    return infinite_batches(dataset, batch_size, cfg.DATALOADER_WORKERS, set_weights, cfg.SKETCH_SET_PER == "batch",
+                            cfg.SEED, stream, runtime, start)
 
 
 class AEStage:
@@ -100,13 +111,12 @@ class AEStage:
         subset = max(iteration - 1, 0) // self.switch_every
         self.ss_data.set_subset(subset)
         self.ss_batches = self._ss_batches(iteration - subset * self.switch_every)
-        self.paired_batches = infinite_batches(self.paired_data, self.cfg.BATCH_SIZE_AE, self.cfg, self.rt,
-                                               self.set_weights, RandomStream.AE_PAIRED, start=iteration)
+        self.paired_batches = batch_stream(self.cfg, self.rt, self.paired_data, self.cfg.BATCH_SIZE_AE,
+                                           self.set_weights, RandomStream.AE_PAIRED, start=iteration)
 
     def _ss_batches(self, start: int):
         stream = mix_seed(RandomStream.AE_SS, self.ss_data.subset)  # a fresh order for every subset
-        return infinite_batches(self.ss_data, self.cfg.BATCH_SIZE_AE, self.cfg, self.rt, self.ss_set_weights,
-                                stream, start)
+        return batch_stream(self.cfg, self.rt, self.ss_data, self.cfg.BATCH_SIZE_AE, self.ss_set_weights, stream, start)
 
     def items_per_step(self) -> int:
         return 2 * self.cfg.BATCH_SIZE_AE * self.rt.world_size  # steps A and B each see one batch
@@ -289,8 +299,8 @@ class GANStage:
             opt.load_state_dict(state["optimizers"][k])
 
     def restart_data(self, iteration: int) -> None:
-        self.batches = infinite_batches(self.data, self.cfg.BATCH_SIZE_GAN, self.cfg, self.rt, self.set_weights,
-                                        RandomStream.GAN, start=iteration)
+        self.batches = batch_stream(self.cfg, self.rt, self.data, self.cfg.BATCH_SIZE_GAN, self.set_weights,
+                                    RandomStream.GAN, start=iteration)
 
     def items_per_step(self) -> int:
         return self.cfg.BATCH_SIZE_GAN * self.rt.world_size

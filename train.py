@@ -28,6 +28,7 @@ if __name__ == "__main__":  # Ctrl-C while the libraries load, a syntax error in
 import contextlib  # after the hook: the imports below take seconds (torch)
 import itertools
 import os
+import shlex
 import time
 from pathlib import Path
 from typing import Iterator
@@ -44,9 +45,8 @@ from fileio import (LOCK_FILE, CheckpointDir, CheckpointError, OutputError, load
 from monitor import require_tensorboard
 from losses import build_lpips
 from models import AutoEncoder, load_trained
-from stages import AEStage, GANStage, check_autoencoder
-from training import (LoopOptions, Runtime, StageResult, check_arch, from_rank0, print_resume_hint, run_stage,
-                      setup_runtime)
+from stages import AEStage, GANStage, check_autoencoder, runtime_for
+from training import LoopOptions, Runtime, StageResult, check_arch, from_rank0, run_stage
 
 RUN_ENTRIES = {"config.json", "settings.txt", "ae", "gan", LOCK_FILE}  # what a run folder holds
 
@@ -83,7 +83,7 @@ def help_text(cfg: Config, origins: dict[str, str]) -> str:
 
 def train(cfg: Config, settings: str = "") -> int:
     """Train `cfg`; `settings` (the report of changed settings) is written to <run>/settings.txt."""
-    runtime = setup_runtime(cfg)
+    runtime = runtime_for(cfg)
     if cfg.LOGGER == "tensorboard":
         require_tensorboard()  # before any run folder exists
     if cfg.IMAGE_DIR == C.PRESETS["demo"]["IMAGE_DIR"] and runtime.is_main:
@@ -271,6 +271,16 @@ def _stopped(cfg: Config, run_dir: Path, runtime: Runtime, result: StageResult) 
 def _barrier(runtime: Runtime) -> None:
     if runtime.distributed:
         dist.barrier()
+
+
+
+def print_resume_hint(cfg: Config, run_dir: Path) -> None:
+    """Tell the user the exact command that continues a stopped run: absolute paths (it works from any
+    folder), and TRIAL_NAME with its sub-folders."""
+    name = run_dir.relative_to(cfg.SAVE_FOLDER).as_posix()
+    print(f"stopped cleanly; resume with:\n  {shlex.quote(sys.executable)} {shlex.quote(str(Path(__file__).resolve()))} "
+          f"{shlex.quote(f'SAVE_FOLDER={os.path.abspath(cfg.SAVE_FOLDER)}')} "
+          f"{shlex.quote(f'TRIAL_NAME={name}')} RESUME=true", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ import dataclasses
 import math
 import os
 import random
-import shlex
 import signal
 import sys
 import threading
@@ -32,7 +31,6 @@ import torch.nn.utils.parametrize as parametrize
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from config import Config, ConfigError
 from datasets import InfiniteSampler, RandomStream, mix_seed
 from errors import UserError, stopped_exit_code
 from fileio import CheckpointDir, CheckpointError, JsonlLog, load_checkpoint, save_grid
@@ -86,9 +84,13 @@ class Runtime:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
 
+class DeviceError(UserError, ValueError):
+    """A device name that is not one, or a device this machine does not have."""
+
+
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
     """The one device resolver of every command: "auto" -> the first CUDA device if there is one,
-    else the CPU; otherwise a torch device name that must exist here (ConfigError if not)."""
+    else the CPU; otherwise a torch device name that must exist here (DeviceError if not)."""
     if isinstance(name, torch.device):
         return name
     if name == "auto":
@@ -96,11 +98,11 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise ConfigError(f"device {name!r}: not a device name (auto, cpu, cuda, cuda:1, mps)") from None
+        raise DeviceError(f"device {name!r}: not a device name (auto, cpu, cuda, cuda:1, mps)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name}: CUDA is not available here (use cpu or auto)")
+        raise DeviceError(f"device {name}: CUDA is not available here (use cpu or auto)")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device {name}: MPS is not available here (use cpu or auto)")
+        raise DeviceError(f"device {name}: MPS is not available here (use cpu or auto)")
     return device
 
 
@@ -120,23 +122,25 @@ def native_bf16(device: torch.device, cpu_flags: str | None = None) -> bool:
     return bool(set(cpu_flags.split()) & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
-def setup_runtime(cfg: Config) -> Runtime:
-    """Pick the device, join a torchrun process group if there is one, seed, set kernels."""
-    device = resolve_device(cfg.DEVICE)
-    if cfg.SYNC_BN and device.type != "cuda":
-        raise ConfigError("SYNC_BN=true needs CUDA devices (torch's SyncBatchNorm runs on GPUs only)")
+def setup_runtime(device: str, seed: int, bf16: bool = True, channels_last: bool = True, compile: bool = False,
+                  sync_bn: bool = False, deterministic: bool = False) -> Runtime:
+    """Pick the device, join a torchrun process group if there is one, seed, set kernels. bf16 only where
+    native (native_bf16), channels-last only on CUDA (on the CPU it gained nothing: bench_speed.py)."""
+    device = resolve_device(device)
+    if sync_bn and device.type != "cuda":
+        raise DeviceError("SYNC_BN=true needs CUDA devices (torch's SyncBatchNorm runs on GPUs only)")
     runtime = join_torchrun(device)
     if runtime.device.type == "cuda":
-        torch.backends.cudnn.benchmark = not cfg.DETERMINISTIC
+        torch.backends.cudnn.benchmark = not deterministic
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    if cfg.DETERMINISTIC:
+    if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    seed_everything(cfg.SEED)  # same seed on every rank: identical initial weights
+    seed_everything(seed)  # same seed on every rank: identical initial weights
     cuda = runtime.device.type == "cuda"
-    return dataclasses.replace(runtime, bf16=cfg.BF16 and native_bf16(runtime.device), channels_last=cfg.CHANNELS_LAST and cuda,
-                               sync_bn=cfg.SYNC_BN, compile=cfg.COMPILE)
+    return dataclasses.replace(runtime, bf16=bf16 and native_bf16(runtime.device), channels_last=channels_last and cuda,
+                               sync_bn=sync_bn, compile=compile)
 
 
 def join_torchrun(device: torch.device) -> Runtime:
@@ -208,14 +212,12 @@ def set_rng_state(state: dict) -> None:
 
 # --------------------------------------------------------------------------- data
 
-def infinite_batches(dataset: Dataset, batch_size: int, cfg: Config, runtime: Runtime, set_weights,
-                     stream: int, start: int = 0):
-    """Endless iterator of collated batches, starting at batch number `start` of this stream; the
-    sketch set of each batch (or item: SKETCH_SET_PER) is drawn with the odds `set_weights`."""
-    set_group = batch_size if cfg.SKETCH_SET_PER == "batch" else 1
-    sampler = InfiniteSampler(len(dataset), set_weights, set_group, seed=mix_seed(cfg.SEED, stream),
+def infinite_batches(dataset: Dataset, batch_size: int, workers: int, set_weights, per_batch: bool, seed: int,
+                     stream: int, runtime: Runtime, start: int = 0):
+    """Endless iterator of collated batches, starting at batch number `start` of this stream; the sketch set
+    of each batch (`per_batch`, else of each item) is drawn with the odds `set_weights`."""
+    sampler = InfiniteSampler(len(dataset), set_weights, batch_size if per_batch else 1, seed=mix_seed(seed, stream),
                               start=start * batch_size, rank=runtime.rank, world_size=runtime.world_size)
-    workers = cfg.DATALOADER_WORKERS
     # its own generator: creating an iterator must not draw from the global RNG (exact resume)
     seeds = torch.Generator().manual_seed(mix_seed(sampler.seed, RandomStream.LOADER, start))
     return stoppable_batches(dataset, workers, batch_size=batch_size, sampler=sampler, drop_last=True,
@@ -618,13 +620,3 @@ def _log_record(it, sums, count, seconds, stage: Stage, guard: NanGuard) -> dict
         record["skipped_steps"] = guard.skipped
     record.update(getattr(stage, "log_extras", dict)())
     return {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in record.items()}
-
-
-def print_resume_hint(cfg: Config, run_dir: Path) -> None:
-    """Tell the user the exact command that continues a stopped run: absolute paths (it works from any
-    folder), and TRIAL_NAME with its sub-folders."""
-    train_py = Path(__file__).resolve().parent / "train.py"
-    name = run_dir.relative_to(cfg.SAVE_FOLDER).as_posix()
-    print(f"stopped cleanly; resume with:\n  {shlex.quote(sys.executable)} {shlex.quote(str(train_py))} "
-          f"{shlex.quote(f'SAVE_FOLDER={os.path.abspath(cfg.SAVE_FOLDER)}')} "
-          f"{shlex.quote(f'TRIAL_NAME={name}')} RESUME=true", file=sys.stderr)

@@ -13,8 +13,8 @@ from config import parse_overrides  # noqa: E402
 from conftest import tiny_config  # noqa: E402
 from datasets import pair_folders  # noqa: E402
 from models import AE_NETWORKS, AutoEncoder  # noqa: E402
-from stages import AEStage, GANStage  # noqa: E402
-from training import NanGuard, setup_runtime  # noqa: E402
+from stages import AEStage, GANStage, runtime_for  # noqa: E402
+from training import NanGuard  # noqa: E402
 
 
 def assert_identical(nets: dict, rank: int) -> int:
@@ -34,7 +34,7 @@ def assert_identical(nets: dict, rank: int) -> int:
 def main():
     demo_root, out = Path(sys.argv[1]), Path(sys.argv[2])
     cfg = tiny_config(demo_root, out, **parse_overrides(sys.argv[3:]))
-    runtime = setup_runtime(cfg)
+    runtime = runtime_for(cfg)
     assert runtime.world_size == 2 and dist.is_initialized()
     pairs = pair_folders(cfg.IMAGE_DIR, cfg.SKETCH_DIRS)
     guard = NanGuard("stop", runtime.device)

@@ -346,7 +346,7 @@ def test_every_command_refuses_a_missing_folder_in_one_line_before_loading_weigh
     monkeypatch.setattr(weights, "locate", lambda *a, **k: pytest.fail("weights needed before the inputs were checked"))
     missing, out = str(folders["missing"]), str(tmp_path / "out")
     commands = [
-        (bench_speed.main, ["--data", missing, "--device", "cpu"], 1),
+        (bench_speed.main, [f"IMAGE_DIR={missing}", "--device", "cpu"], 1),
         (tom_train.main, ["--path_a", missing, "--path_b", str(folders["sketches"]), "--device", "cpu"], 1),
         (tom_train.main, ["--path_a", str(folders["images"]), "--path_b", str(folders["empty"]), "--device", "cpu"], 1),
         (tom_evaluate.main, ["--path_content", missing, "--path_result", out, "--checkpoint", str(tmp_path)], 1),

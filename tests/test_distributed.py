@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from config import ConfigError
 from conftest import tiny_config, tiny_train_args
 from fileio import CheckpointDir, load_checkpoint
 from models import ResBlkG
-from training import setup_runtime, to_sync_batchnorm
+from stages import runtime_for
+from training import DeviceError, to_sync_batchnorm
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -56,8 +56,8 @@ def test_sync_batchnorm_conversion_keeps_parametrization_and_keys():
 
 
 def test_sync_batchnorm_on_cpu_is_a_clear_error(demo_root, tmp_path):
-    with pytest.raises(ConfigError, match="SYNC_BN=true needs CUDA"):
-        setup_runtime(tiny_config(demo_root, tmp_path, SYNC_BN=True))
+    with pytest.raises(DeviceError, match="SYNC_BN=true needs CUDA"):
+        runtime_for(tiny_config(demo_root, tmp_path, SYNC_BN=True))
 
 
 def test_train_py_under_torchrun_writes_once_and_resumes(demo_root, tmp_path):

@@ -13,22 +13,22 @@ import datasets as D
 import losses as L
 from conftest import tiny_config
 from models import AutoEncoder, Decoder, RefineGeneratorArt, ResBlkG, spectral_norm
-from stages import AEStage, GANStage
-from training import NanGuard, setup_runtime
+from stages import AEStage, GANStage, runtime_for
+from training import NanGuard
 
 GUARD = NanGuard("stop", torch.device("cpu"))
 
 
 def _ae_stage(demo_root, demo_pairs, tmp_path, **overrides):
     cfg = tiny_config(demo_root, tmp_path, **overrides)
-    stage = AEStage(cfg, setup_runtime(cfg), demo_pairs, demo_pairs)
+    stage = AEStage(cfg, runtime_for(cfg), demo_pairs, demo_pairs)
     stage.restart_data(0)
     return stage
 
 
 def _gan_stage(demo_root, demo_pairs, tmp_path, **overrides):
     cfg = tiny_config(demo_root, tmp_path, **overrides)
-    stage = GANStage(cfg, setup_runtime(cfg), demo_pairs, demo_pairs, AutoEncoder(cfg.NFC, cfg.IM_SIZE_AE))
+    stage = GANStage(cfg, runtime_for(cfg), demo_pairs, demo_pairs, AutoEncoder(cfg.NFC, cfg.IM_SIZE_AE))
     stage.restart_data(0)
     return stage
 
@@ -97,7 +97,7 @@ def test_stages_draw_sketch_sets_as_configured(demo_root, tmp_path, monkeypatch,
     pairs = D.pair_folders(demo_root / "train" / "images", [sketches] * 3)
     made = _samplers(monkeypatch)
     cfg = tiny_config(demo_root, tmp_path, SKETCH_DIRS=(sketches,) * 3, SS_SKETCH_SETS=ss_sets, SKETCH_SET_PER=per)
-    stage = AEStage(cfg, setup_runtime(cfg), pairs, pairs)
+    stage = AEStage(cfg, runtime_for(cfg), pairs, pairs)
     stage.restart_data(0)
     _gan_stage(demo_root, pairs, tmp_path, SKETCH_DIRS=(sketches,) * 3, SKETCH_SET_PER=per)
     group = cfg.BATCH_SIZE_AE if per == "batch" else 1

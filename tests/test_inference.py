@@ -17,8 +17,8 @@ from evaluate import generate_image_matrix, generate_mix, style_transfer
 from fileio import CheckpointDir, CheckpointError, load_checkpoint
 from inference import SketchToImage
 from models import load_trained
-from stages import GANStage
-from training import setup_runtime
+from stages import GANStage, runtime_for
+
 
 ROOT = Path(__file__).resolve().parents[1]
 AE, G, NFC = 64, 128, 8  # the tiny model: 64 px AE, 128 px output
@@ -101,7 +101,7 @@ def test_inputs_of_another_size_reach_the_ae_as_in_the_gan_stage(run_dir, model,
                                                                  tmp_path):
     """The GAN stage feeds the AE G-px crops; inference given G-px inputs must resize them the same way."""
     cfg = tiny_config(demo_root, tmp_path, IM_SIZE_GAN=G)
-    stage = GANStage(cfg, setup_runtime(cfg), demo_pairs, demo_pairs, load_trained(run_dir).ae)
+    stage = GANStage(cfg, runtime_for(cfg), demo_pairs, demo_pairs, load_trained(run_dir).ae)
     assert type(stage.ae) is type(model.ae)
     sketch_dir, image_dir = test_dirs
     name = sorted(p.name for p in sketch_dir.iterdir())[0]

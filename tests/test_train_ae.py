@@ -9,13 +9,13 @@ from fileio import CheckpointError, load_checkpoint
 from models import ContentEncoder, Decoder, StyleEncoder
 from datasets import fixed_batch
 from train import loop_options
-from stages import AEStage
-from training import NanGuard, NonFiniteLoss, run_stage, setup_runtime
+from stages import AEStage, runtime_for
+from training import NanGuard, NonFiniteLoss, run_stage
 
 
 def _stage(demo_root, demo_pairs, tmp_path, **overrides):
     cfg = tiny_config(demo_root, tmp_path, **overrides)
-    runtime = setup_runtime(cfg)
+    runtime = runtime_for(cfg)
     stage = AEStage(cfg, runtime, demo_pairs, demo_pairs)
     stage.restart_data(0)
     return stage, cfg
@@ -103,7 +103,7 @@ def test_checkpoint_round_trip(demo_root, demo_pairs, tmp_path):
 
 def _train(demo_root, demo_pairs, tmp_path, total, resume, **overrides):
     stage, cfg = _stage(demo_root, demo_pairs, tmp_path, DETERMINISTIC=True, **overrides)
-    result = run_stage(stage, loop_options(cfg, total), tmp_path / "ae", setup_runtime(cfg), resume=resume)
+    result = run_stage(stage, loop_options(cfg, total), tmp_path / "ae", runtime_for(cfg), resume=resume)
     return stage, result
 
 
@@ -139,7 +139,7 @@ def test_nan_stops_naming_step_loss_and_checkpoint(demo_root, demo_pairs, tmp_pa
     poisoned.calls = 0
     monkeypatch.setattr(stage.reconstruction, "forward", poisoned)
     with pytest.raises(NonFiniteLoss, match=r"loss 'rec_a' became NaN/Inf at iteration 2\. Last good checkpoint: .*ckpt_00000002\.pt"):
-        run_stage(stage, loop_options(cfg, 4), tmp_path / "ae", setup_runtime(cfg))
+        run_stage(stage, loop_options(cfg, 4), tmp_path / "ae", runtime_for(cfg))
 
 
 def test_nan_skip_policy_skips_the_update(demo_root, demo_pairs, tmp_path):
@@ -179,7 +179,7 @@ def test_skipping_stops_after_the_limit_and_keeps_the_good_checkpoint(demo_root,
     stage, cfg = _stage(demo_root, demo_pairs, tmp_path, NAN_POLICY="skip", NAN_SKIP_LIMIT=2, KEEP_CHECKPOINTS=1)
     _poison_weights_at(stage, monkeypatch, 2)  # from iteration 2 on: step A skipped at 2 and 3, the limit
     with pytest.raises(NonFiniteLoss, match=r"2 steps in a row skipped .* Last good checkpoint: .*ckpt_00000002\.pt"):
-        run_stage(stage, loop_options(cfg, 20), tmp_path / "ae", setup_runtime(cfg))
+        run_stage(stage, loop_options(cfg, 20), tmp_path / "ae", runtime_for(cfg))
     checkpoints = sorted(p.name for p in (tmp_path / "ae" / "checkpoints").glob("ckpt_*.pt"))
     assert checkpoints == ["ckpt_00000002.pt"]
     assert load_checkpoint(tmp_path / "ae" / "checkpoints" / "ckpt_00000002.pt", kind="ae")["iteration"] == 2
@@ -199,12 +199,12 @@ def test_the_skip_limit_counts_each_update_on_its_own(demo_root, demo_pairs, tmp
     monkeypatch.setattr(stage.reconstruction, "forward", lambda fake, x: {"total": real(fake, x)["total"] * nan})
     with pytest.raises(NonFiniteLoss, match=r"3 steps in a row .* update of cls, style, content, rec_a \(up to "
                                             r"iteration 2;"):
-        run_stage(stage, loop_options(cfg, 20), tmp_path / "ae", setup_runtime(cfg))
+        run_stage(stage, loop_options(cfg, 20), tmp_path / "ae", runtime_for(cfg))
 
 
 def test_non_finite_weights_are_never_saved_over_a_good_checkpoint(demo_root, demo_pairs, tmp_path, monkeypatch):
     stage, cfg = _stage(demo_root, demo_pairs, tmp_path, NAN_POLICY="skip", NAN_SKIP_LIMIT=1000, KEEP_CHECKPOINTS=1)
     _poison_weights_at(stage, monkeypatch, 2)
     with pytest.raises(CheckpointError, match=r"iteration 4: the weights hold NaN/Inf .* kept: .*ckpt_00000002\.pt"):
-        run_stage(stage, loop_options(cfg, 20), tmp_path / "ae", setup_runtime(cfg))
+        run_stage(stage, loop_options(cfg, 20), tmp_path / "ae", runtime_for(cfg))
     assert sorted(p.name for p in (tmp_path / "ae" / "checkpoints").glob("ckpt_*.pt")) == ["ckpt_00000002.pt"]

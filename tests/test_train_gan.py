@@ -8,8 +8,8 @@ import train
 from conftest import tiny_config, tiny_train_args
 from fileio import CheckpointDir, JsonlLog, load_checkpoint, save_checkpoint
 from models import load_trained
-from stages import AEStage, GANStage
-from training import EMA, NanGuard, run_stage, setup_runtime
+from stages import AEStage, GANStage, runtime_for
+from training import EMA, NanGuard, run_stage
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,7 @@ def ae_file(demo_root, demo_pairs, tmp_path_factory):
     """The checkpoint of an AE stage trained for 2 iterations."""
     folder = tmp_path_factory.mktemp("ae")
     cfg = tiny_config(demo_root, folder)
-    stage = AEStage(cfg, setup_runtime(cfg), demo_pairs, demo_pairs)
+    stage = AEStage(cfg, runtime_for(cfg), demo_pairs, demo_pairs)
     stage.restart_data(0)
     for it in range(2):
         stage.step(it, NanGuard("stop", torch.device("cpu")))
@@ -28,7 +28,7 @@ def ae_file(demo_root, demo_pairs, tmp_path_factory):
 
 def _gan(demo_root, demo_pairs, tmp_path, ae_file, **overrides):
     cfg = tiny_config(demo_root, tmp_path, **overrides)
-    stage = GANStage(cfg, setup_runtime(cfg), demo_pairs, demo_pairs, load_trained(ae_file, kind="ae").ae)
+    stage = GANStage(cfg, runtime_for(cfg), demo_pairs, demo_pairs, load_trained(ae_file, kind="ae").ae)
     stage.restart_data(0)
     return stage, cfg
 
@@ -107,7 +107,7 @@ def test_generate_uses_the_ema_generator(demo_root, demo_pairs, tmp_path, ae_fil
 def test_gan_resume_continues_exactly(demo_root, demo_pairs, tmp_path, ae_file):
     def train_to(folder, total, resume):
         stage, cfg = _gan(demo_root, demo_pairs, folder, ae_file, DETERMINISTIC=True, SAVE_MODEL_INTERVAL=2)
-        return stage, run_stage(stage, train.loop_options(cfg, total), folder / "gan", setup_runtime(cfg), resume=resume)
+        return stage, run_stage(stage, train.loop_options(cfg, total), folder / "gan", runtime_for(cfg), resume=resume)
     straight, _ = train_to(tmp_path / "a", 4, False)
     train_to(tmp_path / "b", 2, False)
     resumed, result = train_to(tmp_path / "b", 4, True)

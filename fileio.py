@@ -26,6 +26,15 @@ CHECKSUM_KEY = "checksum"  # "sha256:<hex>" of the rest of the checkpoint dict (
 TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # atomic_path's temporary names: .<name>.<8 random>.tmp
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask sets it: read once, at import, before any thread starts
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() gives a new file; mkstemp's temporaries are 0600
+
+
 class CheckpointError(UserError):
     """A checkpoint is missing, unreadable, unsafe, damaged, or of the wrong kind."""
 
@@ -48,7 +57,8 @@ def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
     `.name.*.tmp` file, see remove_stale_temporaries), never a half-written `path`. An OSError
     (no space left, no permission) becomes an OutputError naming the path. `fsync=False` leaves
     the flush to the caller (one `os.sync()` after many small files that can be remade: a
-    per-file fsync costs more than making them); the rename is atomic either way.
+    per-file fsync costs more than making them); the rename is atomic either way. The file gets
+    the mode of any new file (FILE_MODE: 0666 less the umask).
     """
     path = Path(path)
     try:
@@ -59,6 +69,7 @@ def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, FILE_MODE)  # the file others may read as any other output, not mkstemp's private 0600
         if fsync:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())

@@ -1,5 +1,7 @@
 """export.py and SketchToImage.from_pretrained: the slim safetensors model format."""
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -68,6 +70,14 @@ def test_the_file_is_tensors_and_json_and_a_fraction_of_the_checkpoint(run_dir, 
     assert json.loads(meta["config"])["DATA_NAME"] == "demo" and meta["iteration"] == "2"
     assert {k.partition(".")[0] for k in keys} == {"style_encoder", "content_encoder", "decoder", "generator"}
     assert not exported.read_bytes().startswith(b"PK")  # not a torch/pickle zip archive
+
+
+def test_the_file_has_the_mode_of_any_new_file(exported, tmp_path):
+    """Issue 25 item 18: not mkstemp's private 0600, but what the umask gives every new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    (tmp_path / "plain").write_text("x")
+    assert stat.S_IMODE(exported.stat().st_mode) == 0o666 & ~mask == stat.S_IMODE((tmp_path / "plain").stat().st_mode)
 
 
 def test_every_script_takes_the_exported_file(exported, demo_root, tmp_path):

@@ -527,6 +527,7 @@ def cmd_fid(args) -> dict:
         if source and Path(source).is_file():
             stats[side] = _source_stats(source, args, model_fn, args.kid)
     if args.checkpoint:
+        model_fn()  # the generated images need the Inception: missing weights stop us before generating them
         stats["fake"] = checkpoint_stats(args, model_fn)
         args.size = args.size or stats["fake"].info["image_size"]  # real images at the model's resolution
         args.fake = f"{args.checkpoint} ({args.pairing} pairs of {args.sketch} and {args.style}, PNGs in {args.save_dir})"

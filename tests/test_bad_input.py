@@ -601,6 +601,20 @@ def test_benchmark_mistakes_are_one_line_before_measuring(folders, run_dir, tmp_
         _one_error_line(capsys.readouterr().err, message)
 
 
+def test_benchmark_checkpoint_fid_without_inception_weights_generates_nothing(folders, run_dir, tmp_path, capsys,
+                                                                                monkeypatch):
+    """Issue 25 item 13: the missing Inception is found before any image is generated and saved."""
+    def missing(allow_download=True):
+        raise weights.WeightsError("FID Inception weights: not found (downloading is off)")
+    monkeypatch.setattr(weights, "fid_inception", missing)
+    good, save_dir = str(folders["sketches"]), tmp_path / "generated"
+    argv = ["fid", "--real", good, "--checkpoint", str(run_dir), "--sketch", good, "--style", good,
+            "--save-dir", str(save_dir), "--device", "cpu", "--no-cache"]
+    assert B.main(argv) == 1
+    _one_error_line(capsys.readouterr().err, "FID Inception weights")
+    assert not save_dir.exists() or not list(save_dir.iterdir())
+
+
 @pytest.mark.parametrize("extra,message", [(["--size", "0"], "--size 0: LPIPS-alex needs at least 31 px"),
                                            (["--size", "8", "--net", "vgg"], "LPIPS-vgg needs at least 16 px"),
                                            (["--batch-size", "0"], "--batch-size 0: must be at least 1")])

@@ -24,9 +24,11 @@ out), so tests call them without a browser; `build_ui` wires them to gradio comp
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import os
 import random
+import socket
 import sys
 import threading
 import time
@@ -415,6 +417,37 @@ def build_ui(app: App) -> gr.Blocks:
     return page
 
 
+class AddressError(UserError):
+    """The page cannot listen where --host and --port say: a port out of range or in use, an address not here."""
+
+
+def port_number(text: str) -> int:
+    """argparse type of --port: a whole number from 1 to 65535."""
+    if not text.strip().isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a port number from 1 to 65535")
+    return int(text)
+
+
+def check_address(host: str, port: int) -> None:
+    """AddressError now, naming the option, unless the page can listen on host:port (gradio would say it
+    in its own words, after the model has loaded, as an empty port it "cannot find")."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (OSError, UnicodeError):
+        raise AddressError(f"--host {host}: not a name or address this machine can resolve") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: a port in TIME_WAIT is free
+        try:
+            probe.bind(address)
+        except OSError as e:
+            why = {errno.EADDRINUSE: f"--port {port}: in use by another program on {host}: choose another --port",
+                   errno.EADDRNOTAVAIL: f"--host {host}: not an address of this machine (127.0.0.1: this "
+                                        f"machine only; 0.0.0.0: every network interface)",
+                   errno.EACCES: f"--port {port}: needs administrator rights here: choose one above 1023"}
+            raise AddressError(why.get(e.errno, f"--host {host} --port {port}: cannot listen there "
+                                                f"({e.strerror or e})")) from None
+
+
 def launch(page, host: str, port: int, **kwargs):
     return page.launch(server_name=host, server_port=port, max_file_size=f"{MAX_UPLOAD_MB}mb", css=CSS,
                        footer_links=[], show_error=False, **kwargs)
@@ -436,7 +469,7 @@ Example:
     p.add_argument("--tom", help="a TOM checkpoint or run: adds 'tom' to the photo sketchers (needs VGG16 weights)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, mps")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every network interface)")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=port_number, default=7860, help="port to listen on, 1 to 65535 (default 7860)")
     live = p.add_mutually_exclusive_group()
     live.add_argument("--live", dest="live", action="store_true", default=None,
                       help=f"regenerate as the user draws (default: for outputs up to {LIVE_MAX_SIZE} px)")
@@ -447,6 +480,7 @@ Example:
 @cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_address(args.host, args.port)  # before the model loads: a second, not a minute
     model = load_model(args.checkpoint, resolve_device(args.device), args.runs)
     app = App(model, args.styles, args.tom, args.live)
     print(f"model: {model.preset}, {model.ae_size} px sketches -> {model.image_size} px images "

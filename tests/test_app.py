@@ -2,6 +2,7 @@
 import json
 import re
 import os
+import socket
 import struct
 import zlib
 from pathlib import Path
@@ -289,6 +290,26 @@ def test_the_newest_demo_run_is_the_default(tmp_path, capsys):
     assert A.main(["--runs", str(runs)]) == 1  # the newest demo run is picked, and its fake checkpoint refused
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "demo-new" in err
+
+
+def test_a_bad_port_or_host_is_one_line_naming_the_option_before_the_model_loads(tmp_path, capsys):
+    """Issue 25 item 10: a port out of range, a port in use, an address not here; in our words."""
+    for port in ("99999", "0", "http"):
+        with pytest.raises(SystemExit) as e:
+            A.main(["--port", port])
+        assert e.value.code == 2 and f"--port: '{port}': give a port number from 1 to 65535" in capsys.readouterr().err
+    empty = tmp_path / "no_runs"  # no model here: an address error must come first
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cases = [(["--port", str(port)], f"--port {port}: in use by another program on 127.0.0.1"),
+                 (["--host", "192.0.2.1"], "--host 192.0.2.1: not an address of this machine")]
+        for argv, expected in cases:
+            assert A.main(["--runs", str(empty), *argv]) == 1
+            err = capsys.readouterr().err.strip()
+            assert err.startswith(f"error: {expected}") and "\n" not in err, err
+            assert "GRADIO_SERVER_PORT" not in err and "empty port" not in err
 
 
 def test_the_page_builds_with_every_control(app):

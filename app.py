@@ -28,6 +28,7 @@ import errno
 import functools
 import os
 import random
+import re
 import socket
 import sys
 import threading
@@ -185,7 +186,7 @@ class App:
         for folder in ([Path(held_out), ROOT / held_out] if held_out else []):
             if folder.is_dir() and list_images(folder):
                 return list(list_images(folder).values())[:GALLERY_MAX], ""
-        where = f"its held-out folder {held_out} is not here" if held_out else "it names no held-out folder"
+        where = f"its held-out folder {plain(held_out)} is not here" if held_out else "it names no held-out folder"
         return [], f"No exemplar gallery for this model ({where}): upload exemplars, or start with --styles DIR."
 
     def pick(self, index: int) -> Image.Image:
@@ -243,10 +244,22 @@ class App:
         return to_pil(out[0]), (to_pil(ae[0]) if with_ae else None)
 
     def describe(self) -> str:
+        """The model line of the page; its training iteration in bold, "of N, unfinished" when it stopped early."""
         m = self.model
         when = "regenerates as you draw" if self.live else "press Generate"
-        return (f"**Model** `{_short(m.source)}` ({m.preset}, iteration {m.iteration}): "
-                f"{m.ae_size} px sketches -> {m.image_size} px images on {m.device}; {when}.")
+        total = m.config.get("ITERATION_GAN")
+        trained = f"iteration {m.iteration}" + (f" of {total}" if isinstance(total, int) else "")
+        if isinstance(total, int) and isinstance(m.iteration, int) and m.iteration < total:
+            trained += ", unfinished"
+        return (f"**Model** {plain(_short(m.source))}: **{trained}** ({m.preset}, {m.ae_size} px sketches -> "
+                f"{m.image_size} px images on {m.device}); {when}.")
+
+
+def plain(text) -> str:
+    """`text` shown as it is inside a line of a Markdown component: the marks that open HTML, emphasis, code,
+    links, tables or formulas backslash-escaped (CommonMark), so that `<run>` is not dropped as an HTML tag
+    nor `ckpt_*.pt` read as emphasis."""
+    return re.sub(r"([\\`*_\[\]<>&~|!$])", r"\\\1", str(text))
 
 
 def _short(source) -> str:
@@ -294,11 +307,11 @@ def shielded(fn: Callable, n_outputs: int) -> Callable:
         try:
             outputs, note = fn(*args, **kwargs)
         except UserError as e:
-            return (*[gr.skip()] * n_outputs, f"⚠ {e}")
+            return (*[gr.skip()] * n_outputs, f"⚠ {plain(e)}")
         except Exception as e:  # noqa: BLE001 - the page must keep working; the log keeps the details
             traceback.print_exc()
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            return (*[gr.skip()] * n_outputs, f"⚠ internal error ({type(e).__name__}: {first}); "
+            return (*[gr.skip()] * n_outputs, f"⚠ internal error ({type(e).__name__}: {plain(first)}); "
                                               f"the server log has the details")
         return (*outputs, gr.skip() if note is None else note)
     return run
@@ -396,7 +409,7 @@ def build_ui(app: App) -> gr.Blocks:
 
         def swap_model(path):
             model = app.load(path)
-            return (app.describe(), app.gallery_items, app.gallery_note), f"Loaded {_short(model.source)}."
+            return (app.describe(), app.gallery_items, app.gallery_note), f"Loaded {plain(_short(model.source))}."
 
         settings = [style_a, style_b, mix, scales, seed, show_ae]
         images = [output, ae_output, message]

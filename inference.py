@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from datasets import DataError, _to_mode, load_image, mix_seed, require_images, resize, to_float, to_uint8_tensor
 from errors import UserError, cli
-from fileio import newest_checkpoint, save_png, to_pil
+from fileio import CheckpointDir, newest_checkpoint, save_png, to_pil
 from models import BN_MODES, NoiseInjection, Trained, batch_norm_mode, load_trained, save_exported
 from training import resolve_device
 
@@ -70,17 +70,22 @@ class InferenceError(UserError):
 
 def newest_run(root="train_results", data_name: str = "demo") -> Path | None:
     """The run folder under `root` whose config.json has DATA_NAME == data_name and whose newest GAN
-    checkpoint was written last (the most recently trained model of that data), or None."""
+    checkpoint was written last (the most recently trained model of that data), or None. A finished
+    run (its GAN stage reached ITERATION_GAN) comes before any unfinished one, e.g. a test run of a
+    few iterations started after it."""
     found = []
     for config in Path(root).glob("*/config.json"):
         try:
-            name = json.loads(config.read_text(encoding="utf-8")).get("DATA_NAME")
+            settings = json.loads(config.read_text(encoding="utf-8"))
+            name, total = settings.get("DATA_NAME"), settings.get("ITERATION_GAN")
         except (OSError, ValueError, AttributeError):
             continue  # a half-written or foreign folder is not a run to pick
         ckpt = newest_checkpoint(config.parent / "gan" / "checkpoints")
         if name == data_name and ckpt is not None:
-            found.append((ckpt.stat().st_mtime, config.parent))
-    return max(found)[1] if found else None
+            iteration = int(CheckpointDir.PATTERN.match(ckpt.name).group(1))
+            finished = isinstance(total, int) and iteration >= total
+            found.append((finished, ckpt.stat().st_mtime, config.parent))
+    return max(found)[2] if found else None
 
 
 # ----------------------------------------------------------------------------------------------

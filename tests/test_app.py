@@ -1,4 +1,5 @@
 """app.py's callbacks without a browser: arrays and files in, images and one-line messages out."""
+import html
 import json
 import re
 import os
@@ -263,12 +264,13 @@ def test_the_page_switches_models(app, model_file, tmp_path):
 
 # --------------------------------------------------------------------------- the default model
 
-def _fake_run(root: Path, name: str, data_name: str, stage: str = "gan", when: float = 0.0) -> Path:
+def _fake_run(root: Path, name: str, data_name: str, stage: str = "gan", when: float = 0.0, iteration: int = 100,
+              total: int | None = None) -> Path:
     run = root / name
     (run / stage / "checkpoints").mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"DATA_NAME": data_name}))
-    ckpt = run / stage / "checkpoints" / "ckpt_00000100.pt"
-    save_checkpoint({"kind": stage, "iteration": 100}, ckpt)  # only files that load as checkpoints count
+    (run / "config.json").write_text(json.dumps({"DATA_NAME": data_name, "ITERATION_GAN": total}))
+    ckpt = run / stage / "checkpoints" / f"ckpt_{iteration:08d}.pt"
+    save_checkpoint({"kind": stage, "iteration": iteration}, ckpt)  # only files that load as checkpoints count
     os.utime(ckpt, (when, when))
     return run
 
@@ -290,6 +292,38 @@ def test_the_newest_demo_run_is_the_default(tmp_path, capsys):
     assert A.main(["--runs", str(runs)]) == 1  # the newest demo run is picked, and its fake checkpoint refused
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "demo-new" in err
+
+
+def test_a_finished_demo_run_comes_before_a_newer_test_run(tmp_path):
+    """Issue 25 item 14: `make app` takes the newest run whose GAN stage reached ITERATION_GAN; only when no
+    run is finished, the newest unfinished one."""
+    runs = tmp_path / "train_results"
+    runs.mkdir()
+    stopped = _fake_run(runs, "demo-stopped", "demo", when=1_000, iteration=40, total=6000)
+    assert newest_run(runs) == stopped
+    finished = _fake_run(runs, "demo-finished", "demo", when=2_000, iteration=6000, total=6000)
+    _fake_run(runs, "demo-test", "demo", when=3_000, iteration=6, total=6000)
+    _fake_run(runs, "demo-test-stopped", "demo", when=4_000, iteration=2, total=None)  # no total: not finished
+    assert newest_run(runs) == finished
+
+
+def test_the_page_shows_the_iteration_and_an_unfinished_model(model_file):
+    model = SketchToImage.from_pretrained(model_file, device="cpu")
+    model.iteration, model.config = 6, {"ITERATION_GAN": 6000}
+    assert "**iteration 6 of 6000, unfinished**" in A.App(model).describe()
+    model.iteration = 6000
+    assert "**iteration 6000 of 6000**" in A.App(model).describe()
+
+
+def test_a_message_with_markup_characters_shows_in_full_in_the_page():
+    """Issue 25 item 14: `<run>` is not an HTML tag to drop, `ckpt_*.pt` no emphasis: the line reads as raised."""
+    from markdown_it import MarkdownIt  # CommonMark with HTML, as the page's Markdown component renders it
+    text = "x: no checkpoint (give <run>/gan/checkpoints/ckpt_*.pt, a_*b*_c, `q` & [l](u) | $x$ or ~s~)"
+
+    def shown(markdown: str) -> str:
+        return html.unescape(re.sub(r"<[^>]+>", "", MarkdownIt("commonmark", {"html": True}).render(markdown))).strip()
+    assert shown(A.shielded(lambda: (_ for _ in ()).throw(InferenceError(text)), 1)()[1]) == f"⚠ {text}"
+    assert shown(A.plain(text)) == text
 
 
 def test_a_bad_port_or_host_is_one_line_naming_the_option_before_the_model_loads(tmp_path, capsys):

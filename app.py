@@ -13,10 +13,11 @@ the model's size with its download button, the AE-stage output beside it on requ
 Models up to LIVE_MAX_SIZE px regenerate after every stroke (strokes drawn while one image is
 being made are coalesced into one more run); bigger ones on the Generate button.
 
-It listens on 127.0.0.1 (this machine only) unless --host says otherwise. Uploads are bounded
-(MAX_UPLOAD_MB per file, MAX_PIXELS per image). A user's mistake (an empty canvas, a file that
-is not an image, a checkpoint of the wrong kind) is one line in the page, never a traceback, and
-the server keeps serving.
+It listens on 127.0.0.1 (this machine only) unless --host says otherwise. Every image the page
+receives is bounded (MAX_UPLOAD_MB per file, MAX_PIXELS per image judged from its header before
+decoding: uploads, the canvas and the exemplars of every event, see `bound_decoding`). A user's
+mistake (an empty canvas, a file that is not an image, a checkpoint of the wrong kind) is one line
+in the page, never a traceback, and the server keeps serving.
 
 `App` holds the model and the callbacks as plain methods (arrays and PIL images in, PIL images
 out), so tests call them without a browser; `build_ui` wires them to gradio components.
@@ -34,6 +35,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -92,12 +94,24 @@ def open_upload(path, mode: str) -> Image.Image:
         raise InferenceError(f"{name}: a damaged or truncated image") from None
 
 
+def bound_decoding() -> None:
+    """Make PIL refuse, from its header, every image over MAX_PIXELS in this process. gradio decodes the
+    images of every event (the canvas, the exemplars) before any callback runs, and a 0.45 MB PNG may
+    claim 12000 x 12000 pixels (2.3 GB once decoded); the upload buttons' own check comes too late for those."""
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2  # PIL raises DecompressionBombError above twice this...
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # ...and only warns below
+
+
 def as_image(value, mode: str) -> Image.Image | None:
-    """A numpy array, PIL image or gradio ImageEditor value ({"composite": ...}) -> PIL in `mode`."""
+    """A numpy array, PIL image or gradio ImageEditor value ({"composite": ...}) -> PIL in `mode`;
+    InferenceError for an image over MAX_PIXELS."""
     if isinstance(value, dict):
         value = value.get("composite")
     if value is None:
         return None
+    h, w = value.shape[:2] if isinstance(value, np.ndarray) else value.size[::-1]
+    if w * h > MAX_PIXELS:
+        raise InferenceError(f"an image of {w} x {h} pixels is too large (at most {MAX_PIXELS / 1e6:.0f} megapixels)")
     if isinstance(value, np.ndarray):
         array = value
         if array.dtype != np.uint8:
@@ -494,6 +508,7 @@ Example:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_address(args.host, args.port)  # before the model loads: a second, not a minute
+    bound_decoding()
     model = load_model(args.checkpoint, resolve_device(args.device), args.runs)
     app = App(model, args.styles, args.tom, args.live)
     print(f"model: {model.preset}, {model.ae_size} px sketches -> {model.image_size} px images "

@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from gradio.components.image import ImageData
+from gradio.components.image_editor import EditorData
+from gradio.data_classes import FileData
 from PIL import Image, ImageDraw
 
 import app as A
@@ -199,6 +202,31 @@ def test_bad_uploads_are_one_line_messages(app, tmp_path):
             assert expected in str(e.value) and "\n" not in str(e.value) and str(tmp_path) not in str(e.value)
     with pytest.raises(InferenceError, match="no file arrived"):
         app.upload_exemplar(None)
+
+
+def test_every_image_input_of_every_event_is_bounded(app, tmp_path, monkeypatch):
+    """Issue 25 item 27: the canvas and the exemplars, not only the upload buttons, stay within MAX_PIXELS:
+    in the callbacks, and in gradio's decoding of a request, judged from the header before decoding."""
+    a, side = app.pick(0), A.CANVAS + 1
+    big = np.full((side, side, 3), 255, np.uint8)
+    monkeypatch.setattr(A, "MAX_PIXELS", A.CANVAS * A.CANVAS)
+    for kwargs in (dict(sketch=big), dict(sketch={"composite": big}), dict(style_a=Image.fromarray(big)),
+                   dict(style_b=big, mix=0.5)):
+        with pytest.raises(InferenceError, match=f"{side} x {side} pixels is too large"):
+            app.generate(**{"sketch": drawing(), "style_a": a, **kwargs})
+    monkeypatch.undo()
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after the test
+    A.bound_decoding()
+    _header_bomb(tmp_path / "at_limit.png", side=5000)  # 25 megapixels: allowed
+    Image.open(tmp_path / "at_limit.png").close()
+    _header_bomb(tmp_path / "bomb.png", side=6000)  # 36 megapixels in a few bytes
+    page = A.build_ui(app)
+    inputs = {b.elem_id: b for b in page.blocks.values() if getattr(b, "elem_id", None) in ("sketch", "style-a")}
+    bomb = FileData(path=str(tmp_path / "bomb.png"), orig_name="bomb.png")
+    with pytest.raises(Image.DecompressionBombError):
+        inputs["sketch"].preprocess(EditorData(background=bomb, layers=[], composite=bomb))
+    with pytest.raises(Image.DecompressionBombError):
+        inputs["style-a"].preprocess(ImageData(path=bomb.path, orig_name="bomb.png"))
 
 
 def test_bad_settings_are_one_line_messages(app):

@@ -48,7 +48,7 @@ from config import ConfigError
 from datasets import (READ_ERRORS, DataError, PairedDataset, load_image, require_images, resize, to_float,
                       to_uint8_tensor)
 from errors import UserError, cli
-from fileio import OutputError, atomic_path, check_writable, save_png, write_json
+from fileio import OutputError, atomic_path, check_apart, check_writable, save_png, write_json
 from training import resolve_device
 
 INCEPTION_SIZE = 299
@@ -725,6 +725,8 @@ def main(argv=None) -> int:
         check_writable(args.out)
     if getattr(args, "checkpoint", None):
         check_writable(args.save_dir, folder=True)
+    check_apart([getattr(args, "out", None), args.save_dir if getattr(args, "checkpoint", None) else None],
+                [getattr(args, name, None) for name in ("real", "fake", "sketch", "style", "folder")])
     result = command(args)
     if getattr(args, "out", None) and args.command != "stats":
         write_json(args.out, {"argv": list(sys.argv[1:] if argv is None else argv), **result})

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from errors import cli
+from fileio import check_apart
 from inference import InferenceError, SketchToImage
 
 
@@ -28,8 +29,7 @@ def export(source, out, overwrite: bool = False) -> tuple[SketchToImage, Path]:
     if out.suffix != ".safetensors":
         raise InferenceError(f"--out {out}: name the file *.safetensors")
     model = SketchToImage.from_pretrained(source, device="cpu")
-    if model.source is not None and Path(model.source).resolve() == out.resolve():
-        raise InferenceError(f"--out {out} is the file being exported")
+    check_apart([out], [model.source])
     return model, model.save_pretrained(out)
 
 

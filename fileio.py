@@ -105,6 +105,23 @@ def check_writable(path, folder: bool = False) -> None:
         raise _output_error(path, e) from None
 
 
+def check_apart(outputs, inputs, nested: bool = False) -> None:
+    """Raise OutputError now unless every output (a file or folder to write) lies outside every input (a
+    file or folder to read): never an input itself, never in an input folder (`nested`: at any depth, for
+    commands that read sub-folders too). An output written among its inputs overwrites them, or is read
+    back as one (an FID of ~0 against itself). Commands call it with check_writable, before their work."""
+    sources = [(given, Path(given).resolve()) for given in inputs if given is not None]
+    for out in (o for o in outputs if o is not None):
+        target = Path(out).resolve()
+        for given, source in sources:
+            if target == source:
+                what = "is the input folder" if source.is_dir() else "would overwrite the input"
+                raise OutputError(f"{out} {what} {given}: choose another output")
+        for given, source in sources:
+            if source == target.parent or (nested and source in target.parents):
+                raise OutputError(f"{out} would be written into the input folder {given}: choose another output")
+
+
 def remove_stale_temporaries(folder) -> int:
     """Delete the temporary files that writes killed mid-way (kill -9, power loss) left in `folder`
     and below; returns how many. Only when no other process writes there (e.g. as a run resumes)."""

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from errors import UserError, cli
-from fileio import atomic_path
+from fileio import atomic_path, check_apart
 
 CURVES_FILE = "loss_curves.png"
 BOOKKEEPING = ("iter", "img_per_s", "subset", "lr_style", "skipped_files", "skipped_steps", "skipped", "fid_n")
@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     logs = find_logs(args.run)
     if args.out and len(logs) > 1:
         raise LogError(f"--out takes one log; {args.run} holds {len(logs)}: {', '.join(map(str, logs))}")
+    check_apart([args.out], logs)
     for log in logs:
         records = read_log(log)
         if not records:

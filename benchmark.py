@@ -353,7 +353,7 @@ def content_digest(paths: list[Path]) -> str:
     for path in tqdm(paths, desc="hashing", unit="file", leave=False):
         with open(path, "rb") as f:
             digest = hashlib.file_digest(f, "sha256").hexdigest()
-        h.update(f"{path.name}\0{path.stat().st_size}\0{digest}\n".encode())
+        h.update(f"{path.name}\0{path.stat().st_size}\0{digest}\n".encode("utf-8", "surrogateescape"))  # any name
     return h.hexdigest()
 
 

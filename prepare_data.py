@@ -57,7 +57,8 @@ def split_names(names, test_ratio: float) -> dict[str, list[str]]:
     n_test = round(test_ratio * len(names))
     if test_ratio > 0 and len(names) >= 2:
         n_test = max(1, n_test)
-    order = sorted(names, key=lambda name: hashlib.sha1(name.encode("utf-8")).hexdigest())
+    # surrogateescape: a file name that is not UTF-8 hashes as its own bytes (the same split on any machine)
+    order = sorted(names, key=lambda name: hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest())
     test = set(order[:n_test])
     return {"train": [n for n in names if n not in test], "test": [n for n in names if n in test]}
 

@@ -582,6 +582,23 @@ def test_a_file_name_that_is_not_utf8_is_reported_not_a_crash(demo_root, tmp_pat
     assert "1 image(s) have no sketch" in out and "left out: \\udcff" in out  # the byte 0xff, escaped
 
 
+def test_prepare_data_and_the_fid_cache_take_file_names_that_are_not_utf8(demo_root, tmp_path, capsys,
+                                                                          cheap_inception):
+    """Issue 25 item 28: the split's SHA-1 and the FID cache key hash such a name as its own bytes."""
+    import prepare_data
+    photos = tmp_path / "photos"
+    shutil.copytree(demo_root / "test" / "images", photos)
+    odd = os.fsdecode(os.fsencode(str(photos)) + b"/\xff.png")  # not UTF-8: \udcff once decoded
+    shutil.copy(sorted(photos.iterdir())[0], odd)
+    assert prepare_data.main([str(photos), str(tmp_path / "out"), "--xdog", "thin"]) == 0
+    assert "9 copied, 0 kept" in capsys.readouterr().out
+    prepared = [p.name for p in (tmp_path / "out").rglob("*.png")]
+    assert prepared.count("\udcff.png") == 2  # the photo and its sketch
+    assert B.main(["stats", "--folder", str(photos), "--out", str(tmp_path / "s.npz"), "--device", "cpu",
+                   "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+
+
 def test_inputs_are_checked_before_the_run_folder_and_a_retry_reuses_it(demo_root, folders, tmp_path, capsys):
     base = dict(TRIAL_NAME="r")
     args = tiny_train_args(demo_root, tmp_path, TRAIN_GAN_ONLY=True, PRETRAINED_AE_PATH=str(tmp_path / "nope"), **base)

@@ -279,6 +279,9 @@ def load_checkpoint(path, map_location="cpu", kind: str | None = None) -> dict:
                               f": written after the run diverged; use an earlier checkpoint")
     if kind is not None and ckpt["kind"] != kind:
         raise CheckpointError(f"{path}: is a '{ckpt['kind']}' checkpoint, expected '{kind}'")
+    for key in ("config", "args"):  # the run's settings ("args": TOM's first format), read as a dict by every consumer
+        if key in ckpt and not isinstance(ckpt[key], dict):
+            raise CheckpointError(f"{path}: its '{key}' entry is a {type(ckpt[key]).__name__}, not a dict of settings")
     return ckpt
 
 

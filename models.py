@@ -822,6 +822,11 @@ def generator_name(arch: dict) -> str:
 
 def _build(arch: dict, nets: dict, config: dict, iteration, source: Path) -> Trained:
     """The networks of `arch` (an AE or GAN stage's) with `nets` loaded strictly; CheckpointError if they do not fit."""
+    if not isinstance(arch, dict) or not isinstance(arch.get("preset"), str):
+        raise CheckpointError(f"{source}: its architecture entry names no preset: not a model this code wrote "
+                              f"(or a damaged one)")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{source}: its training config is a {type(config).__name__}, not a dict of settings")
     gan = "im_size_gan" in arch
     try:
         missing = [k for k in (EXPORTED_NETWORKS if gan else AE_NETWORKS) if k not in nets]

@@ -138,3 +138,31 @@ def test_bad_safetensors_files_are_one_line(exported, tmp_path):
         with pytest.raises(CheckpointError) as e:
             SketchToImage.from_pretrained(tmp_path / name, device="cpu")
         assert expected in str(e.value) and name in str(e.value) and "\n" not in str(e.value), name
+
+
+def test_a_model_without_preset_or_with_a_config_that_is_not_a_dict_is_one_line(run_dir, exported, tmp_path, capsys):
+    """Issue 25 item 28: every consumer (from_pretrained: inference, app, export, benchmark, evaluate; TOM's
+    reader) says which file, in one line, instead of a KeyError or AttributeError traceback."""
+    from sketch_styletransfer.train import read_checkpoint
+    with safe_open(str(exported), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    arch = json.loads(meta["arch"])
+    del arch["preset"]
+    save_file(tensors, tmp_path / "no_preset.safetensors", metadata={**meta, "arch": json.dumps(arch)})
+    save_file(tensors, tmp_path / "list_config.safetensors", metadata={**meta, "config": "[1, 2]"})
+    ckpt = load_checkpoint(CheckpointDir(run_dir / "gan" / "checkpoints").last())
+    del ckpt["state"]["arch"]["preset"]
+    torch.save(ckpt, tmp_path / "no_preset.pt")
+    torch.save({**ckpt, "config": "DATA_NAME=demo"}, tmp_path / "text_config.pt")
+    torch.save({"kind": "tom", "format": 2, "config": ["nfc", 8], "state": {}}, tmp_path / "tom.pt")
+    cases = {"no_preset.safetensors": "names no preset", "list_config.safetensors": "config is a list",
+             "no_preset.pt": "names no preset", "text_config.pt": "'config' entry is a str"}
+    for name, expected in cases.items():
+        with pytest.raises(CheckpointError) as e:
+            SketchToImage.from_pretrained(tmp_path / name, device="cpu")
+        assert expected in str(e.value) and name in str(e.value) and "\n" not in str(e.value), name
+        assert export.main([str(tmp_path / name), "--out", str(tmp_path / "x.safetensors")]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and expected in err and "\n" not in err
+    with pytest.raises(CheckpointError, match="'config' entry is a list, not a dict of settings"):
+        read_checkpoint(tmp_path / "tom.pt")

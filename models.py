@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch.nn.utils.parametrizations import spectral_norm
 
 from fileio import CheckpointError, atomic_path, load_checkpoint, newest_checkpoint
@@ -870,8 +870,9 @@ def save_exported(trained: Trained, path) -> Path:
             "arch": json.dumps(trained.arch, sort_keys=True), "config": json.dumps(trained.config, sort_keys=True),
             "iteration": "" if trained.iteration is None else str(trained.iteration),
             "exported_from": "" if trained.source is None else Path(trained.source).name}
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata=meta)
+    data = safetensors_bytes(tensors, metadata=meta)  # written by Python: a full disk is an OSError (OutputError)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # ...not the Rust writer's opaque SafetensorError
+        f.write(data)
     return Path(path)
 
 

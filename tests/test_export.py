@@ -115,6 +115,22 @@ def test_export_refuses_in_one_line(run_dir, exported, tmp_path, capsys):
     assert all(torch.equal(v, after[k]) for k, v in before.items())
 
 
+def test_a_full_disk_is_one_line_and_leaves_no_file(run_dir, tmp_path, monkeypatch, capsys):
+    """Issue 25 item 28: not safetensors' SafetensorError traceback, but "no space left on <folder>"."""
+    import builtins
+    import models
+    from test_fileio import _FullDisk
+
+    def full(file, mode="r", *args, **kwargs):
+        f = builtins.open(file, mode, *args, **kwargs)
+        return _FullDisk(f) if "w" in mode else f
+    monkeypatch.setattr(models, "open", full, raising=False)
+    assert export.main([str(run_dir), "--out", str(tmp_path / "m.safetensors")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: no space left on {tmp_path} (writing m.safetensors)") and "\n" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_safetensors_files_are_one_line(exported, tmp_path):
     with safe_open(str(exported), framework="pt") as f:
         meta = f.metadata()

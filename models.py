@@ -21,7 +21,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch.nn.utils.parametrizations import spectral_norm
 
-from fileio import CheckpointError, atomic_path, load_checkpoint, newest_checkpoint
+from fileio import (CHECKSUM_KEY, CheckpointError, atomic_path, load_checkpoint, newest_checkpoint, nonfinite_tensors,
+                    state_checksum)
 
 BN_MODES = ("running", "batch")  # how a sampling generator's BatchNorm layers normalise
 AE_SIZES = (64, 128, 256, 512)  # AE resolutions = refine-generator input resolutions
@@ -866,14 +867,26 @@ def save_exported(trained: Trained, path) -> Path:
     nets = {**{name: getattr(trained.ae, name) for name in AE_NETWORKS}, "generator": trained.generator}
     tensors = {f"{net}.{name}": tensor.detach().cpu().contiguous().clone()
                for net, module in nets.items() for name, tensor in module.state_dict().items()}
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        raise CheckpointError(f"{path}: not written: the weights hold NaN/Inf ({', '.join(bad[:3])}"
+                              f"{', ...' if len(bad) > 3 else ''}): export a checkpoint from before the run diverged")
     meta = {"format": EXPORT_FORMAT, "format_version": EXPORT_VERSION,
             "arch": json.dumps(trained.arch, sort_keys=True), "config": json.dumps(trained.config, sort_keys=True),
             "iteration": "" if trained.iteration is None else str(trained.iteration),
             "exported_from": "" if trained.source is None else Path(trained.source).name}
+    meta[CHECKSUM_KEY] = exported_checksum(tensors, meta)
     data = safetensors_bytes(tensors, metadata=meta)  # written by Python: a full disk is an OSError (OutputError)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:  # ...not the Rust writer's opaque SafetensorError
         f.write(data)
     return Path(path)
+
+
+def exported_checksum(tensors: dict, meta: dict) -> str:
+    """fileio.state_checksum of an exported file's tensors and metadata (all but the checksum itself), in
+    name order (a safetensors file keeps its own order). It is stored in the metadata and checked at load."""
+    return state_checksum({"tensors": {k: tensors[k] for k in sorted(tensors)},
+                           "metadata": {k: meta[k] for k in sorted(meta) if k != CHECKSUM_KEY}})
 
 
 def _load_exported(file: Path) -> Trained:
@@ -890,6 +903,16 @@ def _load_exported(file: Path) -> Trained:
     if meta.get("format_version") != EXPORT_VERSION:
         raise CheckpointError(f"{file}: exported model format version {meta.get('format_version')!r}; this "
                               f"code reads version {EXPORT_VERSION}")
+    if CHECKSUM_KEY not in meta:
+        raise CheckpointError(f"{file}: exported without a checksum (before exports carried one), so damage "
+                              f"cannot be ruled out: export it again with export.py")
+    if meta[CHECKSUM_KEY] != exported_checksum(tensors, meta):
+        raise CheckpointError(f"{file}: damaged: its contents do not match the checksum stored in it (a disk or "
+                              f"copy error); export it again")
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        raise CheckpointError(f"{file}: holds NaN/Inf values ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})"
+                              f": exported after the run diverged; export an earlier checkpoint")
     try:
         arch, config = json.loads(meta["arch"]), json.loads(meta.get("config", "{}"))
     except (KeyError, ValueError):

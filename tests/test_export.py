@@ -16,7 +16,7 @@ from conftest import tiny_train_args
 from evaluate import generate_mix
 from fileio import CheckpointDir, CheckpointError, load_checkpoint
 from inference import SketchToImage
-from models import EXPORT_FORMAT, is_exported
+from models import EXPORT_FORMAT, exported_checksum, is_exported
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +34,11 @@ def exported(run_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("exported") / "model.safetensors"
     assert export.main([str(run_dir), "--out", str(out)]) == 0
     return out
+
+
+def _save(tensors: dict, path: Path, meta: dict) -> None:
+    """A hand-made exported file with a checksum that matches: what it tests lies past the checksum check."""
+    save_file(tensors, path, metadata={**meta, "checksum": exported_checksum(tensors, meta)})
 
 
 def _inputs(model, demo_root):
@@ -140,10 +145,9 @@ def test_bad_safetensors_files_are_one_line(exported, tmp_path):
     cases["foreign.safetensors"] = "not a model written by export.py"
     save_file(tensors, tmp_path / "future.safetensors", metadata={**meta, "format_version": "9"})
     cases["future.safetensors"] = "format version '9'"
-    save_file({k: v for k, v in tensors.items() if not k.startswith("decoder.")}, tmp_path / "partial.safetensors",
-              metadata=meta)
+    _save({k: v for k, v in tensors.items() if not k.startswith("decoder.")}, tmp_path / "partial.safetensors", meta)
     cases["partial.safetensors"] = "without decoder"
-    save_file(tensors, tmp_path / "other_arch.safetensors", metadata={**meta, "arch": json.dumps(
+    _save(tensors, tmp_path / "other_arch.safetensors", {**meta, "arch": json.dumps(
         {**json.loads(meta["arch"]), "nfc": 16})})
     cases["other_arch.safetensors"] = "do not load"
     (tmp_path / "text.safetensors").write_text("hello")
@@ -164,8 +168,8 @@ def test_a_model_without_preset_or_with_a_config_that_is_not_a_dict_is_one_line(
         meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     arch = json.loads(meta["arch"])
     del arch["preset"]
-    save_file(tensors, tmp_path / "no_preset.safetensors", metadata={**meta, "arch": json.dumps(arch)})
-    save_file(tensors, tmp_path / "list_config.safetensors", metadata={**meta, "config": "[1, 2]"})
+    _save(tensors, tmp_path / "no_preset.safetensors", {**meta, "arch": json.dumps(arch)})
+    _save(tensors, tmp_path / "list_config.safetensors", {**meta, "config": "[1, 2]"})
     ckpt = load_checkpoint(CheckpointDir(run_dir / "gan" / "checkpoints").last())
     del ckpt["state"]["arch"]["preset"]
     torch.save(ckpt, tmp_path / "no_preset.pt")
@@ -182,3 +186,29 @@ def test_a_model_without_preset_or_with_a_config_that_is_not_a_dict_is_one_line(
         assert err.startswith("error: ") and expected in err and "\n" not in err
     with pytest.raises(CheckpointError, match="'config' entry is a list, not a dict of settings"):
         read_checkpoint(tmp_path / "tom.pt")
+
+
+def test_exports_have_the_checkpoints_guarantees(run_dir, exported, tmp_path):
+    """Issue 25 item 23: NaN/Inf refused at save and at load, a checksum in the metadata checked at load
+    (zeroed bytes are "damaged"), and a file without one refused with the advice to export it again."""
+    model = SketchToImage.from_pretrained(exported, device="cpu")
+    next(model.generator.parameters()).data[0] = float("nan")  # as a diverged run's weights
+    with pytest.raises(CheckpointError, match="not written: the weights hold NaN/Inf"):
+        model.save_pretrained(tmp_path / "nan_saved.safetensors")
+    assert not (tmp_path / "nan_saved.safetensors").exists()
+    with safe_open(str(exported), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    assert meta["checksum"] == exported_checksum(tensors, meta) and meta["checksum"].startswith("sha256:")
+    _save({k: v.clone().fill_(float("inf")) if k.startswith("generator.") and v.is_floating_point() else v
+           for k, v in tensors.items()}, tmp_path / "inf.safetensors", meta)
+    save_file(tensors, tmp_path / "unsigned.safetensors", metadata={k: v for k, v in meta.items() if k != "checksum"})
+    raw = bytearray(exported.read_bytes())
+    data_start = 8 + int.from_bytes(raw[:8], "little")
+    raw[data_start + 1024:data_start + 1088] = bytes(64)  # zeroed bytes amid the weights
+    (tmp_path / "zeroed.safetensors").write_bytes(bytes(raw))
+    cases = {"inf.safetensors": "holds NaN/Inf values", "unsigned.safetensors": "export it again with export.py",
+             "zeroed.safetensors": "damaged"}
+    for name, expected in cases.items():
+        with pytest.raises(CheckpointError) as e:
+            SketchToImage.from_pretrained(tmp_path / name, device="cpu")
+        assert expected in str(e.value) and name in str(e.value) and "\n" not in str(e.value), name

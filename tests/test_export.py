@@ -212,3 +212,20 @@ def test_exports_have_the_checkpoints_guarantees(run_dir, exported, tmp_path):
         with pytest.raises(CheckpointError) as e:
             SketchToImage.from_pretrained(tmp_path / name, device="cpu")
         assert expected in str(e.value) and name in str(e.value) and "\n" not in str(e.value), name
+
+
+def test_a_model_card_is_written_beside_the_file(exported, demo_root, tmp_path):
+    """Issue 25: <name>.md: data and sketch folders, sizes, iterations, preset and generator, the data's
+    licence (a source.json or prepare.json above IMAGE_DIR, else "unknown"), and how to use it."""
+    card = exported.with_suffix(".md").read_text(encoding="utf-8")
+    for text in ("# model", "preset: demo, refine generator: art, NFC 8", "read at 64 px, images made at 128 px",
+                 "AE stage 2, GAN stage 2 of 2", f"training images: {demo_root / 'train' / 'images'}",
+                 f"sketch folders: {demo_root / 'train' / 'sketches'}", "data licence: unknown",
+                 "python inference.py --checkpoint model.safetensors", "python app.py --checkpoint model.safetensors"):
+        assert text in card, text
+    images = tmp_path / "mine" / "train" / "images"
+    images.mkdir(parents=True)
+    (tmp_path / "mine" / "prepare.json").write_text(json.dumps({"split": {}}))  # records no licence: go on up
+    (tmp_path / "source.json").write_text(json.dumps({"license": "CC BY 4.0"}))
+    assert export.data_licence(images) == f"CC BY 4.0 (as {tmp_path / 'source.json'} records)"
+    assert export.data_licence(None) == "unknown"

@@ -415,7 +415,8 @@ def _inputs(path: Path, what: str) -> dict[str, Path]:
 def check_outputs(jobs: Sequence[Job], inputs: Sequence[Path] = ()) -> None:
     """A UserError unless every output is a new name: never an input file nor inside an input folder (the
     `inputs` given and the jobs' files: fileio.check_apart), never twice in one run."""
-    check_apart([job.out for job in jobs], [*inputs, *dict.fromkeys(p for job in jobs for p in (job.sketch, job.style))])
+    files = dict.fromkeys(p for job in jobs for p in (job.sketch, job.style))
+    check_apart([job.out for job in jobs], [*inputs, *files])
     seen = set()
     for job in jobs:
         out = job.out.resolve()

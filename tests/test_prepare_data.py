@@ -143,7 +143,8 @@ def test_a_full_disk_or_a_kill_leaves_nothing_a_rerun_would_keep(demo_root, tmp_
     assert P.main(argv) == 0
     assert "removed 2 temporary file(s)" in capsys.readouterr().out
     assert not any(path.exists() for path in killed)
-    assert (out / "train" / "images" / "cats__03.jpg").read_bytes() == (tmp_path / "photos" / "cats" / "03.jpg").read_bytes()
+    photo = tmp_path / "photos" / "cats" / "03.jpg"
+    assert (out / "train" / "images" / "cats__03.jpg").read_bytes() == photo.read_bytes()
     assert sorted(p.stem for p in sketches.iterdir()) == sorted(p.stem for p in (out / "train" / "images").iterdir())
 
 

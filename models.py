@@ -786,7 +786,7 @@ def load_trained(path, kind: str | None = "gan") -> Trained:
         if "generator_ema" not in nets:  # never the live generator in place of the EMA one
             raise CheckpointError(f"{file}: GAN checkpoint without generator_ema")
         nets["generator"] = nets["generator_ema"]
-    return _build(arch, nets, ckpt.get("config") or {}, ckpt.get("iteration"), file)
+    return build_trained(arch, nets, ckpt.get("config") or {}, ckpt.get("iteration"), file)
 
 
 def find_checkpoint(path, kind: str | None = "gan") -> Path:
@@ -821,7 +821,7 @@ def generator_name(arch: dict) -> str:
     return arch["generator"] if "generator" in arch else PRESET_GENERATORS.get(arch["preset"], arch["preset"])
 
 
-def _build(arch: dict, nets: dict, config: dict, iteration, source: Path) -> Trained:
+def build_trained(arch: dict, nets: dict, config: dict, iteration, source: Path) -> Trained:
     """The networks of `arch` (an AE or GAN stage's) with `nets` loaded strictly; CheckpointError if they do not fit."""
     if not isinstance(arch, dict) or not isinstance(arch.get("preset"), str):
         raise CheckpointError(f"{source}: its architecture entry names no preset: not a model this code wrote "
@@ -924,4 +924,4 @@ def _load_exported(file: Path) -> Trained:
         net, _, name = key.partition(".")
         nets.setdefault(net, {})[name] = tensor
     iteration = int(meta["iteration"]) if meta.get("iteration", "").isdigit() else None
-    return _build(arch, nets, config, iteration, file)
+    return build_trained(arch, nets, config, iteration, file)

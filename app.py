@@ -97,7 +97,7 @@ def open_upload(path, mode: str) -> Image.Image:
 def bound_decoding() -> None:
     """Make PIL refuse, from its header, every image over MAX_PIXELS in this process. gradio decodes the
     images of every event (the canvas, the exemplars) before any callback runs, and a 0.45 MB PNG may
-    claim 12000 x 12000 pixels (2.3 GB once decoded); the upload buttons' own check comes too late for those."""
+    claim 12000 x 12000 pixels (2.3 GB once decoded); open_upload's check covers the upload buttons' files only."""
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2  # PIL raises DecompressionBombError above twice this...
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # ...and only warns below
 

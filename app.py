@@ -13,10 +13,11 @@ the model's size with its download button, the AE-stage output beside it on requ
 Models up to LIVE_MAX_SIZE px regenerate after every stroke (strokes drawn while one image is
 being made are coalesced into one more run); bigger ones on the Generate button.
 
-It listens on 127.0.0.1 (this machine only) unless --host says otherwise. Uploads are bounded
-(MAX_UPLOAD_MB per file, MAX_PIXELS per image). A user's mistake (an empty canvas, a file that
-is not an image, a checkpoint of the wrong kind) is one line in the page, never a traceback, and
-the server keeps serving.
+It listens on 127.0.0.1 (this machine only) unless --host says otherwise. Every image the page
+receives is bounded (MAX_UPLOAD_MB per file, MAX_PIXELS per image judged from its header before
+decoding: uploads, the canvas and the exemplars of every event, see `bound_decoding`). A user's
+mistake (an empty canvas, a file that is not an image, a checkpoint of the wrong kind) is one line
+in the page, never a traceback, and the server keeps serving.
 
 `App` holds the model and the callbacks as plain methods (arrays and PIL images in, PIL images
 out), so tests call them without a browser; `build_ui` wires them to gradio components.
@@ -24,13 +25,17 @@ out), so tests call them without a browser; `build_ui` wires them to gradio comp
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import os
 import random
+import re
+import socket
 import sys
 import threading
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -89,12 +94,24 @@ def open_upload(path, mode: str) -> Image.Image:
         raise InferenceError(f"{name}: a damaged or truncated image") from None
 
 
+def bound_decoding() -> None:
+    """Make PIL refuse, from its header, every image over MAX_PIXELS in this process. gradio decodes the
+    images of every event (the canvas, the exemplars) before any callback runs, and a 0.45 MB PNG may
+    claim 12000 x 12000 pixels (2.3 GB once decoded); open_upload's check covers the upload buttons' files only."""
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2  # PIL raises DecompressionBombError above twice this...
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # ...and only warns below
+
+
 def as_image(value, mode: str) -> Image.Image | None:
-    """A numpy array, PIL image or gradio ImageEditor value ({"composite": ...}) -> PIL in `mode`."""
+    """A numpy array, PIL image or gradio ImageEditor value ({"composite": ...}) -> PIL in `mode`;
+    InferenceError for an image over MAX_PIXELS."""
     if isinstance(value, dict):
         value = value.get("composite")
     if value is None:
         return None
+    h, w = value.shape[:2] if isinstance(value, np.ndarray) else value.size[::-1]
+    if w * h > MAX_PIXELS:
+        raise InferenceError(f"an image of {w} x {h} pixels is too large (at most {MAX_PIXELS / 1e6:.0f} megapixels)")
     if isinstance(value, np.ndarray):
         array = value
         if array.dtype != np.uint8:
@@ -183,7 +200,7 @@ class App:
         for folder in ([Path(held_out), ROOT / held_out] if held_out else []):
             if folder.is_dir() and list_images(folder):
                 return list(list_images(folder).values())[:GALLERY_MAX], ""
-        where = f"its held-out folder {held_out} is not here" if held_out else "it names no held-out folder"
+        where = f"its held-out folder {plain(held_out)} is not here" if held_out else "it names no held-out folder"
         return [], f"No exemplar gallery for this model ({where}): upload exemplars, or start with --styles DIR."
 
     def pick(self, index: int) -> Image.Image:
@@ -241,10 +258,22 @@ class App:
         return to_pil(out[0]), (to_pil(ae[0]) if with_ae else None)
 
     def describe(self) -> str:
+        """The model line of the page; its training iteration in bold, "of N, unfinished" when it stopped early."""
         m = self.model
         when = "regenerates as you draw" if self.live else "press Generate"
-        return (f"**Model** `{_short(m.source)}` ({m.preset}, iteration {m.iteration}): "
-                f"{m.ae_size} px sketches -> {m.image_size} px images on {m.device}; {when}.")
+        total = m.config.get("ITERATION_GAN")
+        trained = f"iteration {m.iteration}" + (f" of {total}" if isinstance(total, int) else "")
+        if isinstance(total, int) and isinstance(m.iteration, int) and m.iteration < total:
+            trained += ", unfinished"
+        return (f"**Model** {plain(_short(m.source))}: **{trained}** ({m.preset}, {m.ae_size} px sketches -> "
+                f"{m.image_size} px images on {m.device}); {when}.")
+
+
+def plain(text) -> str:
+    """`text` shown as it is inside a line of a Markdown component: the marks that open HTML, emphasis, code,
+    links, tables or formulas backslash-escaped (CommonMark), so that `<run>` is not dropped as an HTML tag
+    nor `ckpt_*.pt` read as emphasis."""
+    return re.sub(r"([\\`*_\[\]<>&~|!$])", r"\\\1", str(text))
 
 
 def _short(source) -> str:
@@ -292,11 +321,11 @@ def shielded(fn: Callable, n_outputs: int) -> Callable:
         try:
             outputs, note = fn(*args, **kwargs)
         except UserError as e:
-            return (*[gr.skip()] * n_outputs, f"⚠ {e}")
+            return (*[gr.skip()] * n_outputs, f"⚠ {plain(e)}")
         except Exception as e:  # noqa: BLE001 - the page must keep working; the log keeps the details
             traceback.print_exc()
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            return (*[gr.skip()] * n_outputs, f"⚠ internal error ({type(e).__name__}: {first}); "
+            return (*[gr.skip()] * n_outputs, f"⚠ internal error ({type(e).__name__}: {plain(first)}); "
                                               f"the server log has the details")
         return (*outputs, gr.skip() if note is None else note)
     return run
@@ -394,7 +423,7 @@ def build_ui(app: App) -> gr.Blocks:
 
         def swap_model(path):
             model = app.load(path)
-            return (app.describe(), app.gallery_items, app.gallery_note), f"Loaded {_short(model.source)}."
+            return (app.describe(), app.gallery_items, app.gallery_note), f"Loaded {plain(_short(model.source))}."
 
         settings = [style_a, style_b, mix, scales, seed, show_ae]
         images = [output, ae_output, message]
@@ -413,6 +442,37 @@ def build_ui(app: App) -> gr.Blocks:
         show_ae.change(lambda v: gr.update(visible=bool(v)), show_ae, ae_output)
         load.click(shielded(swap_model, 3), model_path, [info, gallery, gallery_note, message])
     return page
+
+
+class AddressError(UserError):
+    """The page cannot listen where --host and --port say: a port out of range or in use, an address not here."""
+
+
+def port_number(text: str) -> int:
+    """argparse type of --port: a whole number from 1 to 65535."""
+    if not text.strip().isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a port number from 1 to 65535")
+    return int(text)
+
+
+def check_address(host: str, port: int) -> None:
+    """AddressError now, naming the option, unless the page can listen on host:port (gradio would say it
+    in its own words, after the model has loaded, as an empty port it "cannot find")."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (OSError, UnicodeError):
+        raise AddressError(f"--host {host}: not a name or address this machine can resolve") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: a port in TIME_WAIT is free
+        try:
+            probe.bind(address)
+        except OSError as e:
+            why = {errno.EADDRINUSE: f"--port {port}: in use by another program on {host}: choose another --port",
+                   errno.EADDRNOTAVAIL: f"--host {host}: not an address of this machine (127.0.0.1: this "
+                                        f"machine only; 0.0.0.0: every network interface)",
+                   errno.EACCES: f"--port {port}: needs administrator rights here: choose one above 1023"}
+            raise AddressError(why.get(e.errno, f"--host {host} --port {port}: cannot listen there "
+                                                f"({e.strerror or e})")) from None
 
 
 def launch(page, host: str, port: int, **kwargs):
@@ -436,7 +496,7 @@ Example:
     p.add_argument("--tom", help="a TOM checkpoint or run: adds 'tom' to the photo sketchers (needs VGG16 weights)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, mps")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every network interface)")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=port_number, default=7860, help="port to listen on, 1 to 65535 (default 7860)")
     live = p.add_mutually_exclusive_group()
     live.add_argument("--live", dest="live", action="store_true", default=None,
                       help=f"regenerate as the user draws (default: for outputs up to {LIVE_MAX_SIZE} px)")
@@ -447,6 +507,8 @@ Example:
 @cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_address(args.host, args.port)  # before the model loads: a second, not a minute
+    bound_decoding()
     model = load_model(args.checkpoint, resolve_device(args.device), args.runs)
     app = App(model, args.styles, args.tom, args.live)
     print(f"model: {model.preset}, {model.ae_size} px sketches -> {model.image_size} px images "

@@ -45,7 +45,7 @@ from config import ConfigError
 from datasets import (READ_ERRORS, DataError, PairedDataset, load_image, require_images, resize, to_float,
                       to_uint8_tensor)
 from errors import UserError, cli
-from fileio import OutputError, atomic_path, check_writable, save_png, write_json
+from fileio import OutputError, atomic_path, check_apart, check_writable, save_png, write_json
 from training import resolve_device
 
 INCEPTION_SIZE = 299
@@ -361,7 +361,7 @@ def content_digest(paths: list[Path]) -> str:
     for path in tqdm(paths, desc="hashing", unit="file", leave=False):
         with open(path, "rb") as f:
             digest = hashlib.file_digest(f, "sha256").hexdigest()
-        h.update(f"{path.name}\0{path.stat().st_size}\0{digest}\n".encode())
+        h.update(f"{path.name}\0{path.stat().st_size}\0{digest}\n".encode("utf-8", "surrogateescape"))  # any name
     return h.hexdigest()
 
 
@@ -535,6 +535,7 @@ def cmd_fid(args) -> dict:
         if source and Path(source).is_file():
             stats[side] = _source_stats(source, args, model_fn, args.kid)
     if args.checkpoint:
+        model_fn()  # the generated images need the Inception: missing weights stop us before generating them
         stats["fake"] = checkpoint_stats(args, model_fn)
         args.size = args.size or stats["fake"].info["image_size"]  # real images at the model's resolution
         args.fake = f"{args.checkpoint} ({args.pairing} pairs of {args.sketch} and {args.style}, PNGs in {args.save_dir})"
@@ -648,6 +649,8 @@ def main(argv=None) -> int:
         check_writable(args.out)
     if getattr(args, "checkpoint", None):
         check_writable(args.save_dir, folder=True)
+    check_apart([getattr(args, "out", None), args.save_dir if getattr(args, "checkpoint", None) else None],
+                [getattr(args, name, None) for name in ("real", "fake", "sketch", "style", "folder")])
     result = command(args)
     if getattr(args, "out", None) and args.command != "stats":
         write_json(args.out, {"argv": list(sys.argv[1:] if argv is None else argv), **result})

@@ -32,6 +32,15 @@ LOCK_FILE = ".lock"  # locked_folder's file in a folder in use
 TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # atomic_path's temporary names: .<name>.<8 random>.tmp
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask sets it: read once, at import, before any thread starts
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() gives a new file; mkstemp's temporaries are 0600
+
+
 class CheckpointError(UserError):
     """A checkpoint is missing, unreadable, unsafe, damaged, or of the wrong kind."""
 
@@ -58,7 +67,8 @@ def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
     `.name.*.tmp` file, see remove_stale_temporaries), never a half-written `path`. An OSError
     (no space left, no permission) becomes an OutputError naming the path. `fsync=False` leaves
     the flush to the caller (one `os.sync()` after many small files that can be remade: a
-    per-file fsync costs more than making them); the rename is atomic either way.
+    per-file fsync costs more than making them); the rename is atomic either way. The file gets
+    the mode of any new file (FILE_MODE: 0666 less the umask).
     """
     path = Path(path)
     try:
@@ -69,6 +79,7 @@ def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, FILE_MODE)  # the file others may read as any other output, not mkstemp's private 0600
         if fsync:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
@@ -124,6 +135,23 @@ def locked_folder(folder, hint: str = "use another folder") -> Iterator[Path]:
             raise FolderInUse(f"{folder} is in use by another process that has not ended: wait for it, or "
                               f"{hint}") from None
         yield folder
+
+
+def check_apart(outputs, inputs, nested: bool = False) -> None:
+    """Raise OutputError now unless every output (a file or folder to write) lies outside every input (a
+    file or folder to read): never an input itself, never in an input folder (`nested`: at any depth, for
+    commands that read sub-folders too). An output written among its inputs overwrites them, or is read
+    back as one (an FID of ~0 against itself). Commands call it with check_writable, before their work."""
+    sources = [(given, Path(given).resolve()) for given in inputs if given is not None]
+    for out in (o for o in outputs if o is not None):
+        target = Path(out).resolve()
+        for given, source in sources:
+            if target == source:
+                what = "is the input folder" if source.is_dir() else "would overwrite the input"
+                raise OutputError(f"{out} {what} {given}: choose another output")
+        for given, source in sources:
+            if source == target.parent or (nested and source in target.parents):
+                raise OutputError(f"{out} would be written into the input folder {given}: choose another output")
 
 
 def remove_stale_temporaries(folder) -> int:
@@ -283,6 +311,9 @@ def load_checkpoint(path, map_location="cpu", kind: str | None = None) -> dict:
                               f": written after the run diverged; use an earlier checkpoint")
     if kind is not None and ckpt["kind"] != kind:
         raise CheckpointError(f"{path}: is a '{ckpt['kind']}' checkpoint, expected '{kind}'")
+    for key in ("config", "args"):  # the run's settings ("args": TOM's first format), read as a dict by every consumer
+        if key in ckpt and not isinstance(ckpt[key], dict):
+            raise CheckpointError(f"{path}: its '{key}' entry is a {type(ckpt[key]).__name__}, not a dict of settings")
     return ckpt
 
 

@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from datasets import DataError, _to_mode, load_image, mix_seed, require_images, resize, to_float, to_uint8_tensor
 from errors import UserError, cli
-from fileio import newest_checkpoint, save_png, to_pil
+from fileio import CheckpointDir, check_apart, newest_checkpoint, save_png, to_pil
 from models import BN_MODES, NoiseInjection, Trained, batch_norm_mode, load_trained, save_exported
 from training import resolve_device
 
@@ -70,17 +70,22 @@ class InferenceError(UserError):
 
 def newest_run(root="train_results", data_name: str = "demo") -> Path | None:
     """The run folder under `root` whose config.json has DATA_NAME == data_name and whose newest GAN
-    checkpoint was written last (the most recently trained model of that data), or None."""
+    checkpoint was written last (the most recently trained model of that data), or None. A finished
+    run (its GAN stage reached ITERATION_GAN) comes before any unfinished one, e.g. a test run of a
+    few iterations started after it."""
     found = []
     for config in Path(root).glob("*/config.json"):
         try:
-            name = json.loads(config.read_text(encoding="utf-8")).get("DATA_NAME")
+            settings = json.loads(config.read_text(encoding="utf-8"))
+            name, total = settings.get("DATA_NAME"), settings.get("ITERATION_GAN")
         except (OSError, ValueError, AttributeError):
             continue  # a half-written or foreign folder is not a run to pick
         ckpt = newest_checkpoint(config.parent / "gan" / "checkpoints")
         if name == data_name and ckpt is not None:
-            found.append((ckpt.stat().st_mtime, config.parent))
-    return max(found)[1] if found else None
+            iteration = int(CheckpointDir.PATTERN.match(ckpt.name).group(1))
+            finished = isinstance(total, int) and iteration >= total
+            found.append((finished, ckpt.stat().st_mtime, config.parent))
+    return max(found)[2] if found else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -407,14 +412,14 @@ def _inputs(path: Path, what: str) -> dict[str, Path]:
     return require_images(path, what)
 
 
-def check_outputs(jobs: Sequence[Job]) -> None:
-    """InferenceError unless every output is a new name: never an input file, never twice in one run."""
-    inputs = {p.resolve() for job in jobs for p in (job.sketch, job.style)}
+def check_outputs(jobs: Sequence[Job], inputs: Sequence[Path] = ()) -> None:
+    """A UserError unless every output is a new name: never an input file nor inside an input folder (the
+    `inputs` given and the jobs' files: fileio.check_apart), never twice in one run."""
+    files = dict.fromkeys(p for job in jobs for p in (job.sketch, job.style))
+    check_apart([job.out for job in jobs], [*inputs, *files])
     seen = set()
     for job in jobs:
         out = job.out.resolve()
-        if out in inputs:
-            raise InferenceError(f"output {job.out} would overwrite an input file: choose another --out folder")
         if out in seen:
             raise InferenceError(f"two outputs would be written to {job.out}")
         seen.add(out)
@@ -438,7 +443,7 @@ def plan_jobs(sketch, style, out, cross: bool = False) -> Plan:
     if sketch.is_dir() and style.is_dir() and not cross:
         common = [s for s in sketches if s in styles]
         plan = Plan([Job(sketches[s], styles[s], out / f"{s}.png") for s in common])
-        check_outputs(plan.jobs)
+        check_outputs(plan.jobs, [sketch, style])
         lonely_sketches = len(sketches) - len(common)
         lonely_styles = len(styles) - len(common)
         if lonely_sketches or lonely_styles:
@@ -451,7 +456,7 @@ def plan_jobs(sketch, style, out, cross: bool = False) -> Plan:
         return plan
     plan = Plan([Job(sk, st, out / f"{output_stem(a)}__{output_stem(b)}.png")
                  for a, sk in sketches.items() for b, st in styles.items()])
-    check_outputs(plan.jobs)
+    check_outputs(plan.jobs, [sketch, style])
     return plan
 
 

@@ -18,11 +18,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 import torch.nn.utils.parametrize as parametrize
 from torch.nn.utils.parametrizations import _SpectralNorm
 
-from fileio import CheckpointError, atomic_path, load_checkpoint, newest_checkpoint
+from fileio import (CHECKSUM_KEY, CheckpointError, atomic_path, load_checkpoint, newest_checkpoint, nonfinite_tensors,
+                    state_checksum)
 
 BN_MODES = ("running", "batch")  # how a sampling generator's BatchNorm layers normalise
 AE_SIZES = (64, 128, 256, 512)  # AE resolutions = refine-generator input resolutions
@@ -813,7 +814,7 @@ def load_trained(path, kind: str | None = "gan") -> Trained:
         if "generator_ema" not in nets:  # never the live generator in place of the EMA one
             raise CheckpointError(f"{file}: GAN checkpoint without generator_ema")
         nets["generator"] = nets["generator_ema"]
-    return _build(arch, nets, ckpt.get("config") or {}, ckpt.get("iteration"), file)
+    return build_trained(arch, nets, ckpt.get("config") or {}, ckpt.get("iteration"), file)
 
 
 def find_checkpoint(path, kind: str | None = "gan") -> Path:
@@ -848,8 +849,13 @@ def generator_name(arch: dict) -> str:
     return arch["generator"] if "generator" in arch else PRESET_GENERATORS.get(arch["preset"], arch["preset"])
 
 
-def _build(arch: dict, nets: dict, config: dict, iteration, source: Path) -> Trained:
+def build_trained(arch: dict, nets: dict, config: dict, iteration, source: Path) -> Trained:
     """The networks of `arch` (an AE or GAN stage's) with `nets` loaded strictly; CheckpointError if they do not fit."""
+    if not isinstance(arch, dict) or not isinstance(arch.get("preset"), str):
+        raise CheckpointError(f"{source}: its architecture entry names no preset: not a model this code wrote "
+                              f"(or a damaged one)")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{source}: its training config is a {type(config).__name__}, not a dict of settings")
     gan = "im_size_gan" in arch
     try:
         missing = [k for k in (EXPORTED_NETWORKS if gan else AE_NETWORKS) if k not in nets]
@@ -889,13 +895,26 @@ def save_exported(trained: Trained, path) -> Path:
     nets = {**{name: getattr(trained.ae, name) for name in AE_NETWORKS}, "generator": trained.generator}
     tensors = {f"{net}.{name}": tensor.detach().cpu().contiguous().clone()
                for net, module in nets.items() for name, tensor in module.state_dict().items()}
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        raise CheckpointError(f"{path}: not written: the weights hold NaN/Inf ({', '.join(bad[:3])}"
+                              f"{', ...' if len(bad) > 3 else ''}): export a checkpoint from before the run diverged")
     meta = {"format": EXPORT_FORMAT, "format_version": EXPORT_VERSION,
             "arch": json.dumps(trained.arch, sort_keys=True), "config": json.dumps(trained.config, sort_keys=True),
             "iteration": "" if trained.iteration is None else str(trained.iteration),
             "exported_from": "" if trained.source is None else Path(trained.source).name}
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata=meta)
+    meta[CHECKSUM_KEY] = exported_checksum(tensors, meta)
+    data = safetensors_bytes(tensors, metadata=meta)  # written by Python: a full disk is an OSError (OutputError)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # ...not the Rust writer's opaque SafetensorError
+        f.write(data)
     return Path(path)
+
+
+def exported_checksum(tensors: dict, meta: dict) -> str:
+    """fileio.state_checksum of an exported file's tensors and metadata (all but the checksum itself), in
+    name order (a safetensors file keeps its own order). It is stored in the metadata and checked at load."""
+    return state_checksum({"tensors": {k: tensors[k] for k in sorted(tensors)},
+                           "metadata": {k: meta[k] for k in sorted(meta) if k != CHECKSUM_KEY}})
 
 
 def _load_exported(file: Path) -> Trained:
@@ -912,6 +931,16 @@ def _load_exported(file: Path) -> Trained:
     if meta.get("format_version") != EXPORT_VERSION:
         raise CheckpointError(f"{file}: exported model format version {meta.get('format_version')!r}; this "
                               f"code reads version {EXPORT_VERSION}")
+    if CHECKSUM_KEY not in meta:
+        raise CheckpointError(f"{file}: exported without a checksum (before exports carried one), so damage "
+                              f"cannot be ruled out: export it again with export.py")
+    if meta[CHECKSUM_KEY] != exported_checksum(tensors, meta):
+        raise CheckpointError(f"{file}: damaged: its contents do not match the checksum stored in it (a disk or "
+                              f"copy error); export it again")
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        raise CheckpointError(f"{file}: holds NaN/Inf values ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})"
+                              f": exported after the run diverged; export an earlier checkpoint")
     try:
         arch, config = json.loads(meta["arch"]), json.loads(meta.get("config", "{}"))
     except (KeyError, ValueError):
@@ -923,4 +952,4 @@ def _load_exported(file: Path) -> Trained:
         net, _, name = key.partition(".")
         nets.setdefault(net, {})[name] = tensor
     iteration = int(meta["iteration"]) if meta.get("iteration", "").isdigit() else None
-    return _build(arch, nets, config, iteration, file)
+    return build_trained(arch, nets, config, iteration, file)

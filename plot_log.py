@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from errors import UserError, cli
-from fileio import atomic_path
+from fileio import atomic_path, check_apart
 
 CURVES_FILE = "loss_curves.png"
 BOOKKEEPING = ("iter", "img_per_s", "sec", "subset", "lr_style", "skipped_files", "skipped_steps", "skipped", "fid_n")
@@ -59,8 +59,8 @@ def panels(records: list[dict]) -> dict[str, dict[str, tuple[list[int], list[flo
     return out
 
 
-def draw(records: list[dict], out, title: str = "") -> Path:
-    """Draw the curves of `records` into the PNG `out` (written atomically); returns its path."""
+def figure(records: list[dict], title: str = ""):
+    """The matplotlib Figure of `records`' curves: one visible panel per group, on a grid of up to 4 columns."""
     import matplotlib  # only when drawing: slow to import, and training imports this module
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
@@ -74,7 +74,7 @@ def draw(records: list[dict], out, title: str = "") -> Path:
     fig.subplots_adjust(left=0.08 / cols ** 0.5, right=0.98, top=1 - 0.45 / (2.3 * rows + 0.4), bottom=0.32 / rows,
                         wspace=0.35, hspace=0.55)
     axes = fig.subplots(rows, cols, squeeze=False).flat
-    for ax, (name, curves) in zip(axes, groups.items()):
+    for (name, curves), ax in zip(groups.items(), axes):  # groups first: zip would take (and lose) one more cell
         for key, (xs, ys) in curves.items():
             ax.plot(xs, ys, lw=1, marker="." if len(xs) < 30 else None, label=key)
         if len(curves) > 1:
@@ -86,7 +86,12 @@ def draw(records: list[dict], out, title: str = "") -> Path:
         ax.set_visible(False)
     if title:
         fig.suptitle(f"{title} (x: iteration)", fontsize=10)
-    out = Path(out)
+    return fig
+
+
+def draw(records: list[dict], out, title: str = "") -> Path:
+    """Draw the curves of `records` into the PNG `out` (written atomically); returns its path."""
+    fig, out = figure(records, title), Path(out)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png")
     return out
@@ -115,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     logs = find_logs(args.run)
     if args.out and len(logs) > 1:
         raise LogError(f"--out takes one log; {args.run} holds {len(logs)}: {', '.join(map(str, logs))}")
+    check_apart([args.out], logs)
     for log in logs:
         records = read_log(log)
         if not records:

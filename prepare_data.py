@@ -20,8 +20,9 @@ one flat folder whose sketches pair by name. The split is deterministic and depe
 only: the photos are ordered by the SHA-1 of their name and the first round(ratio * N) are held
 out, so the same photos always give the same split, on any machine, and adding photos moves no
 existing one from train to test. Unreadable files are skipped and counted; files already in OUT
-are kept (an interrupted call can simply be re-run) unless --overwrite; OUT holding another split
-(another ratio or photo set) is refused rather than mixed.
+are kept unless --overwrite: every file is written atomically (never half a photo or sketch), so
+an interrupted call can simply be re-run, and it removes the temporary files a killed call left.
+OUT holding another split (another ratio or photo set) is refused rather than mixed.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from tqdm import tqdm
 import weights
 from datasets import DataError, list_images, load_image, require_images, resize
 from errors import cli
-from fileio import save_png, write_json
+from fileio import atomic_path, remove_stale_temporaries, save_png, write_json
 from sketch_styletransfer import evaluate as tom
 from sketch_styletransfer.train import resolve_checkpoint
 from sketch_styletransfer.xdog import BUILTIN_SETTINGS, make_sketch_folders
@@ -56,7 +57,8 @@ def split_names(names, test_ratio: float) -> dict[str, list[str]]:
     n_test = round(test_ratio * len(names))
     if test_ratio > 0 and len(names) >= 2:
         n_test = max(1, n_test)
-    order = sorted(names, key=lambda name: hashlib.sha1(name.encode("utf-8")).hexdigest())
+    # surrogateescape: a file name that is not UTF-8 hashes as its own bytes (the same split on any machine)
+    order = sorted(names, key=lambda name: hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest())
     test = set(order[:n_test])
     return {"train": [n for n in names if n not in test], "test": [n for n in names if n in test]}
 
@@ -71,9 +73,14 @@ def _copy_one(task: tuple) -> tuple[str, str | None]:
     if size:
         save_png(resize(image, size), target, fsync=False)
     else:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
+        _copy(source, target)
     return name, None
+
+
+def _copy(source: Path, target: Path) -> None:
+    """Copy atomically: a full disk or a kill leaves no half file that a re-run would keep (main flushes)."""
+    with atomic_path(target, fsync=False) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def _existing(folder: Path) -> dict[str, Path]:
@@ -150,8 +157,7 @@ def copy_sketches(sources: list[Path], images: Path, out: Path, overwrite: bool)
         found, folder = list_images(src, nested=True), out / label
         for name in names:
             if name in found and (overwrite or name not in _existing(folder)):
-                folder.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(found[name], folder / f"{name}{found[name].suffix.lower()}")
+                _copy(found[name], folder / f"{name}{found[name].suffix.lower()}")
         folders.append(folder)  # photos without a sketch here: train.py leaves them out and says so
     return folders
 
@@ -219,11 +225,14 @@ def prepare(photos: dict[str, Path], args: argparse.Namespace, vgg_features=None
     train.py command (returned)."""
     out = Path(args.out)
     split = split_names(photos, args.test_ratio)
+    if out.is_dir() and (stale := remove_stale_temporaries(out)):  # a killed run's half files: nothing else writes here
+        print(f"removed {stale} temporary file(s) that an interrupted run left in {out}")
     copied = copy_photos(photos, split, out, args.size, args.overwrite, args.workers)
     n = {part: len(_existing(out / part / "images")) for part in SPLITS}
     if n["train"] < 2:
         raise DataError(f"only {n['train']} readable training photo(s) in {args.photos}: train.py needs at least 2")
     folders = make_sketches(out, args, vgg_features)
+    os.sync()  # every copy and sketch is on disk before prepare.json says the folders are ready
     command = train_command(n["train"], folders, out, args.preset)
     source = os.path.abspath(args.photos) if Path(args.photos).exists() else args.photos  # a folder, or a package
     write_json(out / "prepare.json", {"photos": source, "test_ratio": args.test_ratio,

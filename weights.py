@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,8 +148,12 @@ def _read(name: str, allow_download: bool) -> tuple[dict, Path, Spec]:
     path = locate(name, allow_download)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, not a torch file, pickled objects: name the file and the fix
-        raise WeightsError(f"{spec.what}: cannot read {path} ({type(e).__name__}: {e}). {_instructions(spec)}") from e
+    except Exception as e:  # torch's message runs over lines and advises weights_only=False: ours is one line
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        why = (f"it holds pickled Python objects ({found.group(1)}), and loading those can run code" if found
+               else "empty, truncated, or not a PyTorch weights file")
+        named = f"{spec.env}={path}" if os.environ.get(spec.env, "").strip() else str(path)
+        raise WeightsError(f"{spec.what}: cannot read {named}: {why}. {_instructions(spec)}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{spec.what}: {path} is not a state dict (a dict of tensors). {_instructions(spec)}")
     return dict(state), path, spec

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from errors import cli  # noqa: E402
 from evaluate import as_rgb, blank, choose, image_files, model_arguments  # noqa: E402
-from fileio import save_grid  # noqa: E402
+from fileio import check_apart, save_grid  # noqa: E402
 from inference import InferenceError, SketchToImage  # noqa: E402
 
 
@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     if out.suffix.lower() != ".png":
         raise InferenceError(f"--out {out}: the matrix is written as PNG: give a .png file name")
     sketches, styles = image_files(args.sketches, "sketch"), image_files(args.styles, "style")
+    check_apart([out], [*sketches, *styles, args.sketches, args.styles])
     model = SketchToImage.from_pretrained(args.checkpoint, args.device)
     n_rows, n_cols = image_matrix(model, sketches, styles, out, args.n_sketches, args.n_styles, args.seed,
                                   args.batch_size)

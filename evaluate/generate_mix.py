@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from errors import cli  # noqa: E402
 from evaluate import as_rgb, blank, choose, image_files, label, slug  # noqa: E402
 from datasets import DataError  # noqa: E402
-from fileio import save_grid, save_png  # noqa: E402
+from fileio import check_apart, save_grid, save_png  # noqa: E402
 from inference import InferenceError, SketchToImage  # noqa: E402
 
 LETTERS = "ABCD"
@@ -186,8 +186,10 @@ def main(argv: list[str] | None = None) -> int:
             raise DataError(f"style image not found: {s}")
     recipes = [parse_recipe(r, len(style_files)) for r in args.recipe] or builtin_recipes(len(style_files))
     sketches = image_files(args.sketch, "sketch")
-    model = SketchToImage.from_pretrained(args.checkpoint, args.device)
     out = Path(args.out)
+    check_apart([out / "mix_grid.png", *(out / "images" / f"{p.stem}__{slug(r.name)}.png" for p in sketches
+                                         for r in recipes)], [args.sketch, *style_files])
+    model = SketchToImage.from_pretrained(args.checkpoint, args.device)
     grid = generate_mix(model, sketches, style_files, out, recipes, args.n_sketches, args.seed)
     for letter, path in zip(LETTERS, style_files):
         print(f"{letter} = {path}")

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from errors import cli  # noqa: E402
 from evaluate import as_rgb, blank, choose, image_files, model_arguments  # noqa: E402
 from datasets import resize, to_float, to_uint8_tensor  # noqa: E402
-from fileio import CheckpointError, save_grid, save_png  # noqa: E402
+from fileio import CheckpointError, check_apart, save_grid, save_png  # noqa: E402
 from inference import InferenceError, SketchToImage, open_image  # noqa: E402
 from PIL import Image  # noqa: E402
 from sketch_styletransfer.tom_models import (VGGFeatures, generator_from_checkpoint, sketch_photos,  # noqa: E402
@@ -162,6 +162,7 @@ Example:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     photos, styles = image_files(args.photos, "photo"), image_files(args.styles, "style")
+    check_apart([args.out], [args.photos, args.styles])
     device = resolve_device(args.device)
     model = SketchToImage.from_pretrained(args.checkpoint, device)
     sketcher = make_sketcher(args.sketcher, model.image_size, device)

@@ -25,7 +25,7 @@ from config import ConfigError
 from datasets import DataError, list_images, load_image, resize, to_float, to_uint8_tensor
 from benchmark import format_table
 from errors import cli
-from fileio import check_writable, write_json
+from fileio import check_apart, check_writable, write_json
 from lpips import LPIPS
 from training import resolve_device
 
@@ -140,6 +140,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.out:  # before the work: an unwritable --out costs no measurement
         check_writable(args.out)
+        check_apart([args.out], [args.dir0, args.dir1])
     if args.dir1:
         pairs, only0, only1 = matched_pairs(args.dir0, args.dir1)
         mode = "paired"

@@ -30,7 +30,7 @@ from tqdm import tqdm
 import weights
 from datasets import FolderDataset, require_images, to_float
 from errors import cli
-from fileio import check_writable, save_png
+from fileio import check_apart, check_writable, save_png
 from sketch_styletransfer.tom_models import (VGGFeatures, check_size, generator_from_checkpoint, sketch_photos,
                                              to_sketch)
 from sketch_styletransfer.train import RunError, read_checkpoint, resolve_checkpoint
@@ -157,6 +157,7 @@ Example:
     if args.batch_size < 1:
         p.error("--batch_size must be positive")
     device = resolve_device(args.device)
+    check_apart([args.path_result], [args.path_content], nested=True)  # the photos are read with sub-folders
     for checkpoint in args.checkpoint:  # refuse bad inputs before loading the VGG weights
         resolve_checkpoint(checkpoint)
     require_images(args.path_content, nested=True)

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from datasets import DataError, load_image, require_images, resize
 from errors import cli
-from fileio import check_writable, save_png
+from fileio import check_apart, check_writable, save_png
 
 MAX_SIGMA = 100.0  # px: a wider blur draws no lines, and its filter grows with it
 
@@ -219,6 +219,7 @@ Example:
     if args.size is not None and args.size < 8:
         p.error("--size must be at least 8")
     check_writable(args.output, folder=True)
+    check_apart([args.output], [args.input])
     summary = make_sketch_folders(args.input, args.output, settings, args.size, args.binary,
                                   args.overwrite, max(1, args.workers))
     print(f"{summary['images']} images: wrote {summary['written']} sketches, kept {summary['kept']} existing")

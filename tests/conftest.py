@@ -46,7 +46,8 @@ def tiny_config(demo_root: Path, tmp_path: Path, **overrides) -> C.Config:
         NFC=8, IM_SIZE_AE=64, IM_SIZE_GAN=64, IM_SIZE_D=64, NBR_CLS=8, SUBSET_PASSES=1,
         BATCH_SIZE_AE=4, BATCH_SIZE_GAN=4, ITERATION_AE=4, ITERATION_GAN=3, GRID_N=4,
         LOG_INTERVAL=2, SAVE_IMAGE_INTERVAL=2, SAVE_MODEL_INTERVAL=2, DATALOADER_WORKERS=0,
-        SAVE_FOLDER=str(tmp_path / "runs"), DEVICE="cpu", MI_HIDDEN=16)
+        SAVE_FOLDER=str(tmp_path / "runs"), DEVICE="cpu", MI_HIDDEN=16,
+        BF16=False)  # fp32 on every CI machine, native bf16 or not (bf16: tests/test_bench_speed.py)
     values.update(overrides)
     return C.preset("demo", **values)
 

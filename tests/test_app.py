@@ -1,7 +1,9 @@
 """app.py's callbacks without a browser: arrays and files in, images and one-line messages out."""
+import html
 import json
 import re
 import os
+import socket
 import struct
 import zlib
 from pathlib import Path
@@ -9,6 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from gradio.components.image import ImageData
+from gradio.components.image_editor import EditorData
+from gradio.data_classes import FileData
 from PIL import Image, ImageDraw
 
 import app as A
@@ -199,6 +204,31 @@ def test_bad_uploads_are_one_line_messages(app, tmp_path):
         app.upload_exemplar(None)
 
 
+def test_every_image_input_of_every_event_is_bounded(app, tmp_path, monkeypatch):
+    """Issue 25 item 27: the canvas and the exemplars, not only the upload buttons, stay within MAX_PIXELS:
+    in the callbacks, and in gradio's decoding of a request, judged from the header before decoding."""
+    a, side = app.pick(0), A.CANVAS + 1
+    big = np.full((side, side, 3), 255, np.uint8)
+    monkeypatch.setattr(A, "MAX_PIXELS", A.CANVAS * A.CANVAS)
+    for kwargs in (dict(sketch=big), dict(sketch={"composite": big}), dict(style_a=Image.fromarray(big)),
+                   dict(style_b=big, mix=0.5)):
+        with pytest.raises(InferenceError, match=f"{side} x {side} pixels is too large"):
+            app.generate(**{"sketch": drawing(), "style_a": a, **kwargs})
+    monkeypatch.undo()
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after the test
+    A.bound_decoding()
+    _header_bomb(tmp_path / "at_limit.png", side=5000)  # 25 megapixels: allowed
+    Image.open(tmp_path / "at_limit.png").close()
+    _header_bomb(tmp_path / "bomb.png", side=6000)  # 36 megapixels in a few bytes
+    page = A.build_ui(app)
+    inputs = {b.elem_id: b for b in page.blocks.values() if getattr(b, "elem_id", None) in ("sketch", "style-a")}
+    bomb = FileData(path=str(tmp_path / "bomb.png"), orig_name="bomb.png")
+    with pytest.raises(Image.DecompressionBombError):
+        inputs["sketch"].preprocess(EditorData(background=bomb, layers=[], composite=bomb))
+    with pytest.raises(Image.DecompressionBombError):
+        inputs["style-a"].preprocess(ImageData(path=bomb.path, orig_name="bomb.png"))
+
+
 def test_bad_settings_are_one_line_messages(app):
     a = app.pick(0)
     cases = [(dict(sketch=None, style_a=a), "the canvas is empty"),
@@ -262,12 +292,13 @@ def test_the_page_switches_models(app, model_file, tmp_path):
 
 # --------------------------------------------------------------------------- the default model
 
-def _fake_run(root: Path, name: str, data_name: str, stage: str = "gan", when: float = 0.0) -> Path:
+def _fake_run(root: Path, name: str, data_name: str, stage: str = "gan", when: float = 0.0, iteration: int = 100,
+              total: int | None = None) -> Path:
     run = root / name
     (run / stage / "checkpoints").mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"DATA_NAME": data_name}))
-    ckpt = run / stage / "checkpoints" / "ckpt_00000100.pt"
-    save_checkpoint({"kind": stage, "iteration": 100}, ckpt)  # only files that load as checkpoints count
+    (run / "config.json").write_text(json.dumps({"DATA_NAME": data_name, "ITERATION_GAN": total}))
+    ckpt = run / stage / "checkpoints" / f"ckpt_{iteration:08d}.pt"
+    save_checkpoint({"kind": stage, "iteration": iteration}, ckpt)  # only files that load as checkpoints count
     os.utime(ckpt, (when, when))
     return run
 
@@ -289,6 +320,58 @@ def test_the_newest_demo_run_is_the_default(tmp_path, capsys):
     assert A.main(["--runs", str(runs)]) == 1  # the newest demo run is picked, and its fake checkpoint refused
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "demo-new" in err
+
+
+def test_a_finished_demo_run_comes_before_a_newer_test_run(tmp_path):
+    """Issue 25 item 14: `make app` takes the newest run whose GAN stage reached ITERATION_GAN; only when no
+    run is finished, the newest unfinished one."""
+    runs = tmp_path / "train_results"
+    runs.mkdir()
+    stopped = _fake_run(runs, "demo-stopped", "demo", when=1_000, iteration=40, total=6000)
+    assert newest_run(runs) == stopped
+    finished = _fake_run(runs, "demo-finished", "demo", when=2_000, iteration=6000, total=6000)
+    _fake_run(runs, "demo-test", "demo", when=3_000, iteration=6, total=6000)
+    _fake_run(runs, "demo-test-stopped", "demo", when=4_000, iteration=2, total=None)  # no total: not finished
+    assert newest_run(runs) == finished
+
+
+def test_the_page_shows_the_iteration_and_an_unfinished_model(model_file):
+    model = SketchToImage.from_pretrained(model_file, device="cpu")
+    model.iteration, model.config = 6, {"ITERATION_GAN": 6000}
+    assert "**iteration 6 of 6000, unfinished**" in A.App(model).describe()
+    model.iteration = 6000
+    assert "**iteration 6000 of 6000**" in A.App(model).describe()
+
+
+def test_a_message_with_markup_characters_shows_in_full_in_the_page():
+    """Issue 25 item 14: `<run>` is not an HTML tag to drop, `ckpt_*.pt` no emphasis: the line reads as raised."""
+    from markdown_it import MarkdownIt  # CommonMark with HTML, as the page's Markdown component renders it
+    text = "x: no checkpoint (give <run>/gan/checkpoints/ckpt_*.pt, a_*b*_c, `q` & [l](u) | $x$ or ~s~)"
+
+    def shown(markdown: str) -> str:
+        return html.unescape(re.sub(r"<[^>]+>", "", MarkdownIt("commonmark", {"html": True}).render(markdown))).strip()
+    assert shown(A.shielded(lambda: (_ for _ in ()).throw(InferenceError(text)), 1)()[1]) == f"⚠ {text}"
+    assert shown(A.plain(text)) == text
+
+
+def test_a_bad_port_or_host_is_one_line_naming_the_option_before_the_model_loads(tmp_path, capsys):
+    """Issue 25 item 10: a port out of range, a port in use, an address not here; in our words."""
+    for port in ("99999", "0", "http"):
+        with pytest.raises(SystemExit) as e:
+            A.main(["--port", port])
+        assert e.value.code == 2 and f"--port: '{port}': give a port number from 1 to 65535" in capsys.readouterr().err
+    empty = tmp_path / "no_runs"  # no model here: an address error must come first
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cases = [(["--port", str(port)], f"--port {port}: in use by another program on 127.0.0.1"),
+                 (["--host", "192.0.2.1"], "--host 192.0.2.1: not an address of this machine")]
+        for argv, expected in cases:
+            assert A.main(["--runs", str(empty), *argv]) == 1
+            err = capsys.readouterr().err.strip()
+            assert err.startswith(f"error: {expected}") and "\n" not in err, err
+            assert "GRADIO_SERVER_PORT" not in err and "empty port" not in err
 
 
 def test_the_page_builds_with_every_control(app):

@@ -469,8 +469,49 @@ def test_inference_never_overwrites_an_input(demo_root, run_dir, tmp_path, capsy
     argv = ["--checkpoint", str(run_dir), "--sketch", str(sketches), "--style", str(styles), "--out", str(sketches),
             "--device", "cpu", "--quiet"]
     assert inference.main(argv) == 1
-    _one_error_line(capsys.readouterr().err, "would overwrite an input file")
+    _one_error_line(capsys.readouterr().err, "would overwrite the input")
     assert {p.name: p.read_bytes() for p in sketches.iterdir()} == before
+
+
+def test_outputs_never_lie_inside_inputs_in_any_command(demo_root, run_dir, tmp_path, capsys, monkeypatch):
+    """Issue 25 item 26: benchmark's --save-dir in --real (an FID of ~0), a matrix --out naming a --styles
+    image, generate_mix's --out holding an input style, and every other command: one line, nothing written."""
+    from evaluate import generate_image_matrix, generate_mix
+    from plot_log import main as plot_log_main
+    monkeypatch.setattr(weights, "fid_inception", lambda allow_download=True: pytest.fail("measurement started"))
+    real, sketches, mix = tmp_path / "real", tmp_path / "sketches", tmp_path / "mix"
+    shutil.copytree(demo_root / "test" / "images", real)
+    shutil.copytree(demo_root / "test" / "sketches", sketches)
+    first = sorted(real.iterdir())[0]
+    (mix / "images").mkdir(parents=True)
+    style = shutil.copy(first, mix / "images" / f"{first.stem}__A.png")  # what --recipe A writes for `first`
+    (tmp_path / "gan").mkdir()
+    log = tmp_path / "gan" / "log.jsonl"
+    log.write_text('{"iter": 1, "g_loss": 1.0}\n')
+    model = ["--checkpoint", str(run_dir), "--device", "cpu"]
+    before = {p: p.read_bytes() for p in [*real.iterdir(), *sketches.iterdir(), style, log]}
+    cases = [
+        (B.main, ["fid", "--real", str(real), "--checkpoint", str(run_dir), "--sketch", str(sketches), "--style",
+                  str(real), "--save-dir", str(real), "--device", "cpu"], f"{real} is the input folder {real}"),
+        (B.main, ["stats", "--folder", str(real), "--out", str(real / "s.npz"), "--device", "cpu"], "into the input"),
+        (generate_image_matrix.main, [*model, "--sketches", str(sketches), "--styles", str(real), "--out", str(first)],
+         f"{first} would overwrite the input"),
+        (generate_mix.main, [*model, "--sketch", str(sketches / first.name), "--styles", str(style), str(first),
+                             "--recipe", "A", "--out", str(mix)], f"would overwrite the input {style}"),
+        (inference.main, [*model, "--sketch", str(sketches), "--style", str(real), "--out", str(real)],
+         "would overwrite the input"),
+        (lpips_main, ["--dir0", str(real), "--out", str(real / "lpips.json")], "into the input folder"),
+        (tom_evaluate.main, ["--path_content", str(tmp_path), "--path_result", str(real / "tom"), "--checkpoint",
+                             str(run_dir)], "into the input folder"),
+        (xdog.main, ["--input", str(real), "--output", str(real)], "is the input folder"),
+        (plot_log_main, [str(log), "--out", str(log)], "would overwrite the input"),
+    ]
+    for main, argv, message in cases:
+        assert main(argv) == 1, argv
+        _one_error_line(capsys.readouterr().err, message)
+    assert {p: p.read_bytes() for p in before} == before
+    assert set(real.iterdir()) | set(sketches.iterdir()) | {style, log} == set(before)  # nothing new either
+    assert not (mix / "mix_grid.png").exists() and not (tmp_path / "gan" / "loss_curves.png").exists()
 
 
 def test_cross_output_names_are_unambiguous(demo_root, run_dir, tmp_path, capsys):
@@ -602,6 +643,23 @@ def test_a_file_name_that_is_not_utf8_is_reported_not_a_crash(demo_root, tmp_pat
     assert "1 image(s) have no sketch" in out and "left out: \\udcff" in out  # the byte 0xff, escaped
 
 
+def test_prepare_data_and_the_fid_cache_take_file_names_that_are_not_utf8(demo_root, tmp_path, capsys,
+                                                                          cheap_inception):
+    """Issue 25 item 28: the split's SHA-1 and the FID cache key hash such a name as its own bytes."""
+    import prepare_data
+    photos = tmp_path / "photos"
+    shutil.copytree(demo_root / "test" / "images", photos)
+    odd = os.fsdecode(os.fsencode(str(photos)) + b"/\xff.png")  # not UTF-8: \udcff once decoded
+    shutil.copy(sorted(photos.iterdir())[0], odd)
+    assert prepare_data.main([str(photos), str(tmp_path / "out"), "--xdog", "thin"]) == 0
+    assert "9 copied, 0 kept" in capsys.readouterr().out
+    prepared = [p.name for p in (tmp_path / "out").rglob("*.png")]
+    assert prepared.count("\udcff.png") == 2  # the photo and its sketch
+    assert B.main(["stats", "--folder", str(photos), "--out", str(tmp_path / "s.npz"), "--device", "cpu",
+                   "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+
+
 def test_inputs_are_checked_before_the_run_folder_and_a_retry_reuses_it(demo_root, folders, tmp_path, capsys):
     base = dict(TRIAL_NAME="r")
     args = tiny_train_args(demo_root, tmp_path, TRAIN_GAN_ONLY=True, PRETRAINED_AE_PATH=str(tmp_path / "nope"), **base)
@@ -660,6 +718,20 @@ def test_benchmark_mistakes_are_one_line_before_measuring(folders, run_dir, tmp_
     else:
         assert B.main(argv) == 1
         _one_error_line(capsys.readouterr().err, message)
+
+
+def test_benchmark_checkpoint_fid_without_inception_weights_generates_nothing(folders, run_dir, tmp_path, capsys,
+                                                                                monkeypatch):
+    """Issue 25 item 13: the missing Inception is found before any image is generated and saved."""
+    def missing(allow_download=True):
+        raise weights.WeightsError("FID Inception weights: not found (downloading is off)")
+    monkeypatch.setattr(weights, "fid_inception", missing)
+    good, save_dir = str(folders["sketches"]), tmp_path / "generated"
+    argv = ["fid", "--real", good, "--checkpoint", str(run_dir), "--sketch", good, "--style", good,
+            "--save-dir", str(save_dir), "--device", "cpu", "--no-cache"]
+    assert B.main(argv) == 1
+    _one_error_line(capsys.readouterr().err, "FID Inception weights")
+    assert not save_dir.exists() or not list(save_dir.iterdir())
 
 
 @pytest.mark.parametrize("extra,message", [(["--size", "0"], "--size 0: LPIPS-alex needs at least 31 px"),

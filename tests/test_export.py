@@ -1,5 +1,7 @@
 """export.py and SketchToImage.from_pretrained: the slim safetensors model format."""
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from conftest import tiny_train_args
 from evaluate import generate_mix
 from fileio import CheckpointDir, CheckpointError, load_checkpoint
 from inference import SketchToImage
-from models import EXPORT_FORMAT, is_exported
+from models import EXPORT_FORMAT, exported_checksum, is_exported
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +34,11 @@ def exported(run_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("exported") / "model.safetensors"
     assert export.main([str(run_dir), "--out", str(out)]) == 0
     return out
+
+
+def _save(tensors: dict, path: Path, meta: dict) -> None:
+    """A hand-made exported file with a checksum that matches: what it tests lies past the checksum check."""
+    save_file(tensors, path, metadata={**meta, "checksum": exported_checksum(tensors, meta)})
 
 
 def _inputs(model, demo_root):
@@ -70,6 +77,14 @@ def test_the_file_is_tensors_and_json_and_a_fraction_of_the_checkpoint(run_dir, 
     assert not exported.read_bytes().startswith(b"PK")  # not a torch/pickle zip archive
 
 
+def test_the_file_has_the_mode_of_any_new_file(exported, tmp_path):
+    """Issue 25 item 18: not mkstemp's private 0600, but what the umask gives every new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    (tmp_path / "plain").write_text("x")
+    assert stat.S_IMODE(exported.stat().st_mode) == 0o666 & ~mask == stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+
+
 def test_every_script_takes_the_exported_file(exported, demo_root, tmp_path):
     sketch = demo_root / "test" / "sketches" / sorted(p.name for p in (demo_root / "test" / "sketches").iterdir())[0]
     style = demo_root / "test" / "images" / sketch.name
@@ -105,6 +120,22 @@ def test_export_refuses_in_one_line(run_dir, exported, tmp_path, capsys):
     assert all(torch.equal(v, after[k]) for k, v in before.items())
 
 
+def test_a_full_disk_is_one_line_and_leaves_no_file(run_dir, tmp_path, monkeypatch, capsys):
+    """Issue 25 item 28: not safetensors' SafetensorError traceback, but "no space left on <folder>"."""
+    import builtins
+    import models
+    from test_fileio import _FullDisk
+
+    def full(file, mode="r", *args, **kwargs):
+        f = builtins.open(file, mode, *args, **kwargs)
+        return _FullDisk(f) if "w" in mode else f
+    monkeypatch.setattr(models, "open", full, raising=False)
+    assert export.main([str(run_dir), "--out", str(tmp_path / "m.safetensors")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: no space left on {tmp_path} (writing m.safetensors)") and "\n" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_safetensors_files_are_one_line(exported, tmp_path):
     with safe_open(str(exported), framework="pt") as f:
         meta = f.metadata()
@@ -114,10 +145,9 @@ def test_bad_safetensors_files_are_one_line(exported, tmp_path):
     cases["foreign.safetensors"] = "not a model written by export.py"
     save_file(tensors, tmp_path / "future.safetensors", metadata={**meta, "format_version": "9"})
     cases["future.safetensors"] = "format version '9'"
-    save_file({k: v for k, v in tensors.items() if not k.startswith("decoder.")}, tmp_path / "partial.safetensors",
-              metadata=meta)
+    _save({k: v for k, v in tensors.items() if not k.startswith("decoder.")}, tmp_path / "partial.safetensors", meta)
     cases["partial.safetensors"] = "without decoder"
-    save_file(tensors, tmp_path / "other_arch.safetensors", metadata={**meta, "arch": json.dumps(
+    _save(tensors, tmp_path / "other_arch.safetensors", {**meta, "arch": json.dumps(
         {**json.loads(meta["arch"]), "nfc": 16})})
     cases["other_arch.safetensors"] = "do not load"
     (tmp_path / "text.safetensors").write_text("hello")
@@ -128,3 +158,74 @@ def test_bad_safetensors_files_are_one_line(exported, tmp_path):
         with pytest.raises(CheckpointError) as e:
             SketchToImage.from_pretrained(tmp_path / name, device="cpu")
         assert expected in str(e.value) and name in str(e.value) and "\n" not in str(e.value), name
+
+
+def test_a_model_without_preset_or_with_a_config_that_is_not_a_dict_is_one_line(run_dir, exported, tmp_path, capsys):
+    """Issue 25 item 28: every consumer (from_pretrained: inference, app, export, benchmark, evaluate; TOM's
+    reader) says which file, in one line, instead of a KeyError or AttributeError traceback."""
+    from sketch_styletransfer.train import read_checkpoint
+    with safe_open(str(exported), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    arch = json.loads(meta["arch"])
+    del arch["preset"]
+    _save(tensors, tmp_path / "no_preset.safetensors", {**meta, "arch": json.dumps(arch)})
+    _save(tensors, tmp_path / "list_config.safetensors", {**meta, "config": "[1, 2]"})
+    ckpt = load_checkpoint(CheckpointDir(run_dir / "gan" / "checkpoints").last())
+    del ckpt["state"]["arch"]["preset"]
+    torch.save(ckpt, tmp_path / "no_preset.pt")
+    torch.save({**ckpt, "config": "DATA_NAME=demo"}, tmp_path / "text_config.pt")
+    torch.save({"kind": "tom", "format": 2, "config": ["nfc", 8], "state": {}}, tmp_path / "tom.pt")
+    cases = {"no_preset.safetensors": "names no preset", "list_config.safetensors": "config is a list",
+             "no_preset.pt": "names no preset", "text_config.pt": "'config' entry is a str"}
+    for name, expected in cases.items():
+        with pytest.raises(CheckpointError) as e:
+            SketchToImage.from_pretrained(tmp_path / name, device="cpu")
+        assert expected in str(e.value) and name in str(e.value) and "\n" not in str(e.value), name
+        assert export.main([str(tmp_path / name), "--out", str(tmp_path / "x.safetensors")]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and expected in err and "\n" not in err
+    with pytest.raises(CheckpointError, match="'config' entry is a list, not a dict of settings"):
+        read_checkpoint(tmp_path / "tom.pt")
+
+
+def test_exports_have_the_checkpoints_guarantees(run_dir, exported, tmp_path):
+    """Issue 25 item 23: NaN/Inf refused at save and at load, a checksum in the metadata checked at load
+    (zeroed bytes are "damaged"), and a file without one refused with the advice to export it again."""
+    model = SketchToImage.from_pretrained(exported, device="cpu")
+    next(model.generator.parameters()).data[0] = float("nan")  # as a diverged run's weights
+    with pytest.raises(CheckpointError, match="not written: the weights hold NaN/Inf"):
+        model.save_pretrained(tmp_path / "nan_saved.safetensors")
+    assert not (tmp_path / "nan_saved.safetensors").exists()
+    with safe_open(str(exported), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    assert meta["checksum"] == exported_checksum(tensors, meta) and meta["checksum"].startswith("sha256:")
+    _save({k: v.clone().fill_(float("inf")) if k.startswith("generator.") and v.is_floating_point() else v
+           for k, v in tensors.items()}, tmp_path / "inf.safetensors", meta)
+    save_file(tensors, tmp_path / "unsigned.safetensors", metadata={k: v for k, v in meta.items() if k != "checksum"})
+    raw = bytearray(exported.read_bytes())
+    data_start = 8 + int.from_bytes(raw[:8], "little")
+    raw[data_start + 1024:data_start + 1088] = bytes(64)  # zeroed bytes amid the weights
+    (tmp_path / "zeroed.safetensors").write_bytes(bytes(raw))
+    cases = {"inf.safetensors": "holds NaN/Inf values", "unsigned.safetensors": "export it again with export.py",
+             "zeroed.safetensors": "damaged"}
+    for name, expected in cases.items():
+        with pytest.raises(CheckpointError) as e:
+            SketchToImage.from_pretrained(tmp_path / name, device="cpu")
+        assert expected in str(e.value) and name in str(e.value) and "\n" not in str(e.value), name
+
+
+def test_a_model_card_is_written_beside_the_file(exported, demo_root, tmp_path):
+    """Issue 25: <name>.md: data and sketch folders, sizes, iterations, preset and generator, the data's
+    licence (a source.json or prepare.json above IMAGE_DIR, else "unknown"), and how to use it."""
+    card = exported.with_suffix(".md").read_text(encoding="utf-8")
+    for text in ("# model", "preset: demo, refine generator: art, NFC 8", "read at 64 px, images made at 128 px",
+                 "AE stage 2, GAN stage 2 of 2", f"training images: {demo_root / 'train' / 'images'}",
+                 f"sketch folders: {demo_root / 'train' / 'sketches'}", "data licence: unknown",
+                 "python inference.py --checkpoint model.safetensors", "python app.py --checkpoint model.safetensors"):
+        assert text in card, text
+    images = tmp_path / "mine" / "train" / "images"
+    images.mkdir(parents=True)
+    (tmp_path / "mine" / "prepare.json").write_text(json.dumps({"split": {}}))  # records no licence: go on up
+    (tmp_path / "source.json").write_text(json.dumps({"license": "CC BY 4.0"}))
+    assert export.data_licence(images) == f"CC BY 4.0 (as {tmp_path / 'source.json'} records)"
+    assert export.data_licence(None) == "unknown"

@@ -3,6 +3,8 @@
 a documented difference (README, "Differences from the reference"). The reference is compared with
 torchvision / PIL, which it used, or with a few lines restating its formula; its code is not copied.
 """
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -496,3 +498,158 @@ def test_spectral_norm_iterates_as_the_reference_v_then_u(make):
                                                                                        atol=1e-15)
         with torch.no_grad():  # a large update: u and v are off again
             raw.add_(torch.randn(raw.shape, generator=g, dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------- reference checkpoints (issue 25 item 7)
+# The reference's networks as module trees: names, order and shapes of their parameters and buffers
+# (restated from its models.py; layers without parameters are Identity). Its spectral norm is torch's
+# old one (weight_orig, weight_u, weight_v).
+
+SN, Id, Seq, BN = torch.nn.utils.spectral_norm, torch.nn.Identity, torch.nn.Sequential, torch.nn.BatchNorm2d
+
+
+def _named(**children) -> torch.nn.Module:
+    module = torch.nn.Module()
+    for name, child in children.items():
+        setattr(module, name, child)
+    return module
+
+
+def _conv(a, b, k, s=1, p=0, **kw):
+    return torch.nn.Conv2d(a, b, k, s, p, bias=False, **kw)
+
+
+def _se(ch):
+    return _named(fc=Seq(SN(torch.nn.Linear(ch, ch // 16, bias=False)), Id(), SN(torch.nn.Linear(ch // 16, ch,
+                                                                                                  bias=False)), Id()))
+
+
+def _res_e(ch):
+    return _named(main=Seq(SN(BN(ch)), Id(), SN(_conv(ch, ch, 3, 1, 1)), SN(BN(ch)), Id(), SN(_conv(ch, ch, 3, 1, 1)),
+                           _se(ch)))
+
+
+def _res_g(ch, w=None):
+    w = 4 * ch
+    return _named(main=Seq(SN(BN(ch)), SN(_conv(ch, w, 1)), SN(BN(w)), Id(), SN(_conv(w, w, 5, 1, 2, groups=w)),
+                           SN(BN(w)), Id(), SN(_conv(w, ch, 1)), SN(BN(ch)), _se(ch)))
+
+
+def _ref_encoder(p, in_ch, n):
+    parts = {f"{p}_256": Seq(_conv(in_ch, n // 4, 4, 2, 1), Id()),
+             f"{p}_128": Seq(_conv(n // 4, n // 2, 4, 2, 1), BN(n // 2), Id()),
+             f"{p}_64": Seq(_conv(n // 2, n, 4, 2, 1), BN(n), Id()), f"{p}_32": Seq(_conv(n, 2 * n, 4, 2, 1), _res_e(2 * n)),
+             f"{p}_16": Seq(Id(), _conv(2 * n, 4 * n, 4, 2, 1), _res_e(4 * n)),
+             f"{p}_8": Seq(Id(), _conv(4 * n, 8 * n, 4, 2, 1), _res_e(8 * n))}
+    if p == "sf":
+        parts.update({f"sfv_{r}": Seq(Id(), _conv(c, c, 4), Id()) for r, c in ((32, 2 * n), (16, 4 * n), (8, 8 * n))})
+        parts["final_cls"] = Seq(Id(), torch.nn.Linear(8 * n, 5))
+    return _named(**parts)
+
+
+def _ref_decoder(n):
+    up = lambda a, b: Seq(Id(), _conv(a, 2 * b, 3, 1, 1), torch.nn.InstanceNorm2d(2 * b), Id())  # noqa: E731
+    lin = torch.nn.Linear
+    gate = lambda a, b: Seq(lin(a, b), Id(), lin(b, b), Id(), Id())  # noqa: E731
+    dmi = lambda c: _named(**{k: torch.nn.Parameter(torch.ones(1, c, 1, 1)) for k in  # noqa: E731
+                              ("weight_a", "weight_b", "bias_a", "bias_b")})
+    return _named(base_feat=torch.nn.Parameter(torch.randn(1, 8 * n, 8, 8)), dmi_8=dmi(8 * n), dmi_16=dmi(4 * n),
+                  feat_8_1=Seq(_res_g(16 * n), Id(), _conv(16 * n, 8 * n, 3, 1, 1), torch.nn.InstanceNorm2d(8 * n)),
+                  feat_8_2=Seq(Id(), _res_g(8 * n)), feat_16=Seq(Id(), Id(), _conv(8 * n, 4 * n, 3, 1, 1), _res_g(4 * n)),
+                  feat_32=Seq(Id(), Id(), _conv(8 * n, 2 * n, 3, 1, 1), _res_g(2 * n)), feat_64=Seq(Id(), up(4 * n, n)),
+                  feat_128=up(n, n // 2), feat_256=up(n // 2, n // 4), feat_512=up(n // 4, n // 8),
+                  to_rgb=Seq(_conv(n // 8, 3, 3, 1, 1), Id()),
+                  style_8=Seq(lin(8 * n, 8 * n), Id(), lin(8 * n, 8 * n), torch.nn.BatchNorm1d(8 * n), Id()),
+                  style_64=gate(8 * n, n), style_128=gate(4 * n, n // 2), style_256=gate(2 * n, n // 4))
+
+
+def _up_gan(a, b):
+    return Seq(Id(), SN(_conv(a, 2 * b, 3, 1, 1)), BN(2 * b), _named(weight=torch.nn.Parameter(torch.zeros(1, 2 * b, 1, 1))),
+               Id())
+
+
+def _down_gan(a, b):
+    return Seq(SN(_conv(a, b, 4, 2, 1)), BN(b), Id())
+
+
+def _from_vector(a, b):
+    return SN(torch.nn.ConvTranspose2d(a, b, 4, 1, 0, bias=False))
+
+
+def _ref_art(n, im_size, shoe=False):
+    lin, big = torch.nn.Linear, im_size == 1024
+    g = dict(from_noise_32=Seq(Id(), _from_vector(8 * n, 8 * n), BN(8 * n), Id(), _up_gan(4 * n, 2 * n),
+                               _up_gan(2 * n, 2 * n), _up_gan(2 * n, n)),
+             from_style=Seq(Id(), _from_vector(14 * n, 16 * n), BN(16 * n), Id(), _up_gan(8 * n, 4 * n)),
+             encode_256=Seq(SN(_conv(3, n, 4, 2, 1)), Id()), encode_128=_down_gan(n, 2 * n),
+             encode_64=_down_gan(2 * n, 4 * n), encode_32=_down_gan(4 * n, 8 * n), encode_16=_down_gan(8 * n, 8 * n),
+             residual_16=Seq(_res_g(12 * n), Id(), _res_g(12 * n), Id()), decode_32=_up_gan(12 * n, 8 * n),
+             decode_64=_up_gan(9 * n, 4 * n), decode_128=_up_gan(4 * n, 2 * n), decode_256=_up_gan(2 * n, n),
+             decode_512=_up_gan(n, n // 2), **({"decode_1024": _up_gan(n // 2, n // 4)} if big else {}),
+             **{f"style_{r}": Seq(SN(lin(a, b)), Id(), lin(b, b), Id(), Id())
+                for r, a, b in ((64, 8 * n, 4 * n), (128, 8 * n, 2 * n), (256, 4 * n, n), (512, 2 * n, n // 2))},
+             to_rgb=Seq(_conv(n // 4 if big else n // 2, 3, 3, 1, 1), Id()))
+    if shoe:
+        g.update({f"bs_{i}": torch.nn.Parameter(torch.randn(1, c)) for i, c in enumerate((2 * n, 4 * n, 8 * n))})
+    return _named(**g)
+
+
+def _ref_face(n, im_size):
+    chs, big = [256, 128, 64, 32] + ([16] if im_size == 1024 else []), im_size == 1024
+    g = dict(encode_1=_down_gan(3, 16), encode_2=_down_gan(16, 32), encode_3=_down_gan(32, 64),
+             encode_4=_down_gan(64, 128), style=Seq(torch.nn.Linear(14 * n, 512), Id()),
+             from_style_32=Seq(_from_vector(512, 256), BN(256), Id(), _up_gan(128, 128), _up_gan(128, 128),
+                               _up_gan(128, 64)),
+             decode_64=_up_gan(192, 256), decode_128=_up_gan(320, 128), decode_256=_up_gan(160, 64),
+             decode_512=_up_gan(80, 32), **({"decode_1024": _up_gan(32, 16)} if big else {}),
+             style_blocks=torch.nn.ModuleList(Seq(torch.nn.Linear(512, c), Id(), torch.nn.Linear(c, c), Id())
+                                              for c in chs),
+             final=Seq(SN(_conv(chs[-1], 3, 3, 1, 1)), Id()))
+    return _named(**g)
+
+
+@pytest.mark.parametrize("generator, im_size", [("art", 512), ("shoe", 1024), ("face", 512)])
+def test_a_reference_gan_checkpoint_exports_with_every_tensor_in_place(generator, im_size, tmp_path, capsys):
+    """Issue 25 item 7: `export.py --reference` renames a reference GAN checkpoint's keys (ae: style
+    encoder, content encoder, decoder; ig with the ig_ema weights) into ours; the strict load checks
+    every name and shape, and every tensor arrives once (but the instance classifier and the shoe
+    generator's unused style layers), the EMA weights in place of the live ones."""
+    import export
+    from inference import SketchToImage
+    torch.manual_seed(0)
+    nfc = 8
+    ae = _named(style_encoder=_ref_encoder("sf", 3, nfc), content_encoder=_ref_encoder("cf", 1, nfc),
+                decoder=_ref_decoder(nfc))
+    ig = _ref_face(nfc, im_size) if generator == "face" else _ref_art(nfc, im_size, shoe=generator == "shoe")
+    for net in (ae, ig):
+        for t in (*net.parameters(), *net.buffers()):
+            if t.is_floating_point():
+                t.data.normal_()  # every tensor its own values
+    ema = [p.detach() + 100 for p in ig.parameters()]
+    prefix = "module." if generator == "face" else ""  # the reference's MULTI_GPU (DataParallel) names
+    torch.save({"ig": {prefix + k: v for k, v in ig.state_dict().items()}, "ae": ae.state_dict(), "ig_ema": ema,
+                "id": {}, "opt_ig": {}, "opt_id": {}}, tmp_path / "0.pth")
+    out = tmp_path / "ref.safetensors"
+    assert export.main([str(tmp_path / "0.pth"), "--reference", "--out", str(out)]) == 0
+    model = SketchToImage.from_pretrained(out, "cpu")
+    assert model.arch == {"preset": generator, "generator": generator, "nfc": nfc, "im_size_ae": 512,
+                          "im_size_gan": im_size, "im_size_d": 512}
+    ig_state = ig.state_dict()
+    ig_state.update(zip([name for name, _ in ig.named_parameters()], ema))
+
+    def kept(name: str, state: dict) -> bool:  # ours has no power-iteration vectors for 1-D (BatchNorm) weights
+        if name.endswith(("weight_u", "weight_v")) and state[name[:-2] + "_orig"].ndim == 1:
+            return False
+        return "final_cls" not in name and not (generator == "shoe" and re.match(r"from_style|style_\d|bs_", name))
+    expected = [t for state in (ae.state_dict(), ig_state) for name, t in state.items() if kept(name, state)]
+    ours = [*model.ae.state_dict().values(), *model.generator.state_dict().values()]
+    assert len(ours) == len(expected)
+    assert all(sum(torch.equal(t, o) for o in ours if o.shape == t.shape) == 1
+               for t in expected if t.is_floating_point())  # every tensor once: none lost, none doubled
+    assert torch.equal(model.ae.decoder.const, ae.decoder.base_feat)
+    theirs, mine = ae.style_encoder.sf_32[1].main[2], model.ae.style_encoder.trunk.stage32[0][1].main[2]
+    theirs.eval()(torch.zeros(1, 2 * nfc, 4, 4))  # the old spectral norm sets .weight in a forward hook
+    assert torch.allclose(theirs.weight, mine.weight)  # weight_orig / (u . W v): the same u and v
+    torch.save({"ae": ae.state_dict()}, tmp_path / "ae_only.pth")  # the reference's AE checkpoint: no generator
+    assert export.main([str(tmp_path / "ae_only.pth"), "--reference", "--out", str(tmp_path / "x.safetensors")]) == 1
+    assert "not a reference GAN checkpoint (it needs 'ae', 'ig' and 'ig_ema' entries)" in capsys.readouterr().err

@@ -147,7 +147,7 @@ def test_one_folder_diversity_counts_pairs_and_skips(tmp_path, alex_weights):
     for i in range(4):
         _png(tmp_path / f"{i}.png", i)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG truncated")
-    out = tmp_path / "res.json"
+    out = tmp_path / "results" / "res.json"  # not in --dir0 itself: outputs never go into input folders
     assert main(["--dir0", str(tmp_path), "--net", "alex", "--size", "64", "--device", "cpu",
                  "--out", str(out)]) == 0
     res = json.loads(out.read_text())

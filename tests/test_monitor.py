@@ -46,6 +46,14 @@ def test_panels_one_per_loss_and_one_for_fid():
     assert xs == [9, 19, 29, 39] and ys == [1.0, 0.5, pytest.approx(1 / 3), 0.25]
 
 
+@pytest.mark.parametrize("n_panels", [1, 3, 5, 8])
+def test_every_panel_is_a_group_and_no_cell_is_left_empty(n_panels):
+    """Issue 25 item 17: the cells of the grid that hold no group are hidden, the last one included."""
+    records = [{"iter": i, **{f"loss{k}": float(i + k) for k in range(n_panels)}} for i in range(3)]
+    visible = [ax for ax in plot_log.figure(records).axes if ax.get_visible()]
+    assert [ax.get_title() for ax in visible] == [f"loss{k}" for k in range(n_panels)]
+
+
 def test_plot_log_draws_every_stage_of_a_run_and_says_what_is_wrong(tmp_path, capsys):
     run = tmp_path / "run"
     _write_log(run / "ae" / "log.jsonl", _records(5))

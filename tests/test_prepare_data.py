@@ -1,5 +1,6 @@
 """Your data in three commands: prepare_data.py (nested photos -> split, sketches, the train.py command),
 TOM on nested photo folders, and follow-up commands with absolute paths."""
+import errno
 import json
 import os
 import shlex
@@ -113,6 +114,38 @@ def test_no_held_out_set_copies_as_is_and_turns_fid_off(demo_root, tmp_path, cap
         (tmp_path / "photos" / "cats" / "00.png").read_bytes()      # no --size: copied byte for byte
     assert P.main([str(tmp_path / "photos"), str(out), "--test-ratio", "0", "--xdog", "medium"]) == 0
     assert "(0 copied, 12 kept)" in capsys.readouterr().out
+
+
+def test_a_full_disk_or_a_kill_leaves_nothing_a_rerun_would_keep(demo_root, tmp_path, capsys, monkeypatch):
+    """Issue 25 item 25: copies are atomic (a full disk is one line and leaves no truncated photo to be
+    "kept"), and a re-run removes the temporaries that a kill -9 left in OUT."""
+    _photo_tree(tmp_path / "photos", demo_root)
+    out, real_copy = tmp_path / "out", shutil.copyfile
+
+    def full_disk(source, target):
+        if Path(source).name == "03.jpg":
+            Path(target).write_bytes(Path(source).read_bytes()[:100])  # half a photo, then no space left
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_copy(source, target)
+    monkeypatch.setattr(P.shutil, "copyfile", full_disk)
+    argv = [str(tmp_path / "photos"), str(out), "--test-ratio", "0", "--xdog", "thin"]
+    assert P.main(argv) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: no space left on {out / 'train' / 'images'}")
+    files = [p.name for p in (out / "train" / "images").iterdir()]
+    assert "cats__03.jpg" not in files and not [f for f in files if f.endswith(".tmp")]
+    monkeypatch.undo()
+    sketches = out / "train" / "sketches" / "xdog_thin"
+    sketches.mkdir(parents=True)
+    killed = [sketches / ".cats__01.png.k1ll3d9x.tmp", out / "train" / "images" / ".dogs__02.png.k1ll3d9x.tmp"]
+    for path in killed:
+        path.write_bytes(b"half")  # what kill -9 during a write leaves
+    assert P.main(argv) == 0
+    assert "removed 2 temporary file(s)" in capsys.readouterr().out
+    assert not any(path.exists() for path in killed)
+    photo = tmp_path / "photos" / "cats" / "03.jpg"
+    assert (out / "train" / "images" / "cats__03.jpg").read_bytes() == photo.read_bytes()
+    assert sorted(p.stem for p in sketches.iterdir()) == sorted(p.stem for p in (out / "train" / "images").iterdir())
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -87,6 +87,28 @@ def test_override_that_is_not_a_state_dict_or_holds_code_is_refused(tmp_path, mo
         weights.lpips_linear_state_dict("vgg")
 
 
+LOADERS = {"vgg16": weights.vgg16_features, "alexnet": weights.alexnet_features,
+           "lpips_vgg": lambda: weights.lpips_linear_state_dict("vgg"),
+           "lpips_alex": lambda: weights.lpips_linear_state_dict("alex"), "fid_inception": weights.fid_inception}
+
+
+@pytest.mark.parametrize("name", sorted(weights.SPECS))
+def test_an_override_that_is_not_a_weights_file_is_one_line_naming_it(name, tmp_path, monkeypatch):
+    """Issue 25 item 11: torch's six lines (and its advice to set weights_only=False) become one line
+    naming the variable and the file, for every S2I_* variable."""
+    assert set(LOADERS) == set(weights.SPECS)
+    (tmp_path / "notes.txt").write_text("not weights")
+    torch.save({"w": Path("x")}, tmp_path / "pickled.pth")  # unpickling it would build an object
+    env = weights.SPECS[name].env
+    for file, why in (("notes.txt", "not a PyTorch weights file"), ("pickled.pth", "pickled Python objects")):
+        monkeypatch.setenv(env, str(tmp_path / file))
+        with pytest.raises(WeightsError) as e:
+            LOADERS[name]()
+        message = str(e.value)
+        assert "\n" not in message and f"{env}={tmp_path / file}" in message and why in message
+        assert "weights_only" not in message
+
+
 @pytest.mark.parametrize("net", ["vgg", "alex"])
 def test_official_lpips_files_pass_the_hash_check_in_the_cache(hub, net, no_network):
     spec = weights.SPECS[f"lpips_{net}"]

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Optional
 
 from errors import UserError
-from models import GENERATORS, PRESET_GENERATORS
+from models import GENERATORS
 
 _NAMES_ABOVE_THE_BLOCK = set(globals())
 # =================================== EDIT HERE ===================================================
@@ -234,8 +234,6 @@ class Config:
     def from_dict(cls, values: dict) -> "Config":
         """Rebuild from `to_dict()` output (e.g. a run's config.json), type-checked. A config written
         before GENERATOR existed gets the one its preset then chose (models.PRESET_GENERATORS)."""
-        if "GENERATOR" not in values and values.get("DATA_NAME") in PRESET_GENERATORS:
-            values = {**values, "GENERATOR": PRESET_GENERATORS[values["DATA_NAME"]]}
         return cls(**{key: _coerce(key, value) for key, value in _known(values).items()})
 
     def replace(self, **changes) -> "Config":

@@ -30,7 +30,8 @@ import torch
 from errors import cli
 from fileio import CheckpointError, check_apart, write_text
 from inference import InferenceError, SketchToImage
-from models import AE_NETWORKS, Trained, build_trained
+from checkpoints import Trained, build_trained
+from models import AE_NETWORKS
 
 
 def export(source, out, overwrite: bool = False, reference: bool = False) -> tuple[SketchToImage, Path]:

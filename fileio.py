@@ -26,7 +26,7 @@ except ImportError:  # Windows
 
 # bump when the layout of the checkpoint dict changes; load_checkpoint refuses newer ones.
 # 2: GAN arch names its GENERATOR; TOM uses the common layout (1: TOM's own layout, still read for sketches)
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3  # 3: every file carries a checksum; earlier formats are refused (none was published)
 CHECKSUM_KEY = "checksum"  # "sha256:<hex>" of the rest of the checkpoint dict (state_checksum); absent in old files
 LOCK_FILE = ".lock"  # locked_folder's file in a folder in use
 TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # atomic_path's temporary names: .<name>.<8 random>.tmp
@@ -260,11 +260,11 @@ class _RecordingWriter:
 
 
 def save_checkpoint(obj: dict, path) -> None:
-    """torch.save a dict of tensors and plain data with its checksum, atomically.
+    """torch.save a dict of tensors and plain data in this code's format, with its checksum, atomically.
 
     A failed write (e.g. no space left) is an OutputError naming the path; the file is not replaced.
     """
-    body = {k: v for k, v in obj.items() if k != CHECKSUM_KEY}
+    body = {k: v for k, v in obj.items() if k != CHECKSUM_KEY} | {"format": CHECKPOINT_FORMAT}
     body[CHECKSUM_KEY] = state_checksum(body)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         writer = _RecordingWriter(f)
@@ -296,13 +296,14 @@ def load_checkpoint(path, map_location="cpu", kind: str | None = None) -> dict:
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {e}") from None
     if not isinstance(ckpt, dict) or "kind" not in ckpt:
         raise CheckpointError(f"{path}: not a checkpoint of this project (no 'kind' entry)")
-    # the format before the checksum: a newer layout may store or compute that differently
-    layout = ckpt.get("format", 1)  # absent in files written before the format number: the first layout
-    if not isinstance(layout, int) or layout > CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: checkpoint format {layout!r} is newer than this code reads "
-                              f"({CHECKPOINT_FORMAT}): update the code to load it")
-    stored = ckpt.pop(CHECKSUM_KEY, None)
-    if stored is not None and stored != state_checksum(ckpt):
+    # the format before the checksum: another layout may store or compute that differently
+    layout = ckpt.get("format")
+    if layout != CHECKPOINT_FORMAT:
+        newer = isinstance(layout, int) and layout > CHECKPOINT_FORMAT
+        raise CheckpointError(f"{path}: checkpoint format {layout!r}; this code reads {CHECKPOINT_FORMAT}: "
+                              + ("update the code to load it" if newer else "written by an older version of this "
+                                 "code (none was published): train it again"))
+    if ckpt.pop(CHECKSUM_KEY, None) != state_checksum(ckpt):
         raise CheckpointError(f"{path}: damaged: its contents do not match the checksum stored in it (a disk "
                               f"or copy error); use another checkpoint")
     bad = nonfinite_tensors(ckpt)
@@ -311,9 +312,8 @@ def load_checkpoint(path, map_location="cpu", kind: str | None = None) -> dict:
                               f": written after the run diverged; use an earlier checkpoint")
     if kind is not None and ckpt["kind"] != kind:
         raise CheckpointError(f"{path}: is a '{ckpt['kind']}' checkpoint, expected '{kind}'")
-    for key in ("config", "args"):  # the run's settings ("args": TOM's first format), read as a dict by every consumer
-        if key in ckpt and not isinstance(ckpt[key], dict):
-            raise CheckpointError(f"{path}: its '{key}' entry is a {type(ckpt[key]).__name__}, not a dict of settings")
+    if "config" in ckpt and not isinstance(ckpt["config"], dict):  # the run's settings: a dict for every consumer
+        raise CheckpointError(f"{path}: its 'config' entry is a {type(ckpt['config']).__name__}, not a dict of settings")
     return ckpt
 
 

@@ -48,7 +48,8 @@ from tqdm import tqdm
 from datasets import DataError, _to_mode, load_image, mix_seed, require_images, resize, to_float, to_uint8_tensor
 from errors import UserError, cli
 from fileio import CheckpointDir, check_apart, newest_checkpoint, save_png, to_pil
-from models import BN_MODES, NoiseInjection, Trained, batch_norm_mode, load_trained, save_exported
+from checkpoints import Trained, load_trained, save_exported
+from models import BN_MODES, NoiseInjection, batch_norm_mode
 from training import resolve_device
 
 ImageInput = Union[str, Path, Image.Image]
@@ -215,7 +216,7 @@ class SketchToImage:
     @classmethod
     def from_pretrained(cls, path, device="auto", sample_bn: str | None = None) -> "SketchToImage":
         """A run folder (its newest GAN checkpoint), a GAN checkpoint file, or a file written by
-        `save_pretrained` (export.py), through models.load_trained. Raises fileio.CheckpointError
+        `save_pretrained` (export.py), through checkpoints.load_trained. Raises fileio.CheckpointError
         for anything else."""
         return cls(load_trained(path, kind="gan"), device, sample_bn)
 

@@ -38,11 +38,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 import weights
+from checkpoints import find_checkpoint
 from datasets import DataError, list_images, load_image, require_images, resize
 from errors import cli
 from fileio import atomic_path, remove_stale_temporaries, save_png, write_json
 from sketch_styletransfer import evaluate as tom
-from sketch_styletransfer.train import resolve_checkpoint
 from sketch_styletransfer.xdog import BUILTIN_SETTINGS, make_sketch_folders
 from training import resolve_device
 
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None, vgg_features=None) -> int:
     if args.tom:
         args.device = resolve_device(args.device)
         for checkpoint in args.tom:
-            resolve_checkpoint(checkpoint)
+            find_checkpoint(checkpoint, "tom")
         if vgg_features is None:  # only TOM needs the pretrained VGG16
             vgg_features = weights.vgg16_features()
     prepare(photos, args, vgg_features)

@@ -24,9 +24,9 @@ from config import Config
 from datasets import (Pairs, PairedDataset, RandomStream, SelfSupervisedDataset, fixed_batch, iteration_generator,
                       mix_seed, only_last_set, paired_crop_flip, sketch_set_weights, sketch_variants, style_view,
                       to_float)
-from fileio import CHECKPOINT_FORMAT, CheckpointError
+from fileio import CheckpointError
 from models import (AE_NETWORKS, AutoEncoder, ContentEncoder, Decoder, Discriminator, InstanceClassifier,
-                    StyleEncoder, batch_norm_mode, build_generator, generator_name)
+                    StyleEncoder, batch_norm_mode, build_generator)
 from training import EMA, NanGuard, Runtime, adam, infinite_batches, optimizer_step, setup_runtime
 
 
@@ -44,7 +44,7 @@ def batch_stream(cfg: Config, runtime: Runtime, dataset, batch_size: int, set_we
 class AEStage:
     """The AE stage's networks, optimizers, data and step; run by training.run_stage."""
 
-    kind, format = "ae", CHECKPOINT_FORMAT
+    kind = "ae"
 
     def __init__(self, cfg: Config, runtime: Runtime, pairs: Pairs, grid_pairs: Pairs, lpips=None):
         self.cfg, self.rt = cfg, runtime
@@ -234,7 +234,7 @@ class AEStage:
 
 
 def check_autoencoder(ae: AutoEncoder, cfg: Config) -> None:
-    """A trained AE (models.load_trained) fits this run's sizes, or CheckpointError in one line."""
+    """A trained AE (checkpoints.load_trained) fits this run's sizes, or CheckpointError in one line."""
     if (ae.nfc, ae.im_size) != (cfg.NFC, cfg.IM_SIZE_AE):
         raise CheckpointError(f"the AE checkpoint was trained with NFC={ae.nfc}, IM_SIZE_AE={ae.im_size}; "
                               f"this run has NFC={cfg.NFC}, IM_SIZE_AE={cfg.IM_SIZE_AE}")
@@ -243,7 +243,7 @@ def check_autoencoder(ae: AutoEncoder, cfg: Config) -> None:
 class GANStage:
     """The GAN stage's networks, optimizers, data and step; run by training.run_stage."""
 
-    kind, format = "gan", CHECKPOINT_FORMAT
+    kind = "gan"
 
     def __init__(self, cfg: Config, runtime: Runtime, pairs: Pairs, grid_pairs: Pairs, ae: AutoEncoder,
                  lpips=None, fid=None):
@@ -274,11 +274,6 @@ class GANStage:
         """What a checkpoint must match to resume (training.check_arch); train.py checks it before writing."""
         return {"preset": cfg.DATA_NAME, "generator": cfg.GENERATOR, "nfc": cfg.NFC, "im_size_ae": cfg.IM_SIZE_AE,
                 "im_size_gan": cfg.IM_SIZE_GAN, "im_size_d": cfg.IM_SIZE_D}
-
-    @staticmethod
-    def upgrade_arch(saved: dict) -> dict:
-        """A checkpoint from before GENERATOR was recorded: its preset named the generator."""
-        return {**saved, "generator": generator_name(saved)} if "preset" in saved else saved
 
     def state_dict(self) -> dict:
         ae_nets = {name: getattr(self.ae, name).state_dict() for name in AE_NETWORKS}

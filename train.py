@@ -44,7 +44,8 @@ from fileio import (LOCK_FILE, CheckpointDir, CheckpointError, OutputError, load
                     newest_checkpoint, remove_stale_temporaries, write_json, write_text)
 from monitor import require_tensorboard
 from losses import build_lpips
-from models import AutoEncoder, load_trained
+from checkpoints import load_trained
+from models import AutoEncoder
 from stages import AEStage, GANStage, check_autoencoder, runtime_for
 from training import LoopOptions, Runtime, StageResult, check_arch, from_rank0, run_stage
 
@@ -159,7 +160,7 @@ def check_resume(cfg: Config, run_dir: Path, n_pairs: int) -> None:
                               f"a new run's GAN stage on an AE trained further")
     if gan_last is not None and not cfg.TRAIN_AE_ONLY:
         saved = load_checkpoint(gan_last, kind="gan")
-        check_arch(GANStage.upgrade_arch(saved["state"]["arch"]), GANStage.arch_of(cfg), gan_last)
+        check_arch(saved["state"]["arch"], GANStage.arch_of(cfg), gan_last)
 
 
 def loop_options(cfg: Config, total: int, eval_interval: int = 0) -> LoopOptions:

@@ -461,10 +461,8 @@ class StopRequest:
 class Stage(Protocol):
     """What a training stage provides to `run_stage`."""
     kind: str                  # checkpoint kind: "ae", "gan" or "tom"
-    format: int                # version of this kind's checkpoint layout
 
     def arch(self) -> dict: ...                                  # preset and sizes: what must match to resume
-    # optional: upgrade_arch(saved) -> an older checkpoint's arch in today's keys (GAN: before GENERATOR)
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
     def restart_data(self, iteration: int) -> None: ...          # data iterators at this iteration
@@ -575,7 +573,7 @@ def run_stage(stage: Stage, options: LoopOptions, stage_dir: Path, runtime: Runt
 def checkpoint(stage: Stage, iteration: int, config: dict) -> dict:
     """The checkpoint of every stage: one self-describing dict of tensors and plain data (loadable with
     weights_only=True): the stage's state, the run's settings, and the RNG for an exact resume."""
-    return {"kind": stage.kind, "format": stage.format, "iteration": iteration, "config": config,
+    return {"kind": stage.kind, "iteration": iteration, "config": config,
             "state": stage.state_dict(), "rng": rng_state()}
 
 
@@ -595,7 +593,7 @@ def _fixed_rng(seed: int, runtime: Runtime):
 def _resume(stage: Stage, path: Path, runtime: Runtime) -> int:
     ckpt = load_checkpoint(path, map_location=runtime.device, kind=stage.kind)
     saved = ckpt["state"].get("arch", {})
-    check_arch(getattr(stage, "upgrade_arch", lambda a: a)(saved), stage.arch(), path)
+    check_arch(saved, stage.arch(), path)
     stage.load_state_dict(ckpt["state"])
     set_rng_state({k: (v.cpu() if torch.is_tensor(v) else [t.cpu() for t in v]) for k, v in ckpt["rng"].items()})
     if runtime.is_main:

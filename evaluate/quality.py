@@ -64,7 +64,7 @@ from errors import cli  # noqa: E402
 from evaluate import label  # noqa: E402
 from fileio import check_writable, save_grid, write_json  # noqa: E402
 from inference import SketchToImage  # noqa: E402
-from models import load_trained  # noqa: E402
+from checkpoints import load_trained  # noqa: E402
 from sketch_styletransfer.xdog import BUILTIN_SETTINGS, xdog  # noqa: E402
 
 PSNR_CAP = 100.0           # dB: what identical images score (a finite number for JSON)

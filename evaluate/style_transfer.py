@@ -29,9 +29,9 @@ from datasets import resize, to_float, to_uint8_tensor  # noqa: E402
 from fileio import CheckpointError, check_apart, save_grid, save_png  # noqa: E402
 from inference import InferenceError, SketchToImage, open_image  # noqa: E402
 from PIL import Image  # noqa: E402
-from sketch_styletransfer.tom_models import (VGGFeatures, generator_from_checkpoint, sketch_photos,  # noqa: E402
+from sketch_styletransfer.tom_models import (VGGFeatures, sketch_photos,  # noqa: E402
                                              to_sketch)
-from sketch_styletransfer.train import read_checkpoint, resolve_checkpoint  # noqa: E402
+from checkpoints import load_tom  # noqa: E402
 from sketch_styletransfer.xdog import BUILTIN_SETTINGS, parse_setting, xdog  # noqa: E402
 from training import resolve_device  # noqa: E402
 import weights  # noqa: E402
@@ -75,12 +75,8 @@ def xdog_sketcher(spec: str = XDOG_DEFAULT, size: int | None = None) -> Sketcher
 def tom_sketcher(checkpoint, device, vgg_features: torch.nn.Module | None = None) -> Sketcher:
     """A TOM checkpoint (sketch_styletransfer/train.py; file or run folder): photo -> binary sketch,
     at the size TOM was trained at. VGG16 features come from weights.vgg16_features() unless given."""
-    path = resolve_checkpoint(checkpoint)
-    ckpt = read_checkpoint(path)
-    try:
-        generator = generator_from_checkpoint(ckpt, path).to(device)
-    except ValueError as e:
-        raise CheckpointError(str(e)) from None
+    generator, ckpt = load_tom(checkpoint)
+    generator = generator.to(device)
     size = int(ckpt["config"].get("im_size", TOM_SIZE))
     if vgg_features is None:
         vgg_features = weights.vgg16_features()

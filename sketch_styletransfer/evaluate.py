@@ -29,11 +29,11 @@ from tqdm import tqdm
 
 import weights
 from datasets import FolderDataset, require_images, to_float
-from errors import cli
+from errors import UserError, cli
 from fileio import check_apart, check_writable, save_png
-from sketch_styletransfer.tom_models import (VGGFeatures, check_size, generator_from_checkpoint, sketch_photos,
+from sketch_styletransfer.tom_models import (VGGFeatures, check_size, sketch_photos,
                                              to_sketch)
-from sketch_styletransfer.train import RunError, read_checkpoint, resolve_checkpoint
+from checkpoints import find_checkpoint, load_tom
 from training import resolve_device
 
 
@@ -60,7 +60,7 @@ def checkpoint_labels(paths: list[Path]) -> list[str]:
     stems = [p.stem for p in paths]
     labels = [f"{_run_name(p)}_{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
     if len(set(labels)) < len(labels):
-        raise RunError(f"checkpoints would write into the same folder: {', '.join(map(str, paths))}")
+        raise UserError(f"checkpoints would write into the same folder: {', '.join(map(str, paths))}")
     return labels
 
 
@@ -79,14 +79,14 @@ def make_sketches(vgg_features: nn.Module, checkpoints: list, path_content, path
     """Write every (checkpoint, threshold) sketch folder; returns {folders, written, kept, unreadable}."""
     device = torch.device(device)
     vgg = VGGFeatures(vgg_features).to(device)
-    paths = list(dict.fromkeys(resolve_checkpoint(c) for c in checkpoints))  # same file twice: once
+    paths = list(dict.fromkeys(find_checkpoint(c, "tom") for c in checkpoints))  # same file twice: once
     labels = checkpoint_labels(paths)
     result_dir = Path(path_result)
     by_size: dict[int, FolderDataset] = {}   # the photo folder at each output size
     folders, written, kept, unreadable = [], 0, 0, set()
     for path, label in zip(paths, labels):
-        ckpt = read_checkpoint(path)
-        generator = generator_from_checkpoint(ckpt, path).to(device)
+        generator, ckpt = load_tom(path)
+        generator = generator.to(device)
         side = size or int(ckpt["config"]["im_size"])
         check_size(side)
         data = by_size.setdefault(side, FolderDataset(path_content, side, "RGB", nested=True))
@@ -159,7 +159,7 @@ Example:
     device = resolve_device(args.device)
     check_apart([args.path_result], [args.path_content], nested=True)  # the photos are read with sub-folders
     for checkpoint in args.checkpoint:  # refuse bad inputs before loading the VGG weights
-        resolve_checkpoint(checkpoint)
+        find_checkpoint(checkpoint, "tom")
     require_images(args.path_content, nested=True)
     check_writable(args.path_result, folder=True)
     if vgg_features is None:  # only the command line needs the pretrained weights

@@ -7,13 +7,11 @@ discriminator reads per-image Gram matrices of pool2..pool4.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fileio import CheckpointError
 from models import spectral_norm  # the reference's power iteration, as in its TOM
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -159,14 +157,3 @@ def check_size(size: int) -> None:
     """The generator upsamples pool3 by 8: the side must be a multiple of 8 (and VGG needs >= 32)."""
     if size < 32 or size % 8:
         raise ValueError(f"image size {size}: must be a multiple of 8 and at least 32")
-
-
-def generator_from_checkpoint(ckpt: dict, path: Path | str = "checkpoint") -> TOMGenerator:
-    """Rebuild the generator of a TOM checkpoint as train.read_checkpoint returns it (its width comes
-    from the run's args, its `config`)."""
-    g = TOMGenerator(nfc=int(ckpt["config"].get("nfc", 128)))
-    try:
-        g.load_state_dict(ckpt["state"]["networks"]["g"])
-    except (KeyError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: generator weights do not fit ({str(e).splitlines()[0]})") from None
-    return g.eval()

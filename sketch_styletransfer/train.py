@@ -43,7 +43,8 @@ import weights
 from datasets import (DataError, FolderDataset, InfiniteSampler, RandomStream, iteration_generator, mix_seed,
                       paired_crop_flip, require_images, to_float)
 from errors import UserError, cli
-from fileio import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, locked_folder, newest_checkpoint, write_json
+from checkpoints import find_checkpoint
+from fileio import load_checkpoint, locked_folder, write_json
 from losses import d_hinge  # the style discriminator's: real sketches above +1, generated below -1
 from sketch_styletransfer.tom_models import (THRESHOLD, StyleDiscriminator, TOMGenerator, VGGFeatures, check_size,
                                              content_loss, gram_input, gram_loss, sketch_photos, to_sketch)
@@ -51,7 +52,6 @@ from training import (LoopOptions, NanGuard, Runtime, StageResult, from_rank0, j
                       resolve_device, run_stage, seed_everything, stoppable_batches)
 
 KIND = "tom"
-FORMAT = CHECKPOINT_FORMAT  # 2: training.checkpoint's layout (config, state); 1: networks, optimizers, args at the top
 CROP_SCALE = 292 / 256   # the reference resizes 256 px training images to 292, then crops 256
 DEFAULTS = dict(path_a=None, path_b=None, im_size=256, batch_size=4, total_iter=5000, lr=2e-4, mse_weight=0.2,
                 gram_weight=1.0, nfc=128, seed=0, save_interval=500, image_interval=100, log_interval=100,
@@ -68,7 +68,7 @@ class TOMTrainer:
     """TOM's networks, optimizers and data, and one training iteration (D step, then G step): a
     training.Stage, run by training.run_stage. `args` are the run's (DEFAULTS fill the missing ones)."""
 
-    kind, format = KIND, FORMAT
+    kind = KIND
 
     def __init__(self, vgg_features: nn.Sequential, args: dict, runtime: Runtime | None = None):
         self.args = {**DEFAULTS, **args}
@@ -212,34 +212,6 @@ def fixed_photos(folder, size: int, n: int) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- run folder, checkpoints
 
-def resolve_checkpoint(path) -> Path:
-    """A checkpoint file, or a run folder (or its checkpoints/ folder) -> its newest checkpoint."""
-    path = Path(path)
-    if path.is_dir():
-        last = newest_checkpoint(path, ("checkpoints",))
-        if last is None:
-            raise CheckpointError(f"no checkpoint in {path}")
-        return last
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    return path
-
-
-def read_checkpoint(path, map_location="cpu") -> dict:
-    """A TOM checkpoint in training.checkpoint's layout (config: the run's args; state: networks,
-    optimizers, arch). Format 1, written before TOM ran in the common loop, is read in that layout
-    too (it keeps its format number: it makes sketches, resuming it is refused)."""
-    ckpt = load_checkpoint(path, map_location=map_location, kind=KIND)
-    if ckpt.get("format") == 1:
-        args = ckpt["args"]
-        return {"kind": KIND, "format": 1, "iteration": ckpt["iteration"], "config": args,
-                "state": {"networks": ckpt["networks"], "optimizers": ckpt.get("optimizers", {}),
-                          "arch": {"nfc": args.get("nfc", DEFAULTS["nfc"])}}}
-    if ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: TOM checkpoint format {ckpt.get('format')}, this code reads {FORMAT}")
-    return ckpt
-
-
 def run_folder_of(checkpoint: Path) -> Path:
     """The run folder a checkpoint file belongs to."""
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
@@ -262,12 +234,8 @@ def plan_run(options: dict) -> Plan:
     """Merge CLI options (None: not given) with a resumed run's args, else the defaults; check the run folder."""
     path, saved = None, {}
     if options.get("checkpoint"):
-        path = resolve_checkpoint(options["checkpoint"])
-        ckpt = read_checkpoint(path)
-        if ckpt["format"] != FORMAT:
-            raise RunError(f"{path}: a format-{ckpt['format']} TOM checkpoint (written before TOM shared the "
-                           f"training loop) still makes sketches but cannot be resumed: start a new run")
-        saved = ckpt["config"]
+        path = find_checkpoint(options["checkpoint"], KIND)
+        saved = load_checkpoint(path, kind=KIND)["config"]
     args = {k: options[k] if options.get(k) is not None else saved.get(k, default) for k, default in DEFAULTS.items()}
     counts = []
     for key in ("path_a", "path_b"):

@@ -5,7 +5,7 @@ from a few forward passes, and the two final RGB convolutions (the decoder's and
 generator's) solved by ridge regression so that the model draws random line sketches as dark
 strokes on the exemplar's mean colour. Its outputs follow the drawn strokes and change with the
 exemplar: what the app's tests need to see through a browser, at no training cost. It is saved
-with `models.save_exported`, so the app loads it like any exported model.
+with `checkpoints.save_exported`, so the app loads it like any exported model.
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models import AutoEncoder, Trained, build_generator, save_exported
+from checkpoints import Trained, save_exported
+from models import AutoEncoder, build_generator
 
 NFC = 8
 INK = -0.9  # target value of a stroke pixel (near black)

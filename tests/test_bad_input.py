@@ -27,7 +27,7 @@ from training import Runtime, check_arch
 from datasets import DataError, PairedDataset, load_image, pair_folders
 from fileio import LOCK_FILE, CheckpointDir, CheckpointError, JsonlLog, load_checkpoint, locked_folder, save_checkpoint
 from lpips.metric import main as lpips_main
-from models import find_checkpoint
+from checkpoints import find_checkpoint
 from sketch_styletransfer import evaluate as tom_evaluate
 from sketch_styletransfer import train as tom_train
 from sketch_styletransfer import xdog

@@ -14,9 +14,9 @@ import inference
 import train
 from conftest import tiny_train_args
 from evaluate import generate_mix
-from fileio import CheckpointDir, CheckpointError, load_checkpoint
+from fileio import CheckpointDir, CheckpointError, load_checkpoint, save_checkpoint
 from inference import SketchToImage
-from models import EXPORT_FORMAT, exported_checksum, is_exported
+from checkpoints import EXPORT_FORMAT, exported_checksum, is_exported, load_tom
 
 
 @pytest.fixture(scope="module")
@@ -123,13 +123,14 @@ def test_export_refuses_in_one_line(run_dir, exported, tmp_path, capsys):
 def test_a_full_disk_is_one_line_and_leaves_no_file(run_dir, tmp_path, monkeypatch, capsys):
     """Issue 25 item 28: not safetensors' SafetensorError traceback, but "no space left on <folder>"."""
     import builtins
-    import models
+
+    import checkpoints
     from test_fileio import _FullDisk
 
     def full(file, mode="r", *args, **kwargs):
         f = builtins.open(file, mode, *args, **kwargs)
         return _FullDisk(f) if "w" in mode else f
-    monkeypatch.setattr(models, "open", full, raising=False)
+    monkeypatch.setattr(checkpoints, "open", full, raising=False)
     assert export.main([str(run_dir), "--out", str(tmp_path / "m.safetensors")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: no space left on {tmp_path} (writing m.safetensors)") and "\n" not in err
@@ -163,7 +164,6 @@ def test_bad_safetensors_files_are_one_line(exported, tmp_path):
 def test_a_model_without_preset_or_with_a_config_that_is_not_a_dict_is_one_line(run_dir, exported, tmp_path, capsys):
     """Issue 25 item 28: every consumer (from_pretrained: inference, app, export, benchmark, evaluate; TOM's
     reader) says which file, in one line, instead of a KeyError or AttributeError traceback."""
-    from sketch_styletransfer.train import read_checkpoint
     with safe_open(str(exported), framework="pt") as f:
         meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     arch = json.loads(meta["arch"])
@@ -172,9 +172,9 @@ def test_a_model_without_preset_or_with_a_config_that_is_not_a_dict_is_one_line(
     _save(tensors, tmp_path / "list_config.safetensors", {**meta, "config": "[1, 2]"})
     ckpt = load_checkpoint(CheckpointDir(run_dir / "gan" / "checkpoints").last())
     del ckpt["state"]["arch"]["preset"]
-    torch.save(ckpt, tmp_path / "no_preset.pt")
-    torch.save({**ckpt, "config": "DATA_NAME=demo"}, tmp_path / "text_config.pt")
-    torch.save({"kind": "tom", "format": 2, "config": ["nfc", 8], "state": {}}, tmp_path / "tom.pt")
+    save_checkpoint(ckpt, tmp_path / "no_preset.pt")
+    save_checkpoint({**ckpt, "config": "DATA_NAME=demo"}, tmp_path / "text_config.pt")
+    save_checkpoint({"kind": "tom", "config": ["nfc", 8], "state": {}}, tmp_path / "tom.pt")
     cases = {"no_preset.safetensors": "names no preset", "list_config.safetensors": "config is a list",
              "no_preset.pt": "names no preset", "text_config.pt": "'config' entry is a str"}
     for name, expected in cases.items():
@@ -185,7 +185,7 @@ def test_a_model_without_preset_or_with_a_config_that_is_not_a_dict_is_one_line(
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and expected in err and "\n" not in err
     with pytest.raises(CheckpointError, match="'config' entry is a list, not a dict of settings"):
-        read_checkpoint(tmp_path / "tom.pt")
+        load_tom(tmp_path / "tom.pt")
 
 
 def test_exports_have_the_checkpoints_guarantees(run_dir, exported, tmp_path):

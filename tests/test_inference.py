@@ -16,7 +16,7 @@ from conftest import tiny_config, tiny_train_args
 from evaluate import generate_image_matrix, generate_mix, style_transfer
 from fileio import CheckpointDir, CheckpointError, load_checkpoint
 from inference import SketchToImage
-from models import load_trained
+from checkpoints import load_trained
 from stages import GANStage, runtime_for
 
 
@@ -290,8 +290,8 @@ def test_tom_sketcher(model, test_dirs, tmp_path):
     from fileio import save_checkpoint
     from sketch_styletransfer.tom_models import TOMGenerator
     _, image_dir = test_dirs
-    ckpt = {"kind": "tom", "format": 1, "iteration": 0, "args": {"nfc": 8, "im_size": 64},
-            "networks": {"g": TOMGenerator(nfc=8).state_dict()}}
+    ckpt = {"kind": "tom", "iteration": 0, "config": {"nfc": 8, "im_size": 64},
+            "state": {"networks": {"g": TOMGenerator(nfc=8).state_dict()}}}
     save_checkpoint(ckpt, tmp_path / "tom.pt")
     sketcher = style_transfer.tom_sketcher(tmp_path / "tom.pt", "cpu", vgg_features=weights.build_vgg16_features())
     photo = Image.open(sorted(image_dir.iterdir())[0])

@@ -12,7 +12,7 @@ import train
 from conftest import tiny_train_args
 from evaluate import quality as Q
 from fileio import load_checkpoint, save_checkpoint
-from models import find_checkpoint
+from checkpoints import find_checkpoint
 
 FLAT = {"kind": "flat"}
 SQUARE = {"kind": "square", "cx": 0.5, "cy": 0.5, "r": 0.3, "rotation": 0.0, "fill": 1}

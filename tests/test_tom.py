@@ -13,11 +13,11 @@ import torch
 import torchvision
 from PIL import Image
 
-from fileio import LOCK_FILE, CheckpointDir, load_checkpoint, locked_folder, save_checkpoint
+from fileio import CHECKPOINT_FORMAT, LOCK_FILE, CheckpointDir, load_checkpoint, locked_folder
 from sketch_styletransfer import evaluate as E
 from sketch_styletransfer import tom_models as M
 from sketch_styletransfer import train as T
-from training import NanGuard, checkpoint, rng_state
+from training import NanGuard, checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--im_size", "32", "--batch_size", "2", "--nfc", "8", "--workers", "0", "--device", "cpu",
@@ -110,7 +110,7 @@ def test_resume_continues_the_count_and_matches_an_uninterrupted_run(vgg, demo_r
 
     a = load_checkpoint(CheckpointDir(straight / "checkpoints").last(), kind="tom")
     b = load_checkpoint(CheckpointDir(split / "checkpoints").last(), kind="tom")
-    assert a["iteration"] == b["iteration"] == 4 and a["format"] == T.FORMAT == 2
+    assert a["iteration"] == b["iteration"] == 4 and a["format"] == CHECKPOINT_FORMAT
     for net in ("g", "d"):
         for key, value in a["state"]["networks"][net].items():
             assert torch.equal(value, b["state"]["networks"][net][key]), (net, key)
@@ -200,29 +200,6 @@ def test_nan_policy_skip_skips_the_bad_update_and_goes_on(vgg, demo_root, tmp_pa
     ckpt = load_checkpoint(CheckpointDir(out / "checkpoints").last(), kind="tom")
     assert ckpt["iteration"] == 4 and ckpt["config"]["nan_policy"] == "skip"
     assert all(int(s["step"]) == 3 for s in ckpt["state"]["optimizers"]["g"]["state"].values())  # G skipped once
-
-
-def test_format_1_checkpoints_make_sketches_but_do_not_resume(vgg, demo_root, tmp_path, capsys):
-    """TOM's checkpoints before it ran in training.run_stage: networks, optimizers and args at the top."""
-    torch.manual_seed(0)
-    args = {**T.DEFAULTS, "path_a": str(demo_root / "train" / "images"), "path_b": str(demo_root / "test" / "sketches"),
-            "im_size": 32, "nfc": 8}
-    state = T.TOMTrainer(vgg, args).state_dict()
-    old = tmp_path / "old" / "ckpt_00000002.pt"
-    save_checkpoint({"kind": "tom", "format": 1, "iteration": 2, "networks": state["networks"],
-                     "optimizers": state["optimizers"], "args": args, "rng": rng_state()}, old)
-    generator = M.generator_from_checkpoint(T.read_checkpoint(old), old)
-    for key, value in state["networks"]["g"].items():
-        assert torch.equal(generator.state_dict()[key], value), key
-    photos = demo_root / "test" / "images"
-    argv = ["--path_content", str(photos), "--path_result", str(tmp_path / "sketches"), "--checkpoint", str(old),
-            "--workers", "0", "--device", "cpu"]
-    assert E.main(argv, vgg_features=vgg) == 0
-    with Image.open(next((tmp_path / "sketches" / "ckpt_00000002_t0.7").iterdir())) as sk:
-        assert sk.size == (32, 32)  # the size it was trained at, from its args
-    capsys.readouterr()
-    assert T.main(["--checkpoint", str(old), "--total_iter", "4", "--out", str(tmp_path / "new")], vgg_features=vgg) == 1
-    assert "format-1 TOM checkpoint" in capsys.readouterr().err and not (tmp_path / "new").exists()
 
 
 def test_evaluate_writes_paired_sketches_per_checkpoint_and_threshold(vgg, demo_root, tmp_path, capsys):

@@ -7,7 +7,7 @@ import torch
 import train
 from conftest import tiny_config, tiny_train_args
 from fileio import CheckpointDir, JsonlLog, load_checkpoint, save_checkpoint
-from models import load_trained
+from checkpoints import load_trained
 from stages import AEStage, GANStage, runtime_for
 from training import EMA, NanGuard, run_stage
 
@@ -186,12 +186,3 @@ def test_fid_interval_without_held_out_set_is_refused(demo_root, tmp_path, capsy
     no_held_out = ("TEST_IMAGE_DIR=none", "TEST_SKETCH_DIR=none")
     assert train.main(_args(demo_root, tmp_path, "TRIAL_NAME=f", *no_held_out, "FID_INTERVAL=2")) == 1
     assert "FID_INTERVAL > 0 needs a held-out set" in capsys.readouterr().err
-
-
-def test_a_gan_checkpoint_from_before_generator_resumes_by_its_preset(demo_root, demo_pairs, tmp_path, ae_file):
-    from training import check_arch
-    stage, _ = _gan(demo_root, demo_pairs, tmp_path, ae_file)
-    old = {k: v for k, v in stage.arch().items() if k != "generator"}  # written before GENERATOR was recorded
-    check_arch(stage.upgrade_arch(old), stage.arch(), tmp_path / "old.pt")  # the demo preset named "art"
-    with pytest.raises(Exception, match="generator=face"):
-        check_arch({**old, "generator": "face"}, stage.arch(), tmp_path / "other.pt")

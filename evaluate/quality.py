@@ -283,8 +283,10 @@ def baseline_method(data: HeldOut, mean: np.ndarray) -> Method:
 
 # --------------------------------------------------------------------------- the benchmark
 
-def score_case(output: np.ndarray, data: HeldOut, kind: str, i: int, j: int, dirs: np.ndarray) -> dict:
-    """Every score of one output for sketch i in the style of image j."""
+def score_case(output: np.ndarray, data: HeldOut, kind: str, i: int, j: int, dirs: np.ndarray,
+               truth: tuple | None = None) -> dict:
+    """Every score of one output for sketch i in the style of image j; `truth`: the demo data's
+    (exact answer, region labels, pure pixels) of the case."""
     scores = {"edge_f": edge_f(image_lines(output), data.lines[i], TOLERANCE * data.size)}
     if kind == "own":
         scores.update(psnr=psnr(output, data.pixels[i]), ssim=ssim(output, data.pixels[i]))
@@ -292,9 +294,8 @@ def score_case(output: np.ndarray, data: HeldOut, kind: str, i: int, j: int, dir
         lab = rgb2lab(output).reshape(-1, 3)
         scores["style_sw"] = sliced_wasserstein(lab, data.lab[j], dirs)
         scores["closer"] = float(scores["style_sw"] < sliced_wasserstein(lab, data.lab[i], dirs))
-    if data.scenes is not None:
-        labels, pure = regions(demo_data.restyle(data.scenes[i], data.scenes[j])["shapes"], data.size)
-        scores.update(truth_scores(output, data.truth(i, j), labels, pure))
+    if truth is not None:
+        scores.update(truth_scores(output, *truth))
     return scores
 
 
@@ -302,13 +303,19 @@ def evaluate(methods: list[Method], data: HeldOut, swaps: int = 4, batch_size: i
              progress: bool = True) -> dict:
     """Score every method's rows on every case; returns {"summary": ..., "cases": [...]}."""
     todo, dirs, records = cases(len(data.stems), swaps), directions(), []
+    regions_of = {}  # the demo data's region map of sketch i: its shapes' geometry, whatever the style
     for start in tqdm(range(0, len(todo), batch_size), desc="quality", disable=not progress, dynamic_ncols=True):
         batch = todo[start:start + batch_size]
         sketch_idx, style_idx = [c[1] for c in batch], [c[2] for c in batch]
         outputs = {name: rows for method in methods for name, rows in method(sketch_idx, style_idx).items()}
         for b, (kind, i, j) in enumerate(batch):
+            truth = None
+            if data.scenes is not None:
+                if i not in regions_of:
+                    regions_of[i] = regions(data.scenes[i]["shapes"], data.size)
+                truth = (data.truth(i, j), *regions_of[i])
             record = {"kind": kind, "sketch": data.stems[i], "style": data.stems[j]}
-            record.update({name: score_case(rows[b], data, kind, i, j, dirs) for name, rows in outputs.items()})
+            record.update({name: score_case(rows[b], data, kind, i, j, dirs, truth) for name, rows in outputs.items()})
             records.append(record)
     return {"summary": summarise(records), "cases": records}
 

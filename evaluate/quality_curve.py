@@ -19,21 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmark import markdown_table  # noqa: E402
 from errors import cli  # noqa: E402
 from evaluate import quality as Q  # noqa: E402
-from fileio import CheckpointDir, CheckpointError, JsonlLog, check_writable, write_json  # noqa: E402
+from checkpoints import stage_checkpoints  # noqa: E402
+from fileio import CheckpointError, JsonlLog, check_writable, write_json  # noqa: E402
 
 STAGES = ("ae", "gan")
-
-
-def checkpoints(run: Path) -> list[tuple[str, int, Path]]:
-    """(stage, iteration, file) of every loadable checkpoint of the run, AE stage first."""
-    found = []
-    for stage in STAGES:
-        folder = run / stage / "checkpoints"
-        if folder.is_dir():
-            found += [(stage, it, path) for it, path in CheckpointDir(folder, kind=stage).all()]
-    if not found:
-        raise CheckpointError(f"no checkpoint in {run}/ae/checkpoints or {run}/gan/checkpoints")
-    return found
 
 
 def training_seconds(run: Path, stage: str, iteration: int) -> float:
@@ -52,7 +41,7 @@ def curve(run, out, swaps: int, n: int, device: str) -> list[dict]:
     """One entry per checkpoint: stage, iteration, minutes of training before it, the benchmark summary."""
     run, out = Path(run), Path(out)
     points = []
-    for stage, it, path in checkpoints(run):
+    for stage, it, path in stage_checkpoints(run):
         minutes = training_seconds(run, stage, it) / 60
         result = Q.run(path, out / f"{stage}_{it:08d}", swaps=swaps, n=n, device=device, progress=False)
         row = Q.AE if stage == "ae" else Q.MODEL

@@ -285,7 +285,7 @@ def test_ablation_studies_name_real_settings_and_folders():
 
 def test_quality_curve_scores_every_checkpoint_of_a_run(demo_root, run_dir, tmp_path, capsys):
     from evaluate import quality_curve
-    found = quality_curve.checkpoints(run_dir)
+    found = quality_curve.stage_checkpoints(run_dir)
     assert [s for s, _, _ in found] == sorted(s for s, _, _ in found) and {s for s, _, _ in found} == {"ae", "gan"}
     out = tmp_path / "curve"
     assert quality_curve.main(["--run", str(run_dir), "--swaps", "1", "--out", str(out), "--device", "cpu"]) == 0

@@ -91,8 +91,8 @@ class Config:
     W_CONTENT: float = 1.0                   # content consistency (margin loss over sketch variants)
     CONTENT_MARGIN: float = 2.0              # margin of the content consistency loss
     W_REC_MSE: float = 1.0                   # AE reconstruction: mean squared error
-    W_REC_L1: float = 0.0                    # AE reconstruction: L1 (step A only, as the reference's "shoe")
-    W_REC_L1_B: float = 0.0                  # AE step B reconstruction: L1 (the reference: none in any preset)
+    W_REC_L1_A: float = 0.0                  # AE step A (self-supervised) reconstruction: L1 (the reference's "shoe")
+    W_REC_L1_B: float = 0.0                  # AE step B (plain AE) reconstruction: L1 (reference: none in any preset)
     W_REC_LPIPS: float = 1.0                 # AE reconstruction: LPIPS-VGG (summed over the batch)
     W_GREY: float = 0.0                      # AE step B: grey-level loss under another image's style
     W_MI: float = 0.0                        # content/style mutual information (CLUB upper bound)
@@ -202,7 +202,7 @@ class Config:
         generator learns nothing from the image (the face and art presets' only GAN term is LPIPS)."""
         stages = {}
         if not self.TRAIN_GAN_ONLY:
-            stages["AE step A"] = ("W_REC_MSE", "W_REC_L1", "W_REC_LPIPS")
+            stages["AE step A"] = ("W_REC_MSE", "W_REC_L1_A", "W_REC_LPIPS")
             stages["AE step B"] = ("W_REC_MSE", "W_REC_L1_B", "W_REC_LPIPS")
         if not self.TRAIN_AE_ONLY:
             stages["GAN stage"] = ("W_GAN_MSE", "W_GAN_L1", "W_GAN_LPIPS")
@@ -245,7 +245,7 @@ class Config:
 # Each preset names its refine generator and lists what else differs from the field defaults (the
 # reference "art" settings). A new preset needs only an entry here: GENERATOR picks the network.
 ARCH_KEYS = ("DATA_NAME", "NFC", "IM_SIZE_AE", "IM_SIZE_GAN", "IM_SIZE_D")  # fixed for the life of a run
-NO_LPIPS_LOSSES = dict(W_REC_LPIPS=0.0, W_REC_L1=1.0, W_GAN_LPIPS=0.0, W_GAN_MSE=10.0, W_GAN_L1=10.0)
+NO_LPIPS_LOSSES = dict(W_REC_LPIPS=0.0, W_REC_L1_A=1.0, W_GAN_LPIPS=0.0, W_GAN_MSE=10.0, W_GAN_L1=10.0)
 PRESETS: dict[str, dict] = {
     "art": dict(GENERATOR="art"),    # WikiArt, 512 px AE, 1024 px GAN
     "face": dict(GENERATOR="face"),  # CelebA-HQ: as art, with the lighter face refine generator

@@ -23,7 +23,7 @@ def test_default_is_demo_and_presets_apply():
     assert (art.IM_SIZE_AE, art.IM_SIZE_GAN, art.NFC, art.BATCH_SIZE_AE, art.NBR_CLS) == (512, 1024, 64, 32, 500)
     assert art.ITERATION_AE == 100_000 and art.ITERATION_GAN == 200_000 and art.BETAS == (0.5, 0.999)
     shoe = C.preset("shoe")
-    assert shoe.W_REC_LPIPS == 0 and shoe.W_REC_L1 == 1 and shoe.W_GREY == 1 and shoe.W_GAN_GREY == 10
+    assert shoe.W_REC_LPIPS == 0 and shoe.W_REC_L1_A == 1 and shoe.W_GREY == 1 and shoe.W_GAN_GREY == 10
     assert C.preset("face").DATA_NAME == "face"
 
 
@@ -55,7 +55,7 @@ def test_overrides_are_typed():
     (["DATA_NAME=face", "W_REC_LPIPS=0", "W_GAN_LPIPS=0"], "the GAN stage has no reconstruction term"),
     (["DATA_NAME=art", "W_REC_LPIPS=0", "W_GAN_LPIPS=0"], "set one > 0 (without LPIPS the shoe preset has "
                                                           "W_GAN_MSE=10 W_GAN_L1=10)"),
-    (["W_REC_MSE=0", "W_REC_L1=0"], "the AE step A has no reconstruction term"),
+    (["W_REC_MSE=0", "W_REC_L1_A=0"], "the AE step A has no reconstruction term"),
     (["W_REC_MSE=0"], "the AE step B has no reconstruction term (W_REC_MSE, W_REC_L1_B, W_REC_LPIPS"),
     (["DATA_NAME=art", "IM_SIZE_AE=64", "IM_SIZE_GAN=128", "IM_SIZE_D=256"],
      "IM_SIZE_D=256: must be at most IM_SIZE_GAN (128)"),  # an explicit value is never changed
@@ -71,7 +71,7 @@ def test_bad_overrides_name_the_problem(args, message):
 
 def test_a_stage_that_does_not_run_needs_no_reconstruction_term():
     assert C.from_args(["DATA_NAME=face", "W_GAN_LPIPS=0", "TRAIN_AE_ONLY=true"]).W_GAN_LPIPS == 0
-    assert C.from_args(["W_REC_MSE=0", "W_REC_L1=0", "TRAIN_GAN_ONLY=true"]).W_REC_MSE == 0
+    assert C.from_args(["W_REC_MSE=0", "W_REC_L1_A=0", "TRAIN_GAN_ONLY=true"]).W_REC_MSE == 0
     assert C.from_args(["TRIAL_NAME=group/run"]).TRIAL_NAME == "group/run"  # a sub-folder stays inside
 
 

@@ -775,8 +775,8 @@ EXPORTED_NETWORKS = (*AE_NETWORKS, "generator")  # an exported file's tensor pre
 EXPORT_FORMAT = "sketch-to-image"  # safetensors metadata "format" of a file written by save_exported
 EXPORT_VERSION = "1"               # bump when the exported layout changes
 STAGE_CHECKPOINTS = {"ae": "an AE-stage checkpoint ('ae')", "gan": "a GAN-stage checkpoint ('gan')"}
-# Runs written before Config.GENERATOR name only their preset (DATA_NAME): the generator each preset
-# then chose, read for their checkpoints (generator_name) and config.json (config.Config.from_dict)
+# GAN checkpoints written before Config.GENERATOR name only their preset (DATA_NAME): the generator each
+# preset then chose, read for them by generator_name (config.json without GENERATOR is refused: Config.from_dict)
 PRESET_GENERATORS = {"art": "art", "face": "face", "shoe": "shoe", "demo": "art"}
 
 

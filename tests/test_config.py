@@ -95,15 +95,21 @@ def test_json_round_trip_and_type_check():
         C.Config.from_dict(cfg.to_dict() | {"NOPE": 1})
 
 
-def test_every_preset_names_its_generator_and_an_older_config_gets_its_presets():
+def test_every_preset_names_its_generator_and_an_older_config_is_refused(tmp_path):
     from models import GENERATORS
+    assert set(C.GENERATOR_NAMES) == set(GENERATORS)  # config.py names them without importing the networks
     for name, values in C.PRESETS.items():
         assert values["GENERATOR"] in GENERATORS and C.preset(name).GENERATOR == values["GENERATOR"], name
     assert C.preset("demo", GENERATOR="face").GENERATOR == "face"  # any preset with any generator
     old = C.preset("face").to_dict()
     del old["GENERATOR"]  # a run's config.json written before the setting existed
-    assert C.Config.from_dict(old).GENERATOR == "face"
-    assert C.Config.from_dict({**old, "DATA_NAME": "demo"}).GENERATOR == "art"
+    with pytest.raises(C.ConfigError, match="written by an older version of this code: start a new run"):
+        C.Config.from_dict(old)
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.json").write_text(json.dumps(old))
+    with pytest.raises(C.ConfigError) as err:  # on resume: one line naming the file
+        C.from_args([f"SAVE_FOLDER={tmp_path}", "TRIAL_NAME=r", "RESUME=true"])
+    assert str(err.value).startswith(f"{tmp_path / 'r' / 'config.json'}: settings without GENERATOR")
 
 
 def test_every_field_has_a_comment():

@@ -53,18 +53,18 @@ class ConfigError(UserError, ValueError):
     """An unknown setting or a value of the wrong type or range."""
 
 
-_group = ""
+_current_group = ""  # set by group() while the Config class body runs
 
 
 def group(title: str) -> None:
     """Start a group of settings in the Config class: a heading of `python train.py --help`."""
-    global _group
-    _group = title
+    global _current_group
+    _current_group = title
 
 
 def setting(default, comment: str):
-    """A Config field: its default and the comment that --help shows under it, in the current group."""
-    return dataclasses.field(default=default, metadata={"comment": comment, "group": _group})
+    """A Config field: its default, and the comment that --help shows under it in the current group."""
+    return dataclasses.field(default=default, metadata={"comment": comment, "group": _current_group})
 
 
 # To configure a run, use the EDIT HERE block above, not these defaults: every preset overrides some.

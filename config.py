@@ -13,27 +13,21 @@ train.py prints those that differ from the field defaults and where each came fr
 the same into the run folder (settings.txt). Nothing here touches the disk or the clock at
 import time.
 """
-from __future__ import annotations
-
 import dataclasses
 import difflib
-import inspect
 import json
 import math
-import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from errors import UserError
-from models import GENERATORS
 
 _NAMES_ABOVE_THE_BLOCK = set(globals())
 # =================================== EDIT HERE ===================================================
 # As in the original config.py: uncomment a line and change it. Any setting of `Config` below
 # may be set here; these values go on top of the preset, and `KEY=value` on the command line
-# goes on top of them. DATA_NAME picks the preset: "art", "face", "shoe" or "demo" (default).
+# goes on top of them. DATA_NAME picks the preset: "art", "face", "shoe", "portraits" or "demo" (default).
 # UPPER_CASE names are settings (a misspelt one is an error); lower-case names are your own helpers.
 # DATA_NAME = "art"
 # IMAGE_DIR = "data/art/train/images"
@@ -52,108 +46,123 @@ _USER_BLOCK = {k: v for k, v in globals().items() if k not in _NAMES_ABOVE_THE_B
                and not k.startswith("_")}
 
 DEFAULT_PRESET = "demo"  # what `python train.py` runs with no arguments
+GENERATOR_NAMES = ("art", "face", "shoe")  # models.GENERATORS (a test keeps the two equal; no network import here)
 
 
 class ConfigError(UserError, ValueError):
     """An unknown setting or a value of the wrong type or range."""
 
 
+_current_group = ""  # set by group() while the Config class body runs
+
+
+def group(title: str) -> None:
+    """Start a group of settings in the Config class: a heading of `python train.py --help`."""
+    global _current_group
+    _current_group = title
+
+
+def setting(default, comment: str):
+    """A Config field: its default, and the comment that --help shows under it in the current group."""
+    return dataclasses.field(default=default, metadata={"comment": comment, "group": _current_group})
+
+
 # To configure a run, use the EDIT HERE block above, not these defaults: every preset overrides some.
 @dataclass(frozen=True)
 class Config:
-    # --- data -------------------------------------------------------------------------------
-    DATA_NAME: str = "art"                   # preset: "art", "face", "shoe" or "demo"
-    IMAGE_DIR: Optional[str] = None          # folder of RGB training images (read flat)
-    SKETCH_DIRS: tuple[str, ...] = ()        # K >= 1 sketch folders, paired with IMAGE_DIR by file stem
-    TEST_IMAGE_DIR: Optional[str] = None     # held-out RGB images: FID and sample grids, never augmented
-    TEST_SKETCH_DIR: Optional[str] = None    # sketches of the held-out images (same stems)
-    DATALOADER_WORKERS: int = 8              # loader processes per GPU (0: load in the main process)
+    group("data")  # --------------------------------------------------------------------------
+    DATA_NAME: str = setting("art", 'preset: "art", "face", "shoe", "demo" or "portraits" (PRESETS)')
+    IMAGE_DIR: str | None = setting(None, "folder of RGB training images (read flat)")
+    SKETCH_DIRS: tuple[str, ...] = setting((), "K >= 1 sketch folders, paired with IMAGE_DIR by file stem")
+    TEST_IMAGE_DIR: str | None = setting(None, "held-out RGB images: FID and sample grids, never augmented")
+    TEST_SKETCH_DIR: str | None = setting(None, "sketches of the held-out images (same stems)")
+    DATALOADER_WORKERS: int = setting(8, "loader processes per GPU (0: load in the main process)")
 
-    # --- networks ---------------------------------------------------------------------------
-    NFC: int = 64                            # base width of every network (reference: 64)
-    NBR_CLS: int = 500                       # images per self-supervised subset = classes of the head
-    IM_SIZE_AE: int = 512                    # autoencoder resolution (64..512, a power of two)
-    IM_SIZE_GAN: int = 1024                  # final output resolution: IM_SIZE_AE or 2 * IM_SIZE_AE
-    IM_SIZE_D: int = 512                     # discriminator structure size (reference: 512 even at 1024 px);
-                                             # when not set, at most IM_SIZE_GAN
-    GENERATOR: str = "art"                   # refine generator architecture: "art", "face" or "shoe"
-                                             # (the art one without style input; models.GENERATORS)
+    group("networks")  # ----------------------------------------------------------------------
+    NFC: int = setting(64, "base width of every network (reference: 64)")
+    NBR_CLS: int = setting(500, "images per self-supervised subset = classes of the head")
+    IM_SIZE_AE: int = setting(512, "autoencoder resolution (64..512, a power of two)")
+    IM_SIZE_GAN: int = setting(1024, "final output resolution: IM_SIZE_AE or 2 * IM_SIZE_AE")
+    IM_SIZE_D: int = setting(512, "discriminator structure size (reference: 512 even at 1024 px); "
+                                  "when not set, at most IM_SIZE_GAN")
+    GENERATOR: str = setting("art", 'refine generator architecture: "art", "face" or "shoe" '
+                                    "(the art one without style input; models.GENERATORS)")
 
-    # --- AE stage ---------------------------------------------------------------------------
-    BATCH_SIZE_AE: int = 32                  # images per AE step, per process
-    ITERATION_AE: int = 100_000              # AE iterations (each = one self-supervised + one AE step)
-    LR_AE: float = 2e-4                      # Adam learning rate of encoders, decoder and head
-    LR_AE_AFTER_SWITCH: float = 1e-4         # lr of style encoder and decoder after the first subset switch
-    BETAS: tuple[float, float] = (0.5, 0.999)  # Adam betas of every optimizer of both stages
-    SUBSET_PASSES: int = 100                 # the subset moves on every NBR_CLS * SUBSET_PASSES // BATCH_SIZE_AE its
-    W_CLS: float = 1.0                       # instance classification (cross-entropy, both views)
-    W_STYLE: float = 1.0                     # style consistency (cosine, derangement negatives)
-    W_CONTENT: float = 1.0                   # content consistency (margin loss over sketch variants)
-    CONTENT_MARGIN: float = 2.0              # margin of the content consistency loss
-    W_REC_MSE: float = 1.0                   # AE reconstruction: mean squared error
-    W_REC_L1: float = 0.0                    # AE reconstruction: L1 (step A only, as the reference's "shoe")
-    W_REC_L1_B: float = 0.0                  # AE step B reconstruction: L1 (the reference: none in any preset)
-    W_REC_LPIPS: float = 1.0                 # AE reconstruction: LPIPS-VGG (summed over the batch)
-    W_GREY: float = 0.0                      # AE step B: grey-level loss under another image's style
-    W_MI: float = 0.0                        # content/style mutual information (CLUB upper bound)
-    MI_HIDDEN: int = 256                     # hidden width of the CLUB variational network
-    LPIPS_SIZE: int = 256                    # images are average-pooled to this size before LPIPS
+    group("AE stage")  # ----------------------------------------------------------------------
+    BATCH_SIZE_AE: int = setting(32, "images per AE step, per process")
+    ITERATION_AE: int = setting(100_000, "AE iterations (each = one self-supervised + one AE step)")
+    LR_AE: float = setting(2e-4, "Adam learning rate of encoders, decoder and head")
+    LR_AE_AFTER_SWITCH: float = setting(1e-4, "lr of style encoder and decoder after the first subset switch")
+    BETAS: tuple[float, float] = setting((0.5, 0.999), "Adam betas of every optimizer of both stages")
+    SUBSET_PASSES: int = setting(100, "the subset moves on every NBR_CLS * SUBSET_PASSES // BATCH_SIZE_AE "
+                                      "iterations")
+    W_CLS: float = setting(1.0, "instance classification (cross-entropy, both views)")
+    W_STYLE: float = setting(1.0, "style consistency (cosine, derangement negatives)")
+    W_CONTENT: float = setting(1.0, "content consistency (margin loss over sketch variants)")
+    CONTENT_MARGIN: float = setting(2.0, "margin of the content consistency loss")
+    W_REC_MSE: float = setting(1.0, "AE reconstruction, steps A and B: mean squared error")
+    W_REC_L1_A: float = setting(0.0, "AE step A (self-supervised) reconstruction: L1 (the reference's \"shoe\")")
+    W_REC_L1_B: float = setting(0.0, "AE step B (plain AE) reconstruction: L1 (the reference: none in any preset)")
+    W_REC_LPIPS: float = setting(1.0, "AE reconstruction, steps A and B: LPIPS-VGG (summed over the batch)")
+    W_GREY: float = setting(0.0, "AE step B: grey-level loss under another image's style")
+    W_MI: float = setting(0.0, "content/style mutual information (CLUB upper bound)")
+    MI_HIDDEN: int = setting(256, "hidden width of the CLUB variational network")
+    LPIPS_SIZE: int = setting(256, "images are average-pooled to this size before LPIPS")
 
-    # --- GAN stage --------------------------------------------------------------------------
-    BATCH_SIZE_GAN: int = 16                 # images per GAN step, per process
-    ITERATION_GAN: int = 200_000             # GAN iterations (reference: 20 epochs x 10,000)
-    LR_GAN: float = 2e-4                     # Adam learning rate of generator and discriminator
-    W_ADV: float = 1.0                       # generator hinge adversarial loss
-    W_GAN_MSE: float = 0.0                   # GAN reconstruction: mean squared error
-    W_GAN_L1: float = 0.0                    # GAN reconstruction: L1
-    W_GAN_LPIPS: float = 10.0                # GAN reconstruction: LPIPS-VGG (summed over the batch)
-    W_GAN_GREY: float = 0.0                  # GAN grey-level loss under another image's style
-    EMA_DECAY: float = 0.999                 # generator EMA; grids and FID use the EMA weights
-    SAMPLE_BN: str = "running"               # BatchNorm of the EMA generator in grids, FID and inference:
-                                             # "running" statistics or each batch's (the reference: "batch")
+    group("GAN stage")  # ---------------------------------------------------------------------
+    BATCH_SIZE_GAN: int = setting(16, "images per GAN step, per process")
+    ITERATION_GAN: int = setting(200_000, "GAN iterations (reference: 20 epochs x 10,000)")
+    LR_GAN: float = setting(2e-4, "Adam learning rate of generator and discriminator")
+    W_ADV: float = setting(1.0, "generator hinge adversarial loss")
+    W_GAN_MSE: float = setting(0.0, "GAN reconstruction: mean squared error")
+    W_GAN_L1: float = setting(0.0, "GAN reconstruction: L1")
+    W_GAN_LPIPS: float = setting(10.0, "GAN reconstruction: LPIPS-VGG (summed over the batch)")
+    W_GAN_GREY: float = setting(0.0, "GAN grey-level loss under another image's style")
+    EMA_DECAY: float = setting(0.999, "generator EMA; grids and FID use the EMA weights")
+    SAMPLE_BN: str = setting("running", "BatchNorm of the EMA generator in grids, FID and inference: "
+                                        '"running" statistics or each batch\'s (the reference: "batch")')
 
-    # --- sampling and augmentation of the paired data (defaults are the reference's) --------
-    PAIRED_FLIP: bool = False                # random horizontal flip in AE step B and the GAN stage (reference:
-                                             # none; the self-supervised step A always flips, as the reference)
-    SKETCH_SET_WEIGHTS: tuple[float, ...] = ()  # odds of the K sketch sets in AE step B and the GAN stage;
-                                             # () = the reference's: 1 per set, 2 for the last (K=3: 1/4, 1/4, 1/2)
-    SKETCH_SET_PER: str = "batch"            # draw the sketch set once per "batch" (reference) or per "item"
-    SS_SKETCH_SETS: str = "last"             # sketches of the self-supervised step A: the "last" set (reference)
-                                             # or "all" (drawn as in step B)
+    group("sampling and augmentation of the paired data (defaults are the reference's)")  # ---------
+    PAIRED_FLIP: bool = setting(False, "random horizontal flip in AE step B and the GAN stage (reference: none; "
+                                       "the self-supervised step A always flips, as the reference)")
+    SKETCH_SET_WEIGHTS: tuple[float, ...] = setting((), "odds of the K sketch sets in AE step B and the GAN stage; "
+                                                        "() = the reference's: 1 per set, 2 for the last "
+                                                        "(K=3: 1/4, 1/4, 1/2)")
+    SKETCH_SET_PER: str = setting("batch", 'draw the sketch set once per "batch" (reference) or per "item"')
+    SS_SKETCH_SETS: str = setting("last", 'sketches of the self-supervised step A: the "last" set (reference) '
+                                          'or "all" (drawn as in step B)')
 
-    # --- logging, evaluation, checkpoints ---------------------------------------------------
-    LOG_INTERVAL: int = 100                  # iterations between JSON-lines log records
-    SAVE_IMAGE_INTERVAL: int = 500           # iterations between PNG sample grids
-    SAVE_MODEL_INTERVAL: int = 2000          # iterations between checkpoints
-    KEEP_CHECKPOINTS: int = 3                # newest checkpoints kept per stage
-    FID_INTERVAL: int = 2000                 # GAN iterations between FIDs on the held-out set (0: off)
-    FID_N_SAMPLES: int = 5000                # generated images per FID (at most the held-out set size)
-    GRID_N: int = 8                          # images per row of a sample grid
-    LOGGER: str = "none"                     # "tensorboard": also scalars and grids in <stage>/tensorboard
+    group("logging, evaluation, checkpoints")  # ----------------------------------------------
+    LOG_INTERVAL: int = setting(100, "iterations between JSON-lines log records")
+    SAVE_IMAGE_INTERVAL: int = setting(500, "iterations between PNG sample grids")
+    SAVE_MODEL_INTERVAL: int = setting(2000, "iterations between checkpoints")
+    KEEP_CHECKPOINTS: int = setting(3, "newest checkpoints kept per stage")
+    FID_INTERVAL: int = setting(2000, "GAN iterations between FIDs on the held-out set (0: off)")
+    FID_N_SAMPLES: int = setting(5000, "generated images per FID (at most the held-out set size)")
+    GRID_N: int = setting(8, "images per row of a sample grid")
+    LOGGER: str = setting("none", '"tensorboard": also scalars and grids in <stage>/tensorboard')
 
-    # --- run --------------------------------------------------------------------------------
-    SAVE_FOLDER: str = "train_results"       # parent folder of run folders
-    TRIAL_NAME: Optional[str] = None         # run folder name (default: <DATA_NAME>-<date>-<time>)
-    RESUME: bool = False                     # continue TRIAL_NAME's stages from their last checkpoints
-    PRETRAINED_AE_PATH: Optional[str] = None  # AE checkpoint (file or run folder) for the GAN stage
-    TRAIN_AE_ONLY: bool = False              # stop after the AE stage
-    TRAIN_GAN_ONLY: bool = False             # skip the AE stage (needs PRETRAINED_AE_PATH or RESUME)
-    DEVICE: str = "auto"                     # "auto" (cuda if present), "cpu", "cuda", "cuda:1", ...
-    BF16: bool = True                        # bf16 autocast on CUDA and on CPUs with native bf16 (false: fp32)
-    CHANNELS_LAST: bool = True               # channels-last memory format on CUDA
-    COMPILE: bool = False                    # torch.compile the networks (CUDA)
-    SYNC_BN: bool = False                    # SyncBatchNorm under DDP
-    SEED: int = 0                            # seeds data order, augmentation and initialisation
-    DETERMINISTIC: bool = False              # deterministic kernels (for exact-resume checks)
-    NAN_POLICY: str = "stop"                 # a NaN/Inf loss: "stop" the run or "skip" the step
-    NAN_SKIP_LIMIT: int = 20                 # NAN_POLICY=skip: stop after this many skips in a row of one update
+    group("run")  # ---------------------------------------------------------------------------
+    SAVE_FOLDER: str = setting("train_results", "parent folder of run folders")
+    TRIAL_NAME: str | None = setting(None, "run folder name (default: <DATA_NAME>-<date>-<time>)")
+    RESUME: bool = setting(False, "continue TRIAL_NAME's stages from their last checkpoints")
+    PRETRAINED_AE_PATH: str | None = setting(None, "AE checkpoint (file or run folder) for the GAN stage")
+    TRAIN_AE_ONLY: bool = setting(False, "stop after the AE stage")
+    TRAIN_GAN_ONLY: bool = setting(False, "skip the AE stage (needs PRETRAINED_AE_PATH or RESUME)")
+    DEVICE: str = setting("auto", '"auto" (cuda if present), "cpu", "cuda", "cuda:1", ...')
+    BF16: bool = setting(True, "bf16 autocast on CUDA and on CPUs with native bf16 (false: fp32)")
+    CHANNELS_LAST: bool = setting(True, "channels-last memory format on CUDA")
+    COMPILE: bool = setting(False, "torch.compile the networks (CUDA)")
+    SYNC_BN: bool = setting(False, "SyncBatchNorm under DDP")
+    SEED: int = setting(0, "seeds data order, augmentation and initialisation")
+    DETERMINISTIC: bool = setting(False, "deterministic kernels (for exact-resume checks)")
+    NAN_POLICY: str = setting("stop", 'a NaN/Inf loss: "stop" the run or "skip" the step')
+    NAN_SKIP_LIMIT: int = setting(20, "NAN_POLICY=skip: stop after this many skips in a row of one update")
 
     def __post_init__(self):
-        _check_choice("DATA_NAME", self.DATA_NAME, PRESETS)
-        _check_choice("GENERATOR", self.GENERATOR, GENERATORS)
-        _check_choice("NAN_POLICY", self.NAN_POLICY, ("stop", "skip"))
-        self._check_sampling()
-        _check_choice("LOGGER", self.LOGGER, ("none", "tensorboard"))
+        for name, choices in {"DATA_NAME": PRESETS, **CHOICES}.items():
+            _check_choice(name, getattr(self, name), choices)
+        self._check_sketch_sets()
         for name in ("IM_SIZE_AE", "IM_SIZE_GAN", "IM_SIZE_D"):
             size = getattr(self, name)
             if size < 64 or size & (size - 1):
@@ -202,7 +211,7 @@ class Config:
         generator learns nothing from the image (the face and art presets' only GAN term is LPIPS)."""
         stages = {}
         if not self.TRAIN_GAN_ONLY:
-            stages["AE step A"] = ("W_REC_MSE", "W_REC_L1", "W_REC_LPIPS")
+            stages["AE step A"] = ("W_REC_MSE", "W_REC_L1_A", "W_REC_LPIPS")
             stages["AE step B"] = ("W_REC_MSE", "W_REC_L1_B", "W_REC_LPIPS")
         if not self.TRAIN_AE_ONLY:
             stages["GAN stage"] = ("W_GAN_MSE", "W_GAN_L1", "W_GAN_LPIPS")
@@ -212,10 +221,7 @@ class Config:
                 raise ConfigError(f"the {stage} has no reconstruction term ({', '.join(names)} are all 0): set "
                                   f"one > 0" + (f" (without LPIPS the shoe preset has {hint})" if hint else ""))
 
-    def _check_sampling(self) -> None:
-        _check_choice("SAMPLE_BN", self.SAMPLE_BN, ("running", "batch"))
-        _check_choice("SKETCH_SET_PER", self.SKETCH_SET_PER, ("batch", "item"))
-        _check_choice("SS_SKETCH_SETS", self.SS_SKETCH_SETS, ("last", "all"))
+    def _check_sketch_sets(self) -> None:
         weights = self.SKETCH_SET_WEIGHTS
         if weights and (not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0):
             raise ConfigError(f"SKETCH_SET_WEIGHTS={','.join(map(str, weights))}: finite, non-negative, not all 0")
@@ -232,18 +238,27 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: dict) -> "Config":
-        """Rebuild from `to_dict()` output (e.g. a run's config.json), type-checked. A config written
-        before GENERATOR existed gets the one its preset then chose (models.PRESET_GENERATORS)."""
-        return cls(**{key: _coerce(key, value) for key, value in _known(values).items()})
+        """Rebuild from `to_dict()` output (e.g. a run's config.json), type-checked."""
+        if "GENERATOR" not in values:  # its default would silently build another network than the run's
+            raise ConfigError("settings without GENERATOR: written by an older version of this code: start a new run")
+        return cls(**{key: _typed(key, value) for key, value in values.items()})
 
     def replace(self, **changes) -> "Config":
-        return dataclasses.replace(self, **{k: _coerce(k, v) for k, v in _known(changes).items()})
+        return dataclasses.replace(self, **{key: _typed(key, value) for key, value in changes.items()})
 
 
+_FIELDS = dataclasses.fields(Config)  # in the class's order
+_DEFAULTS = {f.name: f.default for f in _FIELDS}
+_FLOATS = [f.name for f in _FIELDS if f.type is float]
+
+
+# The settings that take one of a few words (DATA_NAME: a key of PRESETS)
+CHOICES = dict(GENERATOR=GENERATOR_NAMES, SAMPLE_BN=("running", "batch"), SKETCH_SET_PER=("batch", "item"),
+               SS_SKETCH_SETS=("last", "all"), LOGGER=("none", "tensorboard"), NAN_POLICY=("stop", "skip"))
 # Each preset names its refine generator and lists what else differs from the field defaults (the
 # reference "art" settings). A new preset needs only an entry here: GENERATOR picks the network.
 ARCH_KEYS = ("DATA_NAME", "NFC", "IM_SIZE_AE", "IM_SIZE_GAN", "IM_SIZE_D")  # fixed for the life of a run
-NO_LPIPS_LOSSES = dict(W_REC_LPIPS=0.0, W_REC_L1=1.0, W_GAN_LPIPS=0.0, W_GAN_MSE=10.0, W_GAN_L1=10.0)
+NO_LPIPS_LOSSES = dict(W_REC_LPIPS=0.0, W_REC_L1_A=1.0, W_GAN_LPIPS=0.0, W_GAN_MSE=10.0, W_GAN_L1=10.0)
 PRESETS: dict[str, dict] = {
     "art": dict(GENERATOR="art"),    # WikiArt, 512 px AE, 1024 px GAN
     "face": dict(GENERATOR="face"),  # CelebA-HQ: as art, with the lighter face refine generator
@@ -288,11 +303,11 @@ def preset(name: str, **overrides) -> Config:
     values = {**PRESETS[name], **overrides, "DATA_NAME": name}
     if "IM_SIZE_D" not in overrides and "IM_SIZE_GAN" in overrides:  # D's size follows a smaller output size
         values["IM_SIZE_D"] = min(values.get("IM_SIZE_D", _DEFAULTS["IM_SIZE_D"]),
-                                  _coerce("IM_SIZE_GAN", overrides["IM_SIZE_GAN"]))
+                                  _typed("IM_SIZE_GAN", overrides["IM_SIZE_GAN"]))
     return Config().replace(**values)
 
 
-def _check_trial_name(name: Optional[str]) -> None:
+def _check_trial_name(name: str | None) -> None:
     """A run folder stays inside SAVE_FOLDER: TRIAL_NAME is a relative name (sub-folders allowed), no '..'."""
     if name is None:
         return
@@ -309,9 +324,7 @@ def parse_overrides(args: list[str]) -> dict:
         key, sep, text = arg.partition("=")
         if not sep:
             raise ConfigError(f"'{arg}': expected KEY=value (e.g. BATCH_SIZE_AE=8)")
-        key = key.strip()
-        _check_known(key)
-        out[key] = _parse(key, text.strip())
+        out[key.strip()] = _typed(key.strip(), text.strip(), cli=True)
     return out
 
 
@@ -345,7 +358,10 @@ def _resumed(wanted: dict) -> Config:
                           f"also in its checkpoints, under 'config')") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{run_dir / 'config.json'} is damaged: not a JSON object of settings")
-    saved = Config.from_dict(values)
+    try:
+        saved = Config.from_dict(values)
+    except ConfigError as e:
+        raise ConfigError(f"{run_dir / 'config.json'}: {e}") from None
     changed = [k for k in ARCH_KEYS if k in wanted and wanted[k] != getattr(saved, k)]
     if changed:
         raise ConfigError(f"run {run_dir} was trained with " + ", ".join(f"{k}={getattr(saved, k)}" for k in changed)
@@ -354,19 +370,15 @@ def _resumed(wanted: dict) -> Config:
 
 
 def user_settings() -> dict:
-    """The EDIT HERE block's values, typed; a ConfigError names config.py and the bad line's setting."""
-    out = {}
-    for key, value in _USER_BLOCK.items():
-        try:
-            _check_known(key)
-            text_ok = isinstance(value, str) and _is_optional(_HINTS[key])[1] is not str
-            out[key] = _parse(key, value) if text_ok else _coerce(key, value)
-        except ConfigError as e:
-            raise ConfigError(f"config.py (EDIT HERE block): {e}") from None
-    return out
+    """The EDIT HERE block's values, typed (text for a setting that is not a str is parsed as on the
+    command line); a ConfigError names config.py and the bad line's setting."""
+    try:
+        return {key: _typed(key, value) for key, value in _USER_BLOCK.items()}
+    except ConfigError as e:
+        raise ConfigError(f"config.py (EDIT HERE block): {e}") from None
 
 
-def resolve(cli: dict, base: Optional[Config] = None, base_name: str = "") -> tuple[Config, dict[str, str]]:
+def resolve(cli: dict, base: Config | None = None, base_name: str = "") -> tuple[Config, dict[str, str]]:
     """The config of a run and the origin of each setting that is not a field default.
 
     `cli`: typed command-line overrides (parse_overrides). Without `base`, the preset that
@@ -384,7 +396,7 @@ def resolve(cli: dict, base: Optional[Config] = None, base_name: str = "") -> tu
             origins["IM_SIZE_D"] = "follows IM_SIZE_GAN"  # preset()
     else:
         cfg = base.replace(**wanted)
-        origins = {k: base_name for k in _HINTS if getattr(base, k) != _DEFAULTS[k]}
+        origins = {k: base_name for k in _DEFAULTS if getattr(base, k) != _DEFAULTS[k]}
     origins.update({k: "config.py" for k in user})
     origins.update({k: "command line" for k in cli})
     return cfg, origins
@@ -394,7 +406,7 @@ def settings_report(cfg: Config, origins: dict[str, str]) -> str:
     """Every setting that differs from its field default, or that config.py or the command line set,
     with where it came from: what train.py prints at start and writes to <run>/settings.txt."""
     explicit = ("config.py", "command line")
-    rows = [(k, origins.get(k, "default"), _text(getattr(cfg, k))) for k in _HINTS
+    rows = [(k, origins.get(k, "default"), _text(getattr(cfg, k))) for k in _DEFAULTS
             if getattr(cfg, k) != _DEFAULTS[k] or origins.get(k) in explicit]
     key_w, origin_w = (max((len(r[i]) for r in rows), default=0) for i in (0, 1))
     return (f"{len(rows)} settings differ from the Config defaults or were set in config.py or on the command "
@@ -404,58 +416,22 @@ def settings_report(cfg: Config, origins: dict[str, str]) -> str:
 
 def help_text(cfg: Config, origins: dict[str, str]) -> str:
     """Every setting, grouped as in the Config class: type, value under `cfg` (and its origin), comment."""
-    out = []
-    for group, fields in _groups():
-        out.append(f"\n{group}:")
-        for key, comment in fields:
-            origin = origins.get(key)
-            value = (_text(getattr(cfg, key)) or "(empty)") + (f"   [{origin}]" if origin else "")
-            out.append(f"  {key} ({_type_name(_HINTS[key])}) = {value}\n      {comment}")
+    out, heading = [], None
+    for f in _FIELDS:
+        if f.metadata["group"] != heading:
+            heading = f.metadata["group"]
+            out.append(f"\n{heading}:")
+        origin = origins.get(f.name)
+        value = (_text(getattr(cfg, f.name)) or "(empty)") + (f"   [{origin}]" if origin else "")
+        out.append(f"  {f.name} ({_type_name(f.name)}) = {value}\n      {f.metadata['comment']}")
     return "\n".join(out)
-
-
-def _groups() -> list[tuple[str, list[tuple[str, str]]]]:
-    """(group title, [(setting, its one-line comment)]) in the order of the Config class source."""
-    groups: list[tuple[str, list]] = []
-    for line in inspect.getsource(Config).splitlines():
-        stripped = line.strip()
-        if stripped.startswith("# ---"):
-            title = stripped.strip("#- ")
-            if title == "conversions":
-                break
-            groups.append((title, []))
-        elif groups and ":" in stripped and stripped.split(":")[0] in _HINTS:
-            groups[-1][1].append((stripped.split(":")[0], stripped.partition("#")[2].strip()))
-    return groups
 
 
 def _text(value) -> str:
     """A value as it is written on the command line (tuples comma-separated, none, true/false)."""
-    if value is None or isinstance(value, bool):
-        return str(value).lower()
     if isinstance(value, tuple):
         return ",".join(map(str, value))
-    return str(value)
-
-
-# --------------------------------------------------------------------------- type checking
-
-_HINTS = typing.get_type_hints(Config)
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}  # the field defaults
-_FLOATS = [name for name, tp in _HINTS.items() if tp is float]
-
-
-def _check_known(key: str) -> None:
-    if key not in _HINTS:
-        close = difflib.get_close_matches(key, _HINTS, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise ConfigError(f"unknown setting '{key}'{hint}")
-
-
-def _known(values: dict) -> dict:
-    for key in values:
-        _check_known(key)
-    return values
+    return str(value).lower() if value is None or isinstance(value, bool) else str(value)
 
 
 def _check_choice(name, value, choices) -> None:
@@ -463,79 +439,54 @@ def _check_choice(name, value, choices) -> None:
         raise ConfigError(f"{name}={value!r}: must be one of {', '.join(map(repr, choices))}")
 
 
-def _is_optional(tp) -> tuple[bool, type]:
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
-        return True, next(a for a in args if a is not type(None))
-    return False, tp
+# --------------------------------------------------------------------------- types of the settings
+
+def _declared(f: dataclasses.Field) -> tuple[type, bool]:
+    """A field's type without None, and whether None is allowed: `str | None` -> (str, True)."""
+    args = typing.get_args(f.type)
+    return (next(a for a in args if a is not type(None)), True) if type(None) in args else (f.type, False)
 
 
-def _parse(key: str, text: str):
-    """Command-line text -> value of the field's type."""
-    optional, tp = _is_optional(_HINTS[key])
-    if optional and text.lower() in ("none", "null", ""):
+_TYPES = {f.name: _declared(f) for f in _FIELDS}
+_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def _typed(key: str, value, cli: bool = False):
+    """`value` as setting `key`'s declared type, or a one-line ConfigError naming the key. Text for a
+    setting that is not a str is parsed: true/false words, numbers, a tuple comma-separated; on the
+    command line (`cli`) none, null or nothing is None where None is allowed."""
+    if key not in _TYPES:
+        close = difflib.get_close_matches(key, _TYPES, n=1)
+        raise ConfigError(f"unknown setting '{key}'" + (f" (did you mean {close[0]}?)" if close else ""))
+    tp, optional = _TYPES[key]
+    text = isinstance(value, str) and (cli or tp is not str)
+    if optional and (value is None or text and value.lower() in ("none", "null", "")):
         return None
-    if typing.get_origin(tp) is tuple:
-        return _coerce(key, [part.strip() for part in text.split(",") if part.strip()])
-    if tp is bool:
-        lowered = text.lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{key}={text!r}: expected true or false")
-    return _coerce(key, text)
+    if typing.get_origin(tp) is not tuple:
+        return _scalar(key, value, tp, value)
+    items = [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+    kinds = typing.get_args(tp)
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(f"{key}={value!r}: expected {_type_name(key)}")
+    kinds = kinds[:1] * len(items) if kinds[-1] is Ellipsis else kinds
+    if len(items) != len(kinds):
+        raise ConfigError(f"{key}={value!r}: expected {len(kinds)} values")
+    return tuple(_scalar(key, value, kind, item) for kind, item in zip(kinds, items))
 
 
-def _coerce(key: str, value):
-    """A value (from Python, JSON or text) -> the field's type, or ConfigError."""
-    optional, tp = _is_optional(_HINTS[key])
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{key}=None: a value is required")
-    try:
-        if typing.get_origin(tp) is tuple:
-            if isinstance(value, str) or not isinstance(value, (list, tuple)):
-                raise TypeError
-            args = typing.get_args(tp)
-            if len(args) == 2 and args[1] is Ellipsis:
-                return tuple(_scalar(args[0], v) for v in value)
-            if len(value) != len(args):
-                raise ConfigError(f"{key}={value!r}: expected {len(args)} values")
-            return tuple(_scalar(a, v) for a, v in zip(args, value))
-        return _scalar(tp, value)
-    except (TypeError, ValueError) as e:
-        if isinstance(e, ConfigError):
-            raise
-        raise ConfigError(f"{key}={value!r}: expected {_type_name(_HINTS[key])}") from None
+def _scalar(key: str, whole, tp: type, value):
+    """One bool, int, float or str of setting `key` (`whole` its value, for the message); an int is a float."""
+    if isinstance(value, str) and tp is not str:
+        try:
+            value = _WORDS.get(value.lower(), value) if tp is bool else tp(value)  # int("8.5"): ValueError
+        except ValueError:
+            pass
+    if type(value) is tp or tp is float and type(value) is int:
+        return tp(value)
+    raise ConfigError(f"{key}={whole!r}: expected " + ("true or false" if tp is bool else _type_name(key)))
 
 
-def _scalar(tp, value):
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise TypeError
-        return value
-    if tp is int:
-        if isinstance(value, bool) or isinstance(value, float):
-            raise TypeError
-        return int(value)  # int("8.5") raises ValueError
-    if tp is float:
-        if isinstance(value, bool):
-            raise TypeError
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise TypeError
-        return value
-    raise TypeError
-
-
-def _type_name(tp) -> str:
-    optional, inner = _is_optional(tp)
-    if typing.get_origin(inner) is tuple:
-        args = typing.get_args(inner)
-        inner_name = f"comma-separated {args[0].__name__}s"
-    else:
-        inner_name = inner.__name__
-    return f"{inner_name} or none" if optional else inner_name
+def _type_name(key: str) -> str:
+    tp, optional = _TYPES[key]
+    name = f"comma-separated {typing.get_args(tp)[0].__name__}s" if typing.get_origin(tp) is tuple else tp.__name__
+    return name + (" or none" if optional else "")

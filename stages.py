@@ -62,7 +62,7 @@ class AEStage:
                     "head": adam(self.head.parameters(), cfg.LR_AE, cfg.BETAS, runtime.device)}
         if self.club is not None:
             self.opt["club"] = adam(self.club.parameters(), cfg.LR_AE, cfg.BETAS, runtime.device)
-        self.reconstruction = L.Reconstruction(cfg.W_REC_MSE, cfg.W_REC_L1, cfg.W_REC_LPIPS, lpips, cfg.LPIPS_SIZE)
+        self.reconstruction = L.Reconstruction(cfg.W_REC_MSE, cfg.W_REC_L1_A, cfg.W_REC_LPIPS, lpips, cfg.LPIPS_SIZE)
         self.reconstruction_b = L.Reconstruction(cfg.W_REC_MSE, cfg.W_REC_L1_B, cfg.W_REC_LPIPS, lpips, cfg.LPIPS_SIZE)
         self.ss_data = SelfSupervisedDataset(pairs, size, self.nbr_cls, seed=cfg.SEED)
         self.paired_data = PairedDataset(pairs, size)

@@ -585,7 +585,7 @@ def test_default_run_names_are_unique_within_one_second(demo_root, tmp_path, mon
                                         ("BETAS=2,0.5", "BETAS=2.0,0.5: each must be in [0, 1)"),
                                         ("LR_GAN=-1", "LR_GAN=-1.0: must be positive"),
                                         ("W_ADV=inf", "W_ADV=inf: must be a finite number"),
-                                        ("W_REC_L1=-1", "loss weight must be >= 0"),
+                                        ("W_REC_L1_A=-1", "loss weight must be >= 0"),
                                         ("EMA_DECAY=nan", "EMA_DECAY=nan"),
                                         ("IM_SIZE_D=128", "IM_SIZE_D=128: must be at most IM_SIZE_GAN (64)"),
                                         ("NAN_SKIP_LIMIT=0", "NAN_SKIP_LIMIT=0: must be positive"),

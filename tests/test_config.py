@@ -1,5 +1,6 @@
 """config.py: presets, overrides and their errors, JSON round trip, no side effects at import."""
 import ast
+import dataclasses
 import inspect
 import json
 import shutil
@@ -23,7 +24,7 @@ def test_default_is_demo_and_presets_apply():
     assert (art.IM_SIZE_AE, art.IM_SIZE_GAN, art.NFC, art.BATCH_SIZE_AE, art.NBR_CLS) == (512, 1024, 64, 32, 500)
     assert art.ITERATION_AE == 100_000 and art.ITERATION_GAN == 200_000 and art.BETAS == (0.5, 0.999)
     shoe = C.preset("shoe")
-    assert shoe.W_REC_LPIPS == 0 and shoe.W_REC_L1 == 1 and shoe.W_GREY == 1 and shoe.W_GAN_GREY == 10
+    assert shoe.W_REC_LPIPS == 0 and shoe.W_REC_L1_A == 1 and shoe.W_GREY == 1 and shoe.W_GAN_GREY == 10
     assert C.preset("face").DATA_NAME == "face"
 
 
@@ -55,7 +56,7 @@ def test_overrides_are_typed():
     (["DATA_NAME=face", "W_REC_LPIPS=0", "W_GAN_LPIPS=0"], "the GAN stage has no reconstruction term"),
     (["DATA_NAME=art", "W_REC_LPIPS=0", "W_GAN_LPIPS=0"], "set one > 0 (without LPIPS the shoe preset has "
                                                           "W_GAN_MSE=10 W_GAN_L1=10)"),
-    (["W_REC_MSE=0", "W_REC_L1=0"], "the AE step A has no reconstruction term"),
+    (["W_REC_MSE=0", "W_REC_L1_A=0"], "the AE step A has no reconstruction term"),
     (["W_REC_MSE=0"], "the AE step B has no reconstruction term (W_REC_MSE, W_REC_L1_B, W_REC_LPIPS"),
     (["DATA_NAME=art", "IM_SIZE_AE=64", "IM_SIZE_GAN=128", "IM_SIZE_D=256"],
      "IM_SIZE_D=256: must be at most IM_SIZE_GAN (128)"),  # an explicit value is never changed
@@ -69,9 +70,31 @@ def test_bad_overrides_name_the_problem(args, message):
     assert message in str(err.value)
 
 
+@pytest.mark.parametrize("arg, value", [
+    ("RESUME=on", True), ("RESUME=OFF", False), ("RESUME=1", True), ("RESUME=0", False), ("RESUME=no", False),
+    ("TRIAL_NAME=null", None), ("TRIAL_NAME=", None), ("TRIAL_NAME=run", "run"), ("ITERATION_AE=1_000", 1000),
+    ("LR_AE=1e-3", 1e-3), ("SKETCH_SET_WEIGHTS=1, 2,", (1.0, 2.0)), ("SKETCH_SET_WEIGHTS=", ())])
+def test_command_line_text_is_parsed_by_the_declared_type(arg, value):
+    key = arg.partition("=")[0]
+    parsed = C.parse_overrides([arg])[key]
+    assert parsed == value and type(parsed) is type(value)
+
+
+def test_python_and_json_values_are_type_checked():
+    cfg = C.preset("art", BETAS=[0.9, 0.99], LR_AE=1, SKETCH_DIRS=["a"], RESUME=False)  # a JSON list is a tuple
+    assert cfg.BETAS == (0.9, 0.99) and type(cfg.LR_AE) is float and cfg.SKETCH_DIRS == ("a",)
+    for key, value, message in [
+            ("NFC", 8.0, "NFC=8.0: expected int"), ("RESUME", 1, "RESUME=1: expected true or false"),
+            ("SAVE_FOLDER", 3, "SAVE_FOLDER=3: expected str"), ("NFC", None, "NFC=None: expected int"),
+            ("BETAS", [0.9], "expected 2 values"), ("SKETCH_DIRS", [1], "expected comma-separated strs")]:
+        with pytest.raises(C.ConfigError) as err:
+            C.preset("art", **{key: value})
+        assert message in str(err.value) and "\n" not in str(err.value), key
+
+
 def test_a_stage_that_does_not_run_needs_no_reconstruction_term():
     assert C.from_args(["DATA_NAME=face", "W_GAN_LPIPS=0", "TRAIN_AE_ONLY=true"]).W_GAN_LPIPS == 0
-    assert C.from_args(["W_REC_MSE=0", "W_REC_L1=0", "TRAIN_GAN_ONLY=true"]).W_REC_MSE == 0
+    assert C.from_args(["W_REC_MSE=0", "W_REC_L1_A=0", "TRAIN_GAN_ONLY=true"]).W_REC_MSE == 0
     assert C.from_args(["TRIAL_NAME=group/run"]).TRIAL_NAME == "group/run"  # a sub-folder stays inside
 
 
@@ -95,22 +118,26 @@ def test_json_round_trip_and_type_check():
         C.Config.from_dict(cfg.to_dict() | {"NOPE": 1})
 
 
-def test_every_preset_names_its_generator_and_an_older_config_gets_its_presets():
+def test_every_preset_names_its_generator_and_an_older_config_is_refused(tmp_path):
     from models import GENERATORS
+    assert set(C.GENERATOR_NAMES) == set(GENERATORS)  # config.py names them without importing the networks
     for name, values in C.PRESETS.items():
         assert values["GENERATOR"] in GENERATORS and C.preset(name).GENERATOR == values["GENERATOR"], name
     assert C.preset("demo", GENERATOR="face").GENERATOR == "face"  # any preset with any generator
     old = C.preset("face").to_dict()
     del old["GENERATOR"]  # a run's config.json written before the setting existed
-    assert C.Config.from_dict(old).GENERATOR == "face"
-    assert C.Config.from_dict({**old, "DATA_NAME": "demo"}).GENERATOR == "art"
+    with pytest.raises(C.ConfigError, match="written by an older version of this code: start a new run"):
+        C.Config.from_dict(old)
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.json").write_text(json.dumps(old))
+    with pytest.raises(C.ConfigError) as err:  # on resume: one line naming the file
+        C.from_args([f"SAVE_FOLDER={tmp_path}", "TRIAL_NAME=r", "RESUME=true"])
+    assert str(err.value).startswith(f"{tmp_path / 'r' / 'config.json'}: settings without GENERATOR")
 
 
-def test_every_field_has_a_comment():
-    source = (ROOT / "config.py").read_text().splitlines()
-    for name in C.Config.__dataclass_fields__:
-        line = next(l for l in source if l.strip().startswith(f"{name}:"))
-        assert "#" in line, f"field {name} has no one-line comment"
+def test_every_field_has_a_comment_and_a_group():
+    for field in dataclasses.fields(C.Config):
+        assert field.metadata["comment"].strip() and field.metadata["group"], f"field {field.name}: no comment or group"
 
 
 def test_import_has_no_side_effects(tmp_path):

@@ -235,11 +235,11 @@ def test_step_a_draws_twelve_derangements(demo_root, demo_pairs, tmp_path, monke
 
 def test_shoe_step_b_reconstruction_has_no_l1(demo_root, demo_pairs, tmp_path):
     """Item 10. The reference's "shoe" step A is MSE + L1, its step B MSE (+ grey) only:
-    W_REC_L1 weighs step A, W_REC_L1_B (0 in every preset) step B."""
+    W_REC_L1_A weighs step A, W_REC_L1_B (0 in every preset) step B."""
     import config as C
     shoe = C.preset("shoe")
-    assert (shoe.W_REC_L1, shoe.W_REC_L1_B) == (1.0, 0.0)
-    stage = _ae_stage(demo_root, demo_pairs, tmp_path, W_REC_L1=1.0, W_REC_LPIPS=0.0)
+    assert (shoe.W_REC_L1_A, shoe.W_REC_L1_B) == (1.0, 0.0)
+    stage = _ae_stage(demo_root, demo_pairs, tmp_path, W_REC_L1_A=1.0, W_REC_LPIPS=0.0)
     fake, real = torch.zeros(2, 3, 8, 8), torch.full((2, 3, 8, 8), 0.5)
     assert set(stage.reconstruction(fake, real)) == {"mse", "l1", "total"}
     assert set(stage.reconstruction_b(fake, real)) == {"mse", "total"}

@@ -1,29 +1,28 @@
-"""Training speed: seconds per step of a preset's AE and GAN stages under execution settings, timed in
-interleaved rounds, each in a fresh process, with every ratio taken against the first setting of the
-same run.
+"""Training speed: seconds per step of a preset's AE and GAN stages under execution settings, in
+interleaved rounds, each measurement a fresh process; every ratio is against the first setting, measured
+in the same run.
 
-    python bench_speed.py                                          # demo preset: fp32 vs bf16 (and more)
+Inputs: a preset (and KEY=value settings on top of it), its training data; the settings to compare.
+Outputs: a table on stdout; --out: JSON with the machine (CPU model, its bf16 flags), versions, every round.
+Examples:
+    python bench_speed.py                                           # demo preset: fp32 vs bf16 and more
     python bench_speed.py --preset portraits --settings fp32 bf16 bf16,cl bf16,compile --out bench.json
-    python bench_speed.py --settings bf16 bf16,passive bf16,threads=1 --busy yes   # beside a busy process
-    python bench_speed.py --device cuda --preset art --batch-ae 32 --batch-gan 16 --settings fp32,ref bf16,cl
+    python bench_speed.py --settings bf16 bf16,passive bf16,threads=1 --busy yes    # beside a busy process
+    python bench_speed.py --device cuda --preset art --settings fp32,ref bf16,cl    # on a GPU
 
-A setting is comma-separated tokens:
-  fp32 | bf16   precision (bf16: autocast on the device; it runs anywhere, it is fast only where native)
-  cl            channels-last memory format
-  compile       torch.compile the networks (the first step, which compiles, is timed apart)
-  threads=N     torch threads (default: torch's own choice, one per core)
-  passive       OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning
-  ref           the reference code's updates: Adam's per-parameter loop, a host sync per loss per step
-  data          the whole loop body with its data loading (default: pre-decoded batches, compute only)
---busy yes|train runs a load beside the whole benchmark: one busy process, or a second training.
+A setting is comma-separated tokens: fp32 | bf16 (autocast; fast only where native); cl (channels-last);
+compile (torch.compile; the compiling first step is timed apart); threads=N (torch threads); passive
+(OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning); ref (the reference's updates:
+Adam's per-parameter loop, a host sync per loss per step); data (the whole loop body with its data
+loading; default: pre-decoded batches, compute only). --busy yes|train runs a load beside the benchmark:
+a busy process, or a second training.
 
-Each (round, setting, stage) is a fresh Python process (OMP_WAIT_POLICY acts only when a process
-starts); rounds interleave the settings, so a noisy machine slows them alike; medians are reported.
-Step 1 of every setting starts from the same weights and batch and runs at learning rate 0, so its
-losses are the networks' numerics alone; they are checked against the first setting's: to 1e-4
-relative between fp32 settings, within BF16_TOLERANCE once bf16 is involved. On CUDA also peak memory and MFU (one step's FLOPs, counted by torch's FlopCounterMode,
-over the GPU's dense bf16 or TF32 peak). Prints a table; --out writes JSON (machine with its CPU
-flags, versions, every round). The exit code is 1 if a loss check failed.
+Each (round, setting, stage) is a fresh process (OMP_WAIT_POLICY acts only when a process starts);
+rounds interleave the settings; medians are reported. Step 1 of every setting starts from the same
+weights and batch at learning rate 0, so its losses are the networks' numerics alone; they must match
+the first setting's to 1e-4 relative between fp32 settings, within BF16_TOLERANCE once bf16 is
+involved (exit code 1 otherwise). On CUDA also peak memory and MFU (one step's FLOPs, from torch's
+FlopCounterMode, over the GPU's dense bf16 or TF32 peak).
 """
 from __future__ import annotations
 

@@ -1,20 +1,19 @@
 """A real data set in one command: the painted character portraits of Battle for Wesnoth.
 
-    python portraits.py                         # data/portraits: fetch, extract, split, XDoG sketches
-    python portraits.py --deb wesnoth-1.16-data_1.16.9-1_all.deb    # a .deb you downloaded (no apt needed)
+Inputs: Debian's package wesnoth-1.16-data (GPL-2.0-or-later), fetched with `apt-get download` and
+        checked against the SHA-256 apt lists, or a .deb you downloaded (--deb).
+Outputs: in --out (default data/portraits): train/ and test/ as prepare_data.py makes them (images,
+         three XDoG sketch sets), ARTISTS and copyright (the package's credits and licence), source.json.
+Examples:
+    python portraits.py
+    python portraits.py --deb wesnoth-1.16-data_1.16.9-1_all.deb --out data/portraits
 
-Debian's package `wesnoth-1.16-data` (GPL-2.0-or-later) holds 241 painted half-length portraits
-(400-600 px, RGBA on transparent backgrounds; artists credited in its `portraits/ARTISTS`). This
-command gets the package with `apt-get download` (unprivileged wherever apt is configured), checks
-its SHA-256 against the one apt lists (`apt-cache show`), reads only the portraits out of it in
-Python (a .deb is an `ar` archive holding `data.tar.xz`), puts each on a flat white background,
-pads it to a square (centred, standing on the bottom edge) at --size px, and hands the folder to
-prepare_data.py: a held-out split and three XDoG sketch sets. The .deb is deleted afterwards.
-
-Outputs in OUT (default data/portraits): originals/<faction>__<name>.png, train/ and test/ as
-prepare_data.py makes them, ARTISTS and copyright (the package's credits and licence), and
-source.json (package, version, SHA-256, licence, counts). Deterministic: the same package gives
-the same bytes. Idempotent: a complete OUT is left as it is.
+The package holds 241 painted half-length portraits (400-600 px, RGBA on transparent backgrounds;
+their artists are credited in its portraits/ARTISTS). Only those are read out of it, in Python (a .deb
+is an `ar` archive holding data.tar.xz); each is put on a flat white background and padded to a
+square (centred, standing on the bottom edge) at --size px, then split and sketched by prepare_data.
+The .deb is deleted afterwards. Deterministic: the same package gives the same bytes. Idempotent: a
+complete --out is left as it is.
 """
 from __future__ import annotations
 

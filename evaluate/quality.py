@@ -37,6 +37,7 @@ original, AE output, output), and prints the table.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 import warnings
@@ -116,18 +117,25 @@ def edge_f(lines: np.ndarray, reference: np.ndarray, tolerance: float) -> float:
     return float(2 * precision * recall / (precision + recall)) if precision + recall else 0.0
 
 
+@functools.cache
 def directions(n: int = SW_DIRECTIONS, seed: int = 0) -> np.ndarray:
     """n fixed unit vectors in 3-d (the same every run)."""
     d = np.random.default_rng(seed).normal(size=(n, 3))
     return d / np.linalg.norm(d, axis=1, keepdims=True)
 
 
-def sliced_wasserstein(a: np.ndarray, b: np.ndarray, dirs: np.ndarray) -> float:
-    """Mean over `dirs` of the 1-d Wasserstein-1 distance between the projections of two equally large
-    point sets (N, 3), e.g. the Lab colours of two images' pixels."""
-    assert a.shape == b.shape, "sliced_wasserstein compares equally large point sets"
-    pa, pb = np.sort(a @ dirs.T, axis=0), np.sort(b @ dirs.T, axis=0)
-    return float(np.mean(np.abs(pa - pb)))
+def projections(points: np.ndarray, dirs: np.ndarray) -> np.ndarray:
+    """The sorted 1-d projections (len(dirs), N) of a point set (N, 3) on `dirs`: what sliced_wasserstein
+    compares (the held-out images' are computed once)."""
+    return np.sort((dirs @ points.T).astype(np.float32), axis=1)
+
+
+def sliced_wasserstein(a: np.ndarray, b: np.ndarray, dirs: np.ndarray | None = None) -> float:
+    """Mean over `dirs` of the 1-d Wasserstein-1 distance between two equally large point sets (N, 3), e.g.
+    the Lab colours of two images' pixels; with dirs None, `a` and `b` are already their `projections`."""
+    pa, pb = (a, b) if dirs is None else (projections(a, dirs), projections(b, dirs))
+    assert pa.shape == pb.shape, "sliced_wasserstein compares equally large point sets"
+    return float(np.mean(np.abs(pa - pb), dtype=np.float64))
 
 
 def colour_transfer(image: np.ndarray, exemplar: np.ndarray) -> np.ndarray:
@@ -195,7 +203,7 @@ class HeldOut:
     images: list[Path]
     sketch_files: list[Path]
     pixels: list[np.ndarray]
-    lab: list[np.ndarray]
+    colours: list[np.ndarray]          # sorted projections of each image's Lab colours (sliced Wasserstein)
     lines: list[np.ndarray]
     size: int
     scenes: list[dict] | None = None   # the demo data's scene of every image: its exact answers
@@ -219,7 +227,8 @@ def load_held_out(images, sketches, size: int, n: int = 0) -> HeldOut:
     pixels = [read_rgb(image, size) for image, _ in files]
     grey = [to_uint8_tensor(resize(load_image(sketch, "L"), size))[0].numpy() / 255 for _, sketch in files]
     return HeldOut([p.stem for p, _ in files], [p for p, _ in files], [s for _, s in files], pixels,
-                   [rgb2lab(p).reshape(-1, 3) for p in pixels], [sketch_lines(g) for g in grey], size,
+                   [projections(rgb2lab(p).reshape(-1, 3), directions()) for p in pixels],
+                   [sketch_lines(g) for g in grey], size,
                    _demo_scenes(Path(images), [p.stem for p, _ in files]))
 
 
@@ -283,17 +292,16 @@ def baseline_method(data: HeldOut, mean: np.ndarray) -> Method:
 
 # --------------------------------------------------------------------------- the benchmark
 
-def score_case(output: np.ndarray, data: HeldOut, kind: str, i: int, j: int, dirs: np.ndarray,
-               truth: tuple | None = None) -> dict:
+def score_case(output: np.ndarray, data: HeldOut, kind: str, i: int, j: int, truth: tuple | None = None) -> dict:
     """Every score of one output for sketch i in the style of image j; `truth`: the demo data's
     (exact answer, region labels, pure pixels) of the case."""
     scores = {"edge_f": edge_f(image_lines(output), data.lines[i], TOLERANCE * data.size)}
     if kind == "own":
         scores.update(psnr=psnr(output, data.pixels[i]), ssim=ssim(output, data.pixels[i]))
     else:
-        lab = rgb2lab(output).reshape(-1, 3)
-        scores["style_sw"] = sliced_wasserstein(lab, data.lab[j], dirs)
-        scores["closer"] = float(scores["style_sw"] < sliced_wasserstein(lab, data.lab[i], dirs))
+        colours = projections(rgb2lab(output).reshape(-1, 3), directions())
+        scores["style_sw"] = sliced_wasserstein(colours, data.colours[j])
+        scores["closer"] = float(scores["style_sw"] < sliced_wasserstein(colours, data.colours[i]))
     if truth is not None:
         scores.update(truth_scores(output, *truth))
     return scores
@@ -302,7 +310,7 @@ def score_case(output: np.ndarray, data: HeldOut, kind: str, i: int, j: int, dir
 def evaluate(methods: list[Method], data: HeldOut, swaps: int = 4, batch_size: int = 25,
              progress: bool = True) -> dict:
     """Score every method's rows on every case; returns {"summary": ..., "cases": [...]}."""
-    todo, dirs, records = cases(len(data.stems), swaps), directions(), []
+    todo, records = cases(len(data.stems), swaps), []
     regions_of = {}  # the demo data's region map of sketch i: its shapes' geometry, whatever the style
     for start in tqdm(range(0, len(todo), batch_size), desc="quality", disable=not progress, dynamic_ncols=True):
         batch = todo[start:start + batch_size]
@@ -315,7 +323,7 @@ def evaluate(methods: list[Method], data: HeldOut, swaps: int = 4, batch_size: i
                     regions_of[i] = regions(data.scenes[i]["shapes"], data.size)
                 truth = (data.truth(i, j), *regions_of[i])
             record = {"kind": kind, "sketch": data.stems[i], "style": data.stems[j]}
-            record.update({name: score_case(rows[b], data, kind, i, j, dirs, truth) for name, rows in outputs.items()})
+            record.update({name: score_case(rows[b], data, kind, i, j, truth) for name, rows in outputs.items()})
             records.append(record)
     return {"summary": summarise(records), "cases": records}
 

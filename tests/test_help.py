@@ -64,7 +64,7 @@ def test_help_names_inputs_outputs_and_an_example(script, monkeypatch, capsys):
 def test_benchmark_alone_prints_the_full_help_with_examples(monkeypatch, capsys):
     code, text = _run("benchmark.py", [], monkeypatch, capsys)
     assert code == 0
-    assert "python benchmark.py fid --real" in text and "{fid,stats,speed}" in text and "Protocol" in text
+    assert "python benchmark.py fid --real" in text and "{fid,stats}" in text and "Protocol" in text
 
 
 def test_train_help_lists_every_setting_grouped_with_type_value_and_comment(monkeypatch, capsys):

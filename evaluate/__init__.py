@@ -1,11 +1,10 @@
-"""Scripts that use a trained model (thin layers over inference.py), the quality benchmark and ablations.
+"""Scripts that use a trained model (thin layers over inference.py) and the quality benchmark.
 
     python evaluate/style_transfer.py ...        # photo -> sketch -> image in another photo's style
     python evaluate/generate_mix.py ...          # style mixing per scale
     python evaluate/generate_image_matrix.py ... # sketches x styles
     python evaluate/quality.py ...               # ground-truth scores on the demo data, with baselines
     python evaluate/quality_curve.py ...         # training time -> quality: every checkpoint of a run scored
-    python evaluate/ablation.py mi|sketch_sets   # ablations scored by quality.py
 
 Each runs from the repository root as a file or as a module (python -m evaluate.style_transfer).
 This package also holds their shared helpers: seeded choice of input files and picture tiles.

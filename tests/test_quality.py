@@ -247,40 +247,6 @@ def test_a_run_without_a_held_out_set_names_the_options(run_dir, tmp_path, capsy
     assert "--images" in err and "--sketches" in err
 
 
-# --------------------------------------------------------------------------- ablations on top of it
-
-def test_ablation_variants_train_once_then_are_reused(tmp_path, monkeypatch):
-    from evaluate import ablation
-    calls = []
-
-    def fake_main(args):  # "trains": leaves an AE checkpoint where train.py would
-        calls.append(args)
-        run = Path(next(a for a in args if a.startswith("SAVE_FOLDER=")).split("=", 1)[1])
-        name = next(a for a in args if a.startswith("TRIAL_NAME=")).split("=", 1)[1]
-        (run / name / "ae" / "checkpoints").mkdir(parents=True)
-        save_checkpoint({"kind": "ae", "iteration": 1}, run / name / "ae" / "checkpoints" / "ckpt_00000001.pt")
-        return 0
-
-    monkeypatch.setattr(ablation.train, "main", fake_main)
-    first = ablation.train_variant(tmp_path, "W_MI=0.1", ["W_MI=0.1"], ["DATA_NAME=demo"])
-    again = ablation.train_variant(tmp_path, "W_MI=0.1", ["W_MI=0.1"], ["DATA_NAME=demo"])
-    assert first == again == tmp_path / "W_MI_0_1" and len(calls) == 1
-    assert {"DATA_NAME=demo", "W_MI=0.1", "TRAIN_AE_ONLY=true"} <= set(calls[0])
-
-
-def test_ablation_studies_name_real_settings_and_folders():
-    import config as C
-    from evaluate import ablation
-    for study, variants in ablation.STUDIES.items():
-        for overrides in variants.values():
-            cfg = C.preset("demo", **C.parse_overrides(overrides))  # a typo would raise ConfigError
-            assert all(str(d).startswith("data/demo/train/") for d in cfg.SKETCH_DIRS), study
-    names = {Path(d).name for v in ablation.STUDIES["sketch_sets"].values()
-             for d in C.parse_overrides(v)["SKETCH_DIRS"]}
-    assert names == {"sketches", "xdog_thin", "xdog_bold", *ablation.EXTRA_SETS}
-    assert ablation.HELD_OUT_STYLE not in names  # the held-out sketch style is never trained on
-
-
 # --------------------------------------------------------------------------- training time -> quality
 
 def test_quality_curve_scores_every_checkpoint_of_a_run(demo_root, run_dir, tmp_path, capsys):
@@ -320,16 +286,3 @@ def test_quality_curve_of_a_folder_without_checkpoints_is_one_line(tmp_path, cap
     assert quality_curve.main(["--run", str(tmp_path), "--device", "cpu"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("error: no checkpoint")
-
-
-def test_ablation_makes_the_sketch_folders_its_studies_read(demo_root, tmp_path, monkeypatch):
-    import shutil
-    from evaluate import ablation
-    root = tmp_path / "demo"
-    shutil.copytree(demo_root, root)
-    monkeypatch.setattr(ablation, "DATA", root)
-    ablation.prepare_sketch_sets()
-    for name in ablation.EXTRA_SETS:
-        assert len(list((root / "train" / name).glob("*.png"))) == 32, name
-    assert len(list((root / "test" / ablation.HELD_OUT_STYLE).glob("*.png"))) == 8
-    assert not list(root.glob("*/xdog_xdog_*"))  # the folder names the studies use, not doubled prefixes

@@ -248,7 +248,7 @@ class App:
             raise InferenceError(f"scales {unknown}: choose from {', '.join(SCALES)}")
         with self.lock, torch.no_grad():
             m = self.model
-            vectors = m.style_vectors(m.prepare_style(a))
+            vectors = list(m.style_vectors(m.prepare_style(a)))  # a StyleVectors tuple: mixed in place below
             if b is not None and mix > 0:
                 other = m.style_vectors(m.prepare_style(b))
                 for scale in scales:  # per scale, as evaluate/generate_mix.py: lerp is exact at 0 and 1

@@ -49,7 +49,7 @@ from datasets import DataError, _to_mode, load_image, mix_seed, require_images, 
 from errors import UserError, cli
 from fileio import CheckpointDir, check_apart, newest_checkpoint, save_png, to_pil
 from checkpoints import Trained, load_trained, save_exported
-from models import BN_MODES, NoiseInjection, batch_norm_mode
+from models import BN_MODES, NoiseInjection, StyleVectors, batch_norm_mode
 from training import resolve_device
 
 ImageInput = Union[str, Path, Image.Image]
@@ -251,8 +251,8 @@ class SketchToImage:
 
     # --- networks ----------------------------------------------------------------------------
     @torch.no_grad()
-    def style_vectors(self, styles: torch.Tensor) -> list[torch.Tensor]:
-        """(B, 3, S, S) style images -> [v32 (B, 2nfc), v16 (B, 4nfc), v8 (B, 8nfc)]: fine, mid, coarse."""
+    def style_vectors(self, styles: torch.Tensor) -> StyleVectors:
+        """(B, 3, S, S) style images -> StyleVectors: fine (B, 2nfc), mid (B, 4nfc), coarse (B, 8nfc)."""
         return self.ae.style(styles.to(self.device, torch.float32))
 
     @torch.no_grad()
@@ -271,13 +271,13 @@ class SketchToImage:
             raise ValueError(f"sketches must be (B, 1, H, W), got {tuple(sketches.shape)}")
         if sketches.shape[1] == 3:
             sketches = sketches.mean(dim=1, keepdim=True)
-        vectors = list(self.style_vectors(styles) if styles is not None else style_vectors)
-        vectors = [v.to(self.device, torch.float32) for v in vectors]
+        vectors = StyleVectors(*(self.style_vectors(styles) if styles is not None else style_vectors))
+        vectors = vectors.map(lambda v: v.to(self.device, torch.float32))
         b = max(sketches.shape[0], vectors[0].shape[0])
         if sketches.shape[0] == 1:
             sketches = sketches.expand(b, -1, -1, -1)
         if vectors[0].shape[0] == 1:
-            vectors = [v.expand(b, -1) for v in vectors]
+            vectors = vectors.map(lambda v: v.expand(b, -1))
         if sketches.shape[0] != vectors[0].shape[0]:
             raise ValueError(f"batch sizes differ: {sketches.shape[0]} sketches, {vectors[0].shape[0]} styles")
         ae_image = self.ae.draw(sketches, vectors)
@@ -298,7 +298,7 @@ class SketchToImage:
                 st = styles if styles.shape[0] == 1 else styles[part]
                 outs.append(self.generate(sk, st, seed=seed).cpu())
             else:
-                vs = [v if v.shape[0] == 1 else v[part] for v in style_vectors]
+                vs = StyleVectors(*style_vectors).map(lambda v: v if v.shape[0] == 1 else v[part])
                 outs.append(self.generate(sk, style_vectors=vs, seed=seed).cpu())
         return torch.cat(outs)
 

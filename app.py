@@ -49,9 +49,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from datasets import DataError, _to_mode, list_images, load_image, require_images
 from errors import UserError, cli
 from evaluate.generate_mix import SCALES, VECTOR_INDEX
-from evaluate.style_transfer import XDOG_DEFAULT, tom_sketcher, xdog_sketcher
 from fileio import to_pil
 from inference import InferenceError, SketchToImage, fit_square, is_light_on_dark, newest_run
+from sketch_styletransfer.sketch import XDOG_DEFAULT, Sketcher, make_sketcher, tom_sketcher
 from training import resolve_device
 
 ROOT = Path(__file__).resolve().parent
@@ -164,7 +164,7 @@ class App:
         self.lock = threading.Lock()
         self.styles_dir = Path(styles_dir) if styles_dir else None
         self.live_option = live
-        self.sketchers: dict[str, Callable] = {name: xdog_sketcher(name.partition(":")[2]) for name in XDOG_CHOICES}
+        self.sketchers: dict[str, Sketcher] = {name: make_sketcher(name) for name in XDOG_CHOICES}
         if tom is not None:
             self.sketchers["tom"] = tom_sketcher(tom, model.device)
         self.use(model)

@@ -288,12 +288,13 @@ def test_tom_sketcher(model, test_dirs, tmp_path):
     pytest.importorskip("sketch_styletransfer.tom_models")
     import weights
     from fileio import save_checkpoint
+    from sketch_styletransfer.sketch import tom_sketcher
     from sketch_styletransfer.tom_models import TOMGenerator
     _, image_dir = test_dirs
     ckpt = {"kind": "tom", "iteration": 0, "config": {"nfc": 8, "im_size": 64},
             "state": {"networks": {"g": TOMGenerator(nfc=8).state_dict()}}}
     save_checkpoint(ckpt, tmp_path / "tom.pt")
-    sketcher = style_transfer.tom_sketcher(tmp_path / "tom.pt", "cpu", vgg_features=weights.build_vgg16_features())
+    sketcher = tom_sketcher(tmp_path / "tom.pt", "cpu", vgg_features=weights.build_vgg16_features())
     photo = Image.open(sorted(image_dir.iterdir())[0])
     drawing = sketcher(photo)
     assert drawing.mode == "L" and drawing.size == (64, 64) and set(np.unique(np.asarray(drawing))) <= {0, 255}

@@ -134,6 +134,24 @@ def fit_square(img: Image.Image, size: int, fit: str = "stretch") -> Image.Image
 
 
 # ----------------------------------------------------------------------------------------------
+# Style mixing
+# ----------------------------------------------------------------------------------------------
+
+SCALES = StyleVectors._fields[::-1]  # coarse, mid, fine: the order the page and the mixing recipes list them
+
+
+def mix_styles(vectors: Sequence[torch.Tensor], weights: dict[str, Sequence[float]]) -> StyleVectors:
+    """K exemplars' style vectors (each (K, dim), in StyleVectors order) -> one style (each (1, dim)): per scale,
+    the mean of the K vectors weighted by weights[scale] (K numbers, not all 0). Weight 1 on one exemplar and 0 on
+    the others gives exactly its vector."""
+    mixed = []
+    for scale, v in zip(StyleVectors._fields, vectors):
+        w = v.new_tensor(weights[scale])[:, None]
+        mixed.append((w * v).sum(0, keepdim=True) / w.sum())
+    return StyleVectors(*mixed)
+
+
+# ----------------------------------------------------------------------------------------------
 # Seeded noise
 # ----------------------------------------------------------------------------------------------
 

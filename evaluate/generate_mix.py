@@ -29,11 +29,10 @@ from errors import cli  # noqa: E402
 from evaluate import as_rgb, blank, choose, image_files, label, slug  # noqa: E402
 from datasets import DataError  # noqa: E402
 from fileio import check_apart, save_grid, save_png  # noqa: E402
-from inference import InferenceError, SketchToImage  # noqa: E402
+from inference import SCALES, InferenceError, SketchToImage, mix_styles  # noqa: E402
+from models import StyleVectors  # noqa: E402
 
 LETTERS = "ABCD"
-SCALES = ("coarse", "mid", "fine")
-VECTOR_INDEX = {"fine": 0, "mid": 1, "coarse": 2}  # style_vectors() order: [v32, v16, v8]
 
 
 @dataclass(frozen=True)
@@ -47,6 +46,10 @@ class Recipe:
 
     def sources(self, scale: str) -> tuple[str, ...]:
         return getattr(self, scale)
+
+    def weights(self, n_styles: int) -> dict[str, list[int]]:
+        """inference.mix_styles's weights: per scale, how often each exemplar is named."""
+        return {scale: [self.sources(scale).count(x) for x in LETTERS[:n_styles]] for scale in SCALES}
 
 
 def parse_recipe(spec: str, n_styles: int) -> Recipe:
@@ -101,16 +104,11 @@ def collage(styles: torch.Tensor) -> torch.Tensor:
     return F.interpolate(big[None], size=(s, s), mode="bilinear", align_corners=False, antialias=True)
 
 
-def mix_vectors(model: SketchToImage, recipe: Recipe, styles: torch.Tensor, vectors: list[torch.Tensor]):
-    """The recipe's style vectors [v32, v16, v8], each (1, dim)."""
+def mix_vectors(model: SketchToImage, recipe: Recipe, styles: torch.Tensor, vectors: StyleVectors) -> StyleVectors:
+    """The recipe's style vectors, each (1, dim), from the exemplars `styles` and their `vectors`."""
     if recipe.collage:
         return model.style_vectors(collage(styles))
-    out = [None, None, None]
-    for scale in SCALES:
-        index = VECTOR_INDEX[scale]
-        rows = [LETTERS.index(x) for x in recipe.sources(scale)]
-        out[index] = vectors[index][rows].mean(dim=0, keepdim=True)
-    return out
+    return mix_styles(vectors, recipe.weights(styles.shape[0]))
 
 
 def recipe_tile(recipe: Recipe, tiles: torch.Tensor) -> torch.Tensor:

@@ -330,9 +330,9 @@ def test_mix_recipes_pick_vectors_per_scale(model, test_dirs):
     styles = torch.cat([model.prepare_style(p) for p in sorted(image_dir.iterdir())[:4]])
     vectors = model.style_vectors(styles)
     mixed = generate_mix.mix_vectors(model, generate_mix.parse_recipe("coarse=A,mid=B,fine=C+D", 4), styles, vectors)
-    assert torch.equal(mixed[2][0], vectors[2][0])  # coarse (v8) from A
-    assert torch.equal(mixed[1][0], vectors[1][1])  # mid (v16) from B
-    assert torch.allclose(mixed[0][0], (vectors[0][2] + vectors[0][3]) / 2)  # fine (v32): mean of C and D
+    assert torch.equal(mixed.coarse[0], vectors.coarse[0])  # from A
+    assert torch.equal(mixed.mid[0], vectors.mid[1])  # from B
+    assert torch.allclose(mixed.fine[0], (vectors.fine[2] + vectors.fine[3]) / 2)  # the mean of C and D
 
 
 def test_image_matrix_as_a_script_and_deterministic(model, test_dirs, tmp_path):

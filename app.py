@@ -50,7 +50,7 @@ from datasets import DataError, _to_mode, list_images, load_image, require_image
 from errors import UserError, cli
 from fileio import to_pil
 from inference import SCALES, InferenceError, SketchToImage, fit_square, is_light_on_dark, mix_styles, newest_run
-from sketch_styletransfer.sketch import XDOG_DEFAULT, Sketcher, make_sketcher, tom_sketcher
+from sketch_styletransfer.sketch import XDOG_CHOICES, XDOG_DEFAULT, Sketcher, make_sketcher, tom_sketcher
 from training import resolve_device
 
 ROOT = Path(__file__).resolve().parent
@@ -62,7 +62,6 @@ MAX_PIXELS = 25_000_000  # per uploaded image, checked from its header before de
 GALLERY_MAX = 24       # exemplars shown in the gallery (the first by file name)
 THUMB = 96             # gallery thumbnail side, px
 SEED_MAX = 2 ** 31 - 1
-XDOG_CHOICES = ("xdog:thin", "xdog:medium", "xdog:bold")
 EMPTY_RANGE = 32       # a canvas whose grey levels span less than this holds no drawing
 NO_MODEL = ("no trained demo model under {root}/: make one with `make demo` (about 8 minutes on 2 CPU cores), "
             "or pass --checkpoint RUN_OR_FILE")

@@ -28,6 +28,7 @@ from sketch_styletransfer.xdog import BUILTIN_SETTINGS, parse_setting, xdog_imag
 
 Sketcher = Callable[[Image.Image], Image.Image]  # RGB photo -> "L" sketch (dark strokes on white)
 XDOG_DEFAULT = "medium"
+XDOG_CHOICES = tuple(f"xdog:{name}" for name in BUILTIN_SETTINGS)  # the built-in XDoG sketchers' specs
 TOM_SIZE = 256  # TOM's training size, for a checkpoint that does not name its own
 
 

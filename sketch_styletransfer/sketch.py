@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 import weights
-from checkpoints import find_checkpoint, load_tom
+from checkpoints import find_checkpoint, load_tom, run_folder
 from datasets import FolderDataset, resize, to_float, to_uint8_tensor
 from errors import UserError
 from fileio import save_png
@@ -35,10 +35,6 @@ TOM_SIZE = 256  # TOM's training size, for a checkpoint that does not name its o
 class SketcherError(UserError):
     """A sketcher that cannot be made: an unknown XDoG setting, a TOM sketcher without its checkpoint."""
 
-
-# ----------------------------------------------------------------------------------------------
-# One photo
-# ----------------------------------------------------------------------------------------------
 
 def make_sketcher(spec: str, size: int | None = None, device="cpu") -> Sketcher:
     """xdog[:setting] (drawn at `size` px, None: the photo's) or tom:CHECKPOINT (at TOM's training size)."""
@@ -99,10 +95,6 @@ def _grey(raw: torch.Tensor, threshold: float | None) -> np.ndarray:
     return to_sketch(raw, threshold)[:, 0].mul(255).round().to(torch.uint8).cpu().numpy()
 
 
-# ----------------------------------------------------------------------------------------------
-# A folder (TOM)
-# ----------------------------------------------------------------------------------------------
-
 def parse_threshold(text: str) -> float | None:
     """'0.7' -> 0.7; 'none' (or 'soft') -> None: grey sketches without a threshold."""
     if text.lower() in ("none", "soft"):
@@ -116,27 +108,13 @@ def parse_threshold(text: str) -> float | None:
     return value
 
 
-def folder_name(label: str, threshold: float | None) -> str:
-    """Sub-folder of one (checkpoint, threshold) combination, e.g. ckpt_00005000_t0.7 or ckpt_00005000_soft."""
-    return f"{label}_soft" if threshold is None else f"{label}_t{threshold:g}"
-
-
 def checkpoint_labels(paths: list[Path]) -> list[str]:
     """File stems; checkpoints of different runs with the same stem get their run folder's name in front."""
     stems = [p.stem for p in paths]
-    labels = [f"{_run_name(p)}_{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
+    labels = [f"{run_folder(p).name}_{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
     if len(set(labels)) < len(labels):
         raise UserError(f"checkpoints would write into the same folder: {', '.join(map(str, paths))}")
     return labels
-
-
-def _run_name(path: Path) -> str:
-    return (path.parent.parent if path.parent.name == "checkpoints" else path.parent).name
-
-
-def _pending(folders: list[Path], stems: list[str], overwrite: bool) -> list[int]:
-    """Indices of the photos that miss their sketch in at least one folder."""
-    return [i for i, stem in enumerate(stems) if overwrite or not all((f / f"{stem}.png").is_file() for f in folders)]
 
 
 def make_sketches(vgg_features: nn.Module | None, checkpoints: list, path_content, path_result, thresholds: list,
@@ -156,9 +134,9 @@ def make_sketches(vgg_features: nn.Module | None, checkpoints: list, path_conten
         check_size(side)
         data = by_size.setdefault(side, FolderDataset(path_content, side, "RGB", nested=True))
         stems = data.names
-        outs = [Path(path_result) / folder_name(label, t) for t in thresholds]
+        outs = [Path(path_result) / (f"{label}_soft" if t is None else f"{label}_t{t:g}") for t in thresholds]
         folders += outs
-        todo = _pending(outs, stems, overwrite)
+        todo = [i for i, s in enumerate(stems) if overwrite or not all((f / f"{s}.png").is_file() for f in outs)]
         kept += 0 if overwrite else sum((f / f"{s}.png").is_file() for f in outs for s in stems)
         loader = DataLoader(Subset(data, todo), batch_size=batch_size, num_workers=workers)
         for batch in tqdm(loader, desc=label, unit="batch", disable=not progress or not todo, dynamic_ncols=True):

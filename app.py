@@ -8,7 +8,7 @@
 The page: a canvas (pen with a width slider, eraser, undo, clear) on white paper; a sketch upload,
 or a photo upload that becomes a sketch (XDoG, or a TOM checkpoint given with --tom) to draw
 over; a gallery of exemplars (the model's held-out images, or --styles DIR) and an exemplar
-upload; style mixing of exemplars A and B per scale (inference.mix_styles); the output at
+upload; style mixing of exemplars A and B per scale (SketchToImage.mix_styles); the output at
 the model's size with its download button, the AE-stage output beside it on request, a seed.
 Models up to LIVE_MAX_SIZE px regenerate after every stroke (strokes drawn while one image is
 being made are coalesced into one more run); bigger ones on the Generate button.
@@ -49,7 +49,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from datasets import DataError, _to_mode, list_images, load_image, require_images
 from errors import UserError, cli
 from fileio import to_pil
-from inference import SCALES, InferenceError, SketchToImage, fit_square, is_light_on_dark, mix_styles, newest_run
+from inference import SCALES, InferenceError, SketchToImage, fit_square, is_light_on_dark, newest_run
 from sketch_styletransfer.sketch import XDOG_CHOICES, XDOG_DEFAULT, Sketcher, make_sketcher, tom_sketcher
 from training import resolve_device
 
@@ -249,7 +249,7 @@ class App:
             vectors = m.style_vectors(m.prepare_style(a))
             if b is not None and mix > 0:  # each exemplar encoded alone: at mix 1, B's vectors exactly as if alone
                 both = [torch.cat(pair) for pair in zip(vectors, m.style_vectors(m.prepare_style(b)))]
-                vectors = mix_styles(both, {s: (1 - mix, mix) if s in scales else (1, 0) for s in SCALES})
+                vectors = m.mix_styles(both, {s: (1 - mix, mix) if s in scales else (1, 0) for s in SCALES})
             out, ae = m.generate(m.prepare_sketch(drawing), style_vectors=vectors, seed=seed, return_ae=True)
         return to_pil(out[0]), (to_pil(ae[0]) if with_ae else None)
 

@@ -59,6 +59,7 @@ DARK_BACKGROUND = 128   # a border median below mid-grey means light strokes on 
 FITS = ("stretch", "crop", "pad")  # how a non-square input becomes square
 INVERT_CHOICES = ("auto", "always", "never")
 CACHE_SIZE = 256  # prepared inputs kept in memory during a folder run (a style reused across sketches)
+SCALES = StyleVectors._fields[::-1]  # coarse, mid, fine: the order the page and the mixing recipes list them
 
 
 class InferenceError(UserError):
@@ -131,24 +132,6 @@ def fit_square(img: Image.Image, size: int, fit: str = "stretch") -> Image.Image
         canvas.paste(img, ((side - w) // 2, (side - h) // 2))
         img = canvas
     return img if img.size == (size, size) else resize(img, size)
-
-
-# ----------------------------------------------------------------------------------------------
-# Style mixing
-# ----------------------------------------------------------------------------------------------
-
-SCALES = StyleVectors._fields[::-1]  # coarse, mid, fine: the order the page and the mixing recipes list them
-
-
-def mix_styles(vectors: Sequence[torch.Tensor], weights: dict[str, Sequence[float]]) -> StyleVectors:
-    """K exemplars' style vectors (each (K, dim), in StyleVectors order) -> one style (each (1, dim)): per scale,
-    the mean of the K vectors weighted by weights[scale] (K numbers, not all 0). Weight 1 on one exemplar and 0 on
-    the others gives exactly its vector."""
-    mixed = []
-    for scale, v in zip(StyleVectors._fields, vectors):
-        w = v.new_tensor(weights[scale])[:, None]
-        mixed.append((w * v).sum(0, keepdim=True) / w.sum())
-    return StyleVectors(*mixed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -273,6 +256,17 @@ class SketchToImage:
         """(B, 3, S, S) style images -> StyleVectors: fine (B, 2nfc), mid (B, 4nfc), coarse (B, 8nfc)."""
         return self.ae.style(styles.to(self.device, torch.float32))
 
+    @staticmethod
+    def mix_styles(vectors: Sequence[torch.Tensor], weights: dict[str, Sequence[float]]) -> StyleVectors:
+        """K exemplars' style vectors (each (K, dim), in StyleVectors order) -> one style (each (1, dim)): per
+        scale, the mean of the K vectors weighted by weights[scale] (K numbers, not all 0). Weight 1 on one
+        exemplar and 0 on the others gives exactly its vector."""
+        mixed = []
+        for scale, v in zip(StyleVectors._fields, vectors):
+            w = v.new_tensor(weights[scale])[:, None]
+            mixed.append((w * v).sum(0, keepdim=True) / w.sum())
+        return StyleVectors(*mixed)
+
     @torch.no_grad()
     def generate(self, sketches: torch.Tensor, styles: torch.Tensor | None = None, *,
                  style_vectors: Sequence[torch.Tensor] | None = None, seed: int | None = None,
@@ -310,14 +304,10 @@ class SketchToImage:
         n = max(sketches.shape[0], (styles if styles is not None else style_vectors[0]).shape[0])
         outs = []
         for start in range(0, n, batch_size):
-            part = slice(start, start + batch_size)
-            sk = sketches if sketches.shape[0] == 1 else sketches[part]
-            if styles is not None:
-                st = styles if styles.shape[0] == 1 else styles[part]
-                outs.append(self.generate(sk, st, seed=seed).cpu())
-            else:
-                vs = StyleVectors(*style_vectors).map(lambda v: v if v.shape[0] == 1 else v[part])
-                outs.append(self.generate(sk, style_vectors=vs, seed=seed).cpu())
+            def part(t: torch.Tensor, cut=slice(start, start + batch_size)) -> torch.Tensor:  # a batch of 1 goes to all
+                return t if t.shape[0] == 1 else t[cut]
+            vectors = self.style_vectors(part(styles)) if styles is not None else StyleVectors(*style_vectors).map(part)
+            outs.append(self.generate(part(sketches), style_vectors=vectors, seed=seed).cpu())
         return torch.cat(outs)
 
     def translate(self, sketch: ImageInput, style: ImageInput, seed: int | None = 0, invert: str = "auto",

@@ -329,7 +329,7 @@ def test_mix_recipes_pick_vectors_per_scale(model, test_dirs):
     _, image_dir = test_dirs
     styles = torch.cat([model.prepare_style(p) for p in sorted(image_dir.iterdir())[:4]])
     vectors = model.style_vectors(styles)
-    mixed = generate_mix.mix_vectors(model, generate_mix.parse_recipe("coarse=A,mid=B,fine=C+D", 4), styles, vectors)
+    mixed = model.mix_styles(vectors, generate_mix.parse_recipe("coarse=A,mid=B,fine=C+D", 4).weights(4))
     assert torch.equal(mixed.coarse[0], vectors.coarse[0])  # from A
     assert torch.equal(mixed.mid[0], vectors.mid[1])  # from B
     assert torch.allclose(mixed.fine[0], (vectors.fine[2] + vectors.fine[3]) / 2)  # the mean of C and D

@@ -36,12 +36,8 @@ def style_transfer(model: SketchToImage, photos: list[Path], styles: list[Path],
     style_batch = torch.cat([t for _, t in chosen_styles])                        # (M, 3, S, S)
     style_tiles = torch.cat([as_rgb(model.prepare_style(p, size=g)) for p, _ in chosen_styles])
     vectors = model.style_vectors(style_batch)
-
-    def load_photo(path):
-        return open_image(path, "RGB")
-
     grids = []
-    for photo_path, photo in choose(photos, n, seed, load_photo, "photo"):
+    for photo_path, photo in choose(photos, n, seed, lambda p: open_image(p, "RGB"), "photo"):
         stem = photo_path.stem
         drawing = sketcher(photo)
         save_png(drawing, out / "sketches" / f"{stem}.png")

@@ -8,7 +8,7 @@
 The page: a canvas (pen with a width slider, eraser, undo, clear) on white paper; a sketch upload,
 or a photo upload that becomes a sketch (XDoG, or a TOM checkpoint given with --tom) to draw
 over; a gallery of exemplars (the model's held-out images, or --styles DIR) and an exemplar
-upload; style mixing of exemplars A and B per scale (as evaluate/generate_mix.py); the output at
+upload; style mixing of exemplars A and B per scale (SketchToImage.mix_styles); the output at
 the model's size with its download button, the AE-stage output beside it on request, a seed.
 Models up to LIVE_MAX_SIZE px regenerate after every stroke (strokes drawn while one image is
 being made are coalesced into one more run); bigger ones on the Generate button.
@@ -48,10 +48,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from datasets import DataError, _to_mode, list_images, load_image, require_images
 from errors import UserError, cli
-from evaluate.generate_mix import SCALES, VECTOR_INDEX
-from evaluate.style_transfer import XDOG_DEFAULT, tom_sketcher, xdog_sketcher
 from fileio import to_pil
-from inference import InferenceError, SketchToImage, fit_square, is_light_on_dark, newest_run
+from inference import SCALES, InferenceError, SketchToImage, fit_square, is_light_on_dark, newest_run
+from sketch_styletransfer.sketch import XDOG_CHOICES, XDOG_DEFAULT, Sketcher, make_sketcher, tom_sketcher
 from training import resolve_device
 
 ROOT = Path(__file__).resolve().parent
@@ -63,7 +62,6 @@ MAX_PIXELS = 25_000_000  # per uploaded image, checked from its header before de
 GALLERY_MAX = 24       # exemplars shown in the gallery (the first by file name)
 THUMB = 96             # gallery thumbnail side, px
 SEED_MAX = 2 ** 31 - 1
-XDOG_CHOICES = ("xdog:thin", "xdog:medium", "xdog:bold")
 EMPTY_RANGE = 32       # a canvas whose grey levels span less than this holds no drawing
 NO_MODEL = ("no trained demo model under {root}/: make one with `make demo` (about 8 minutes on 2 CPU cores), "
             "or pass --checkpoint RUN_OR_FILE")
@@ -164,7 +162,7 @@ class App:
         self.lock = threading.Lock()
         self.styles_dir = Path(styles_dir) if styles_dir else None
         self.live_option = live
-        self.sketchers: dict[str, Callable] = {name: xdog_sketcher(name.partition(":")[2]) for name in XDOG_CHOICES}
+        self.sketchers: dict[str, Sketcher] = {name: make_sketcher(name) for name in XDOG_CHOICES}
         if tom is not None:
             self.sketchers["tom"] = tom_sketcher(tom, model.device)
         self.use(model)
@@ -249,11 +247,9 @@ class App:
         with self.lock, torch.no_grad():
             m = self.model
             vectors = m.style_vectors(m.prepare_style(a))
-            if b is not None and mix > 0:
-                other = m.style_vectors(m.prepare_style(b))
-                for scale in scales:  # per scale, as evaluate/generate_mix.py: lerp is exact at 0 and 1
-                    i = VECTOR_INDEX[scale]
-                    vectors[i] = torch.lerp(vectors[i], other[i], mix)
+            if b is not None and mix > 0:  # each exemplar encoded alone: at mix 1, B's vectors exactly as if alone
+                both = [torch.cat(pair) for pair in zip(vectors, m.style_vectors(m.prepare_style(b)))]
+                vectors = m.mix_styles(both, {s: (1 - mix, mix) if s in scales else (1, 0) for s in SCALES})
             out, ae = m.generate(m.prepare_sketch(drawing), style_vectors=vectors, seed=seed, return_ae=True)
         return to_pil(out[0]), (to_pil(ae[0]) if with_ae else None)
 

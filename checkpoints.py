@@ -85,6 +85,11 @@ def find_checkpoint(path, kind: str | None = "gan") -> Path:
                           f"{kind or 'gan'}/checkpoints/, or a checkpoint file)")
 
 
+def run_folder(checkpoint: Path) -> Path:
+    """The folder a checkpoint file belongs to: the one that holds its checkpoints/ folder, if it is in one."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
 def _wrong_kind(path, what: str, wanted: str | None) -> CheckpointError:
     needed = STAGE_CHECKPOINTS[wanted] if wanted else "an AE- or GAN-stage checkpoint"
     return CheckpointError(f"{path}: is {what}; this needs {needed}: <run>/{wanted or 'gan'}/checkpoints/"

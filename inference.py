@@ -49,7 +49,7 @@ from datasets import DataError, _to_mode, load_image, mix_seed, require_images, 
 from errors import UserError, cli
 from fileio import CheckpointDir, check_apart, newest_checkpoint, save_png, to_pil
 from checkpoints import Trained, load_trained, save_exported
-from models import BN_MODES, NoiseInjection, batch_norm_mode
+from models import BN_MODES, NoiseInjection, StyleVectors, batch_norm_mode
 from training import resolve_device
 
 ImageInput = Union[str, Path, Image.Image]
@@ -59,6 +59,7 @@ DARK_BACKGROUND = 128   # a border median below mid-grey means light strokes on 
 FITS = ("stretch", "crop", "pad")  # how a non-square input becomes square
 INVERT_CHOICES = ("auto", "always", "never")
 CACHE_SIZE = 256  # prepared inputs kept in memory during a folder run (a style reused across sketches)
+SCALES = StyleVectors._fields[::-1]  # coarse, mid, fine: the order the page and the mixing recipes list them
 
 
 class InferenceError(UserError):
@@ -251,9 +252,20 @@ class SketchToImage:
 
     # --- networks ----------------------------------------------------------------------------
     @torch.no_grad()
-    def style_vectors(self, styles: torch.Tensor) -> list[torch.Tensor]:
-        """(B, 3, S, S) style images -> [v32 (B, 2nfc), v16 (B, 4nfc), v8 (B, 8nfc)]: fine, mid, coarse."""
+    def style_vectors(self, styles: torch.Tensor) -> StyleVectors:
+        """(B, 3, S, S) style images -> StyleVectors: fine (B, 2nfc), mid (B, 4nfc), coarse (B, 8nfc)."""
         return self.ae.style(styles.to(self.device, torch.float32))
+
+    @staticmethod
+    def mix_styles(vectors: Sequence[torch.Tensor], weights: dict[str, Sequence[float]]) -> StyleVectors:
+        """K exemplars' style vectors (each (K, dim), in StyleVectors order) -> one style (each (1, dim)): per
+        scale, the mean of the K vectors weighted by weights[scale] (K numbers, not all 0). Weight 1 on one
+        exemplar and 0 on the others gives exactly its vector."""
+        mixed = []
+        for scale, v in zip(StyleVectors._fields, vectors):
+            w = v.new_tensor(weights[scale])[:, None]
+            mixed.append((w * v).sum(0, keepdim=True) / w.sum())
+        return StyleVectors(*mixed)
 
     @torch.no_grad()
     def generate(self, sketches: torch.Tensor, styles: torch.Tensor | None = None, *,
@@ -271,13 +283,13 @@ class SketchToImage:
             raise ValueError(f"sketches must be (B, 1, H, W), got {tuple(sketches.shape)}")
         if sketches.shape[1] == 3:
             sketches = sketches.mean(dim=1, keepdim=True)
-        vectors = list(self.style_vectors(styles) if styles is not None else style_vectors)
-        vectors = [v.to(self.device, torch.float32) for v in vectors]
+        vectors = StyleVectors(*(self.style_vectors(styles) if styles is not None else style_vectors))
+        vectors = vectors.map(lambda v: v.to(self.device, torch.float32))
         b = max(sketches.shape[0], vectors[0].shape[0])
         if sketches.shape[0] == 1:
             sketches = sketches.expand(b, -1, -1, -1)
         if vectors[0].shape[0] == 1:
-            vectors = [v.expand(b, -1) for v in vectors]
+            vectors = vectors.map(lambda v: v.expand(b, -1))
         if sketches.shape[0] != vectors[0].shape[0]:
             raise ValueError(f"batch sizes differ: {sketches.shape[0]} sketches, {vectors[0].shape[0]} styles")
         ae_image = self.ae.draw(sketches, vectors)
@@ -292,14 +304,10 @@ class SketchToImage:
         n = max(sketches.shape[0], (styles if styles is not None else style_vectors[0]).shape[0])
         outs = []
         for start in range(0, n, batch_size):
-            part = slice(start, start + batch_size)
-            sk = sketches if sketches.shape[0] == 1 else sketches[part]
-            if styles is not None:
-                st = styles if styles.shape[0] == 1 else styles[part]
-                outs.append(self.generate(sk, st, seed=seed).cpu())
-            else:
-                vs = [v if v.shape[0] == 1 else v[part] for v in style_vectors]
-                outs.append(self.generate(sk, style_vectors=vs, seed=seed).cpu())
+            def part(t: torch.Tensor, cut=slice(start, start + batch_size)) -> torch.Tensor:  # a batch of 1 goes to all
+                return t if t.shape[0] == 1 else t[cut]
+            vectors = self.style_vectors(part(styles)) if styles is not None else StyleVectors(*style_vectors).map(part)
+            outs.append(self.generate(part(sketches), style_vectors=vectors, seed=seed).cpu())
         return torch.cat(outs)
 
     def translate(self, sketch: ImageInput, style: ImageInput, seed: int | None = 0, invert: str = "auto",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -54,6 +55,24 @@ def _doublings(start: int, stop: int) -> list[int]:
         sizes.append(start)
         start *= 2
     return sizes
+
+
+class StyleVectors(NamedTuple):
+    """The style encoder's output, one vector per scale of its maps: fine (B, 2nfc, from the 32 px maps),
+    mid (B, 4nfc, 16 px) and coarse (B, 8nfc, 8 px). A tuple in that order, so torch.cat(list(v)) works."""
+
+    fine: torch.Tensor
+    mid: torch.Tensor
+    coarse: torch.Tensor
+
+    def map(self, fn) -> StyleVectors:
+        """fn applied to each scale's vectors (e.g. a batch permutation)."""
+        return StyleVectors(*(fn(v) for v in self))
+
+
+def vector_dims(nfc: int) -> StyleVectors:
+    """The style vectors' widths (ints in the tensors' places)."""
+    return StyleVectors(fine=nfc * 2, mid=nfc * 4, coarse=nfc * 8)
 
 
 def _gate_map(gate: torch.Tensor) -> torch.Tensor:
@@ -300,12 +319,12 @@ class EncoderTrunk(nn.Module):
 
 
 class StyleEncoder(nn.Module):
-    """RGB image (B, 3, S, S) -> style vectors [v32 (B, 2nfc), v16 (B, 4nfc), v8 (B, 8nfc)]."""
+    """RGB image (B, 3, S, S) -> StyleVectors (fine (B, 2nfc), mid (B, 4nfc), coarse (B, 8nfc))."""
 
     def __init__(self, nfc: int = 64, im_size: int = 512):
         super().__init__()
         self.nfc, self.im_size = nfc, im_size
-        self.vector_dims = (nfc * 2, nfc * 4, nfc * 8)
+        self.vector_dims = vector_dims(nfc)
         self.trunk = EncoderTrunk(3, nfc, im_size)
         self.to_vectors = nn.ModuleList(self._vector_head(ch) for ch in self.vector_dims)
 
@@ -315,13 +334,13 @@ class StyleEncoder(nn.Module):
         return nn.Sequential(nn.AdaptiveAvgPool2d(STYLE_POOL),
                              nn.Conv2d(ch, ch, STYLE_POOL, 1, 0, bias=False), nn.Flatten(1))
 
-    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, image: torch.Tensor) -> StyleVectors:
         maps = self.trunk(image)
-        return [head(m) for head, m in zip(self.to_vectors, maps)]
+        return StyleVectors(*(head(m) for head, m in zip(self.to_vectors, maps)))
 
 
 class InstanceClassifier(nn.Module):
-    """Instance-classification head on the 8 px style vector: LeakyReLU, Linear -> logits.
+    """Instance-classification head on the coarse style vector: LeakyReLU, Linear -> logits.
 
     Separate from the style encoder: it has its own optimizer and is re-initialised
     (`reset_parameters`) whenever the self-supervised subset moves on.
@@ -341,8 +360,8 @@ class InstanceClassifier(nn.Module):
         self.linear.weight.uniform_(-bound, bound)
         self.linear.bias.uniform_(-CLS_BIAS_SCALE * bound, CLS_BIAS_SCALE * bound)
 
-    def forward(self, v8: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.act(v8))  # (B, in_dim) -> (B, nbr_cls)
+    def forward(self, coarse: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.act(coarse))  # (B, in_dim) -> (B, nbr_cls)
 
 
 class ContentEncoder(nn.Module):
@@ -362,11 +381,10 @@ class Decoder(nn.Module):
 
     Fixed 8 -> 64 px part (learned constant, DMI at 8 and 16 px, content concatenated at 16 and
     32 px); then log2(S) - 6 up blocks, each halving the width. Up-block outputs at 64, 128 and
-    256 px are gated by v8, v16 and v32; larger ones are not.
+    256 px are gated by the coarse, mid and fine style vectors; larger ones are not.
     """
 
-    # output resolution -> index of the gating vector in [v32, v16, v8]
-    GATE_SOURCES = {64: 2, 128: 1, 256: 0}
+    GATE_SOURCES = {64: "coarse", 128: "mid", 256: "fine"}  # output resolution -> its gating StyleVectors field
     CONST_SIZE = 8
 
     def __init__(self, nfc: int = 64, im_size: int = 512):
@@ -374,7 +392,7 @@ class Decoder(nn.Module):
         _check_choice("im_size", im_size, AE_SIZES)
         _check_multiple("nfc", nfc, 8)
         self.nfc, self.im_size = nfc, im_size
-        vector_dims = (nfc * 2, nfc * 4, nfc * 8)
+        dims = vector_dims(nfc)
 
         self.const = nn.Parameter(torch.randn(1, nfc * 8, self.CONST_SIZE, self.CONST_SIZE))
         self.dmi_8 = DMI(nfc * 8)
@@ -394,7 +412,7 @@ class Decoder(nn.Module):
         widths = [nfc >> i for i in range(n_up + 1)]  # at 64, 128, ... px
         self.up_blocks = nn.ModuleList(up_decoder(a, b) for a, b in zip(widths, widths[1:]))
         self.gates = nn.ModuleDict({
-            str(res): StyleGate(vector_dims[src], widths[_octaves(res, TRUNK_SIZE)])
+            str(res): StyleGate(getattr(dims, src), widths[_octaves(res, TRUNK_SIZE)])
             for res, src in self.GATE_SOURCES.items() if res <= im_size})
         self.to_rgb = to_rgb(widths[-1])
 
@@ -403,18 +421,18 @@ class Decoder(nn.Module):
         return nn.Sequential(nn.LeakyReLU(LRELU), nn.Upsample(scale_factor=2, mode="nearest"),
                              nn.Conv2d(ch_in, ch_out, 3, 1, 1, bias=False), ResBlkG(ch_out))
 
-    def _gate(self, x: torch.Tensor, res: int, style_vectors) -> torch.Tensor:
+    def _gate(self, x: torch.Tensor, res: int, style_vectors: StyleVectors) -> torch.Tensor:
         key = str(res)
         if key not in self.gates:
             return x
-        return x * self.gates[key](style_vectors[self.GATE_SOURCES[res]])
+        return x * self.gates[key](getattr(style_vectors, self.GATE_SOURCES[res]))
 
     def forward(self, content_maps, style_vectors) -> torch.Tensor:
         c32, c16, c8 = content_maps
-        v8 = style_vectors[2]
+        style_vectors = StyleVectors(*style_vectors)  # callers may pass a plain sequence in the same order
         const = self.const.expand(c8.shape[0], -1, -1, -1)
         x = self.block_8_in(torch.cat([c8, const], dim=1))  # (B, 16nfc, 8, 8) -> (B, 8nfc, 8, 8)
-        x = self.dmi_8(x, c8) * _gate_map(self.style_8(v8))
+        x = self.dmi_8(x, c8) * _gate_map(self.style_8(style_vectors.coarse))
         x = self.block_16(self.block_8_out(x))              # (B, 4nfc, 16, 16)
         x = torch.cat([self.dmi_16(x, c16), c16], dim=1)    # (B, 8nfc, 16, 16)
         x = torch.cat([self.block_32(x), c32], dim=1)       # (B, 4nfc, 32, 32)
@@ -441,8 +459,8 @@ class AutoEncoder(nn.Module):
     # Inputs of another size are resized to im_size with area averaging (bilinear when enlarging).
     # The reference used nearest resizing, which aliases thin sketch strokes; this is a deliberate
     # improvement.
-    def style(self, style_img: torch.Tensor) -> list[torch.Tensor]:
-        """(B, 3, H, W) -> [v32 (B, 2nfc), v16 (B, 4nfc), v8 (B, 8nfc)]."""
+    def style(self, style_img: torch.Tensor) -> StyleVectors:
+        """(B, 3, H, W) -> StyleVectors (fine (B, 2nfc), mid (B, 4nfc), coarse (B, 8nfc))."""
         return self.style_encoder(_resize(style_img, self.im_size))
 
     def draw(self, sketch: torch.Tensor, style_vectors) -> torch.Tensor:
@@ -478,8 +496,7 @@ class RefineGeneratorArt(nn.Module):
     """
 
     STYLE_MIN = 16  # the encoder goes down to 16 px, where the style map joins
-    # output resolution of decode_r -> index of the gating vector in [v32, v16, v8]
-    GATE_SOURCES = {64: 2, 128: 2, 256: 1, 512: 0}
+    GATE_SOURCES = {64: "coarse", 128: "coarse", 256: "mid", 512: "fine"}  # decode_r's gating StyleVectors field
 
     def __init__(self, nfc: int = 64, im_size_in: int = 512, im_size_out: int = 512,
                  use_style: bool = True):
@@ -489,7 +506,7 @@ class RefineGeneratorArt(nn.Module):
         self.nfc, self.im_size_in, self.im_size_out = nfc, im_size_in, im_size_out
         self.use_style = use_style
         width = self.width
-        vector_dims = (nfc * 2, nfc * 4, nfc * 8)
+        dims = vector_dims(nfc)
 
         # noise (B, 8nfc) -> (B, nfc, 32, 32)
         self.from_noise = nn.Sequential(
@@ -497,8 +514,8 @@ class RefineGeneratorArt(nn.Module):
             up_gan(nfc * 2, nfc * 2), up_gan(nfc * 2, nfc))
         self.style_ch = nfc * 4  # channels of the 16 px style map (zeros without use_style)
         if use_style:
-            # [v32, v16, v8] (B, 14nfc) -> (B, 4nfc, 8, 8); forward tiles it to 16 px
-            self.from_style = nn.Sequential(from_vector(sum(vector_dims), nfc * 16),
+            # the three style vectors (B, 14nfc) -> (B, 4nfc, 8, 8); forward tiles it to 16 px
+            self.from_style = nn.Sequential(from_vector(sum(dims), nfc * 16),
                                             up_gan(nfc * 8, self.style_ch))
 
         encoder = {str(im_size_in // 2): nn.Sequential(
@@ -522,7 +539,7 @@ class RefineGeneratorArt(nn.Module):
         self.gates = nn.ModuleDict()
         if use_style:
             self.gates.update({
-                str(res): StyleGate(vector_dims[src], width(res), spectral=True)
+                str(res): StyleGate(getattr(dims, src), width(res), spectral=True)
                 for res, src in self.GATE_SOURCES.items() if res <= im_size_in})
         self.to_rgb = to_rgb(width(im_size_out))
 
@@ -531,6 +548,7 @@ class RefineGeneratorArt(nn.Module):
         return min(8 * self.nfc, self.nfc * 256 // res)
 
     def forward(self, ae_image: torch.Tensor, style_vectors) -> torch.Tensor:
+        style_vectors = StyleVectors(*style_vectors)  # callers may pass a plain sequence in the same order
         b = ae_image.shape[0]
         noise = torch.randn(b, self.nfc * 8, device=ae_image.device, dtype=ae_image.dtype)
         noise_32 = self.from_noise(noise)  # (B, nfc, 32, 32)
@@ -553,7 +571,7 @@ class RefineGeneratorArt(nn.Module):
                 x = x + skips[res // 2]  # U-Net skip (add, not concat)
             x = block(x)
             if key in self.gates:
-                x = x * self.gates[key](style_vectors[self.GATE_SOURCES[res]])
+                x = x * self.gates[key](getattr(style_vectors, self.GATE_SOURCES[res]))
         return self.to_rgb(x)
 
 

@@ -42,7 +42,7 @@ from checkpoints import find_checkpoint
 from datasets import DataError, list_images, load_image, require_images, resize
 from errors import cli
 from fileio import atomic_path, remove_stale_temporaries, save_png, write_json
-from sketch_styletransfer import evaluate as tom
+from sketch_styletransfer import sketch
 from sketch_styletransfer.xdog import BUILTIN_SETTINGS, make_sketch_folders
 from training import resolve_device
 
@@ -136,9 +136,9 @@ def make_sketches(out: Path, args, vgg_features=None, progress: bool = True) -> 
             folders[part] = [os.path.abspath(f) for f in copy_sketches(args.sketch_dirs, images, sketches,
                                                                         args.overwrite)]
         elif args.tom:
-            summary = tom.make_sketches(vgg_features, args.tom, images, sketches, args.thresholds,
-                                        batch_size=args.batch_size, device=args.device, overwrite=args.overwrite,
-                                        workers=0, progress=progress)
+            summary = sketch.make_sketches(vgg_features, args.tom, images, sketches, args.thresholds,
+                                           batch_size=args.batch_size, device=args.device, overwrite=args.overwrite,
+                                           workers=0, progress=progress)
             folders[part] = [os.path.abspath(f) for f in summary["folders"]]
         else:
             summary = make_sketch_folders(images, sketches, args.settings, overwrite=args.overwrite,
@@ -214,7 +214,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.workers = max(1, args.workers)
     if args.tom:
         try:
-            args.thresholds = list(dict.fromkeys(tom.parse_threshold(t) for t in args.threshold))
+            args.thresholds = list(dict.fromkeys(sketch.parse_threshold(t) for t in args.threshold))
         except ValueError as e:
             p.error(str(e))
     return args

@@ -167,7 +167,7 @@ class AEStage:
 
         with self.rt.autocast():
             v_aug, v = self.style_encoder(x_aug), self.style_encoder(x)
-            logits = [self.head(v_aug[2]), self.head(v[2])]
+            logits = [self.head(v_aug.coarse), self.head(v.coarse)]
             c = self.content_encoder(sketch)
             c_variants = [self.content_encoder(s) for s in variants]
             fake = self.decoder(([c] + c_variants)[pick], v_aug)
@@ -192,7 +192,7 @@ class AEStage:
             fake = self.decoder(c, v)
             if cfg.W_GREY:
                 perm = L.derangement(x.shape[0], g, self.rt.device)
-                fake_swapped = self.decoder(c, [s[perm] for s in v])
+                fake_swapped = self.decoder(c, v.map(lambda s: s[perm]))
         parts = {"rec_b": self.reconstruction_b(fake, x)["total"]}
         if cfg.W_GREY:
             parts["grey"] = cfg.W_GREY * L.grey_level(fake_swapped, x)
@@ -226,7 +226,7 @@ class AEStage:
         with self.rt.autocast():
             v, c = self.style_encoder(x), self.content_encoder(sketch)
             recon = self.decoder(c, v)
-            swapped = self.decoder(c, [s.roll(1, dims=0) for s in v])
+            swapped = self.decoder(c, v.map(lambda s: s.roll(1, dims=0)))
         for net in nets:
             net.train()
         rows = [x, sketch.expand(-1, 3, -1, -1), recon, swapped]

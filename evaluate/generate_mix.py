@@ -3,11 +3,11 @@
     python evaluate/generate_mix.py --checkpoint RUN --sketch SKETCH_OR_DIR --styles A.jpg B.jpg [C.jpg D.jpg]
     python evaluate/generate_mix.py ... --recipe coarse=A,mid=B,fine=C+D --recipe mean=A+B
 
-The style encoder gives three vectors per image: coarse (8 px maps, v8), mid (16 px, v16) and
-fine (32 px, v32). A recipe says where each comes from: one exemplar, or the mean of several
-("C+D"). Built-in recipes: each exemplar alone, coarse from one and mid + fine from another,
-coarse A / mid B / fine C (or D, or C+D), the mean of all, and with four exemplars "collage":
-the style of the 2x2 collage of A, B, C, D (the reference's mixing).
+The style encoder gives three vectors per image (models.StyleVectors): coarse (from its 8 px maps),
+mid (16 px) and fine (32 px). A recipe says where each comes from: one exemplar, or the mean of
+several ("C+D"; SketchToImage.mix_styles). Built-in recipes: each exemplar alone, coarse from one
+and mid + fine from another, coarse A / mid B / fine C (or D, or C+D), the mean of all, and with
+four exemplars "collage": the style of the 2x2 collage of A, B, C, D (the reference's mixing).
 
 Writes <out>/mix_grid.png (top row: the sketches; then one row per recipe: a tile showing the
 recipe (stripes: coarse source on top, mid in the middle, fine at the bottom), then the
@@ -29,11 +29,9 @@ from errors import cli  # noqa: E402
 from evaluate import as_rgb, blank, choose, image_files, label, slug  # noqa: E402
 from datasets import DataError  # noqa: E402
 from fileio import check_apart, save_grid, save_png  # noqa: E402
-from inference import InferenceError, SketchToImage  # noqa: E402
+from inference import SCALES, InferenceError, SketchToImage  # noqa: E402
 
 LETTERS = "ABCD"
-SCALES = ("coarse", "mid", "fine")
-VECTOR_INDEX = {"fine": 0, "mid": 1, "coarse": 2}  # style_vectors() order: [v32, v16, v8]
 
 
 @dataclass(frozen=True)
@@ -47,6 +45,10 @@ class Recipe:
 
     def sources(self, scale: str) -> tuple[str, ...]:
         return getattr(self, scale)
+
+    def weights(self, n_styles: int) -> dict[str, list[int]]:
+        """SketchToImage.mix_styles's weights: per scale, how often each exemplar is named."""
+        return {scale: [self.sources(scale).count(x) for x in LETTERS[:n_styles]] for scale in SCALES}
 
 
 def parse_recipe(spec: str, n_styles: int) -> Recipe:
@@ -101,18 +103,6 @@ def collage(styles: torch.Tensor) -> torch.Tensor:
     return F.interpolate(big[None], size=(s, s), mode="bilinear", align_corners=False, antialias=True)
 
 
-def mix_vectors(model: SketchToImage, recipe: Recipe, styles: torch.Tensor, vectors: list[torch.Tensor]):
-    """The recipe's style vectors [v32, v16, v8], each (1, dim)."""
-    if recipe.collage:
-        return model.style_vectors(collage(styles))
-    out = [None, None, None]
-    for scale in SCALES:
-        index = VECTOR_INDEX[scale]
-        rows = [LETTERS.index(x) for x in recipe.sources(scale)]
-        out[index] = vectors[index][rows].mean(dim=0, keepdim=True)
-    return out
-
-
 def recipe_tile(recipe: Recipe, tiles: torch.Tensor) -> torch.Tensor:
     """A (1, 3, G, G) picture of the recipe: coarse, mid, fine sources as stripes top to bottom."""
     g = tiles.shape[-1]
@@ -146,7 +136,8 @@ def generate_mix(model: SketchToImage, sketches: list[Path], style_files: list[P
     sketch_batch = torch.cat([t for _, t in chosen])
     rows = [blank(g)] + [as_rgb(model.prepare_sketch(p, size=g)) for p, _ in chosen]
     for recipe in recipes:
-        mixed = mix_vectors(model, recipe, styles, vectors)
+        mixed = (model.style_vectors(collage(styles)) if recipe.collage
+                 else model.mix_styles(vectors, recipe.weights(len(style_files))))
         images = model.generate(sketch_batch, style_vectors=mixed, seed=seed).cpu()
         for (path, _), image in zip(chosen, images):
             save_png(image, out / "images" / f"{path.stem}__{slug(recipe.name)}.png")

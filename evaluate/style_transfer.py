@@ -13,100 +13,20 @@ folder has more; the same seed gives the same files.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from errors import cli  # noqa: E402
 from evaluate import as_rgb, blank, choose, image_files, model_arguments  # noqa: E402
-from datasets import resize, to_float, to_uint8_tensor  # noqa: E402
-from fileio import CheckpointError, check_apart, save_grid, save_png  # noqa: E402
-from inference import InferenceError, SketchToImage, open_image  # noqa: E402
-from PIL import Image  # noqa: E402
-from sketch_styletransfer.tom_models import (VGGFeatures, sketch_photos,  # noqa: E402
-                                             to_sketch)
-from checkpoints import load_tom  # noqa: E402
-from sketch_styletransfer.xdog import BUILTIN_SETTINGS, parse_setting, xdog  # noqa: E402
+from fileio import check_apart, save_grid, save_png  # noqa: E402
+from inference import SketchToImage, open_image  # noqa: E402
+from sketch_styletransfer.sketch import XDOG_DEFAULT, Sketcher, make_sketcher  # noqa: E402
 from training import resolve_device  # noqa: E402
-import weights  # noqa: E402
 
-Sketcher = Callable[[Image.Image], Image.Image]  # RGB photo -> "L" sketch (dark strokes on white)
-XDOG_DEFAULT = "medium"
-TOM_SIZE = 256  # TOM was trained at 256 px
-
-
-# ----------------------------------------------------------------------------------------------
-# Sketchers
-# ----------------------------------------------------------------------------------------------
-
-def xdog_sketcher(spec: str = XDOG_DEFAULT, size: int | None = None) -> Sketcher:
-    """XDoG line extraction (sketch_styletransfer/xdog.py), run on the photo resized to `size` (the
-    model's output size: the scale its training sketches were drawn at).
-
-    spec: a built-in setting (thin, medium, bold), or name:key=value,... as xdog.py's --setting
-    (e.g. thin:sigma=0.5,width=2; keys not given come from the built-in `name`, else medium).
-    """
-    name, _, body = spec.partition(":")
-    if not body and name not in BUILTIN_SETTINGS:
-        keys = ", ".join(f.name for f in dataclasses.fields(BUILTIN_SETTINGS[XDOG_DEFAULT]))
-        raise InferenceError(f"--sketcher xdog:{spec}: unknown setting; built-in: {', '.join(BUILTIN_SETTINGS)} "
-                             f"(or name:key=value,... with keys {keys})")
-    try:
-        _, setting = parse_setting(spec)
-    except ValueError as e:
-        raise InferenceError(f"--sketcher xdog:{spec}: {e}") from None
-    kwargs = dataclasses.asdict(setting)
-
-    def sketch(photo: Image.Image) -> Image.Image:
-        gray = photo.convert("L")
-        if size:
-            gray = resize(gray, size)
-        lines = xdog(np.asarray(gray, dtype=np.float64) / 255.0, **kwargs, binary=True)
-        return Image.fromarray(np.round(lines * 255).astype(np.uint8), mode="L")
-    return sketch
-
-
-def tom_sketcher(checkpoint, device, vgg_features: torch.nn.Module | None = None) -> Sketcher:
-    """A TOM checkpoint (sketch_styletransfer/train.py; file or run folder): photo -> binary sketch,
-    at the size TOM was trained at. VGG16 features come from weights.vgg16_features() unless given."""
-    generator, ckpt = load_tom(checkpoint)
-    generator = generator.to(device)
-    size = int(ckpt["config"].get("im_size", TOM_SIZE))
-    if vgg_features is None:
-        vgg_features = weights.vgg16_features()
-    vgg = VGGFeatures(vgg_features).to(device)
-
-    @torch.no_grad()
-    def sketch(photo: Image.Image) -> Image.Image:
-        x = to_float(to_uint8_tensor(resize(photo.convert("RGB"), size)))[None].to(device)
-        grey = to_sketch(sketch_photos(generator, vgg, x))[0, 0]  # binary, white paper = 1
-        return Image.fromarray(np.round(grey.cpu().numpy() * 255).astype(np.uint8), mode="L")
-    return sketch
-
-
-def make_sketcher(spec: str, size: int, device) -> Sketcher:
-    """xdog[:setting] or tom:CHECKPOINT."""
-    kind, _, arg = spec.partition(":")
-    if kind == "xdog":
-        return xdog_sketcher(arg or XDOG_DEFAULT, size)
-    if kind == "tom":
-        if not arg:
-            raise InferenceError("--sketcher tom:CHECKPOINT needs the TOM checkpoint path")
-        if not Path(arg).exists():
-            raise CheckpointError(f"TOM checkpoint not found: {arg}")
-        return tom_sketcher(arg, device)
-    raise InferenceError(f"--sketcher {spec!r}: expected xdog[:setting] or tom:CHECKPOINT")
-
-
-# ----------------------------------------------------------------------------------------------
-# The run
-# ----------------------------------------------------------------------------------------------
 
 def style_transfer(model: SketchToImage, photos: list[Path], styles: list[Path], sketcher: Sketcher, out: Path,
                    n: int = 4, n_styles: int = 4, seed: int = 0, batch_size: int = 16) -> list[Path]:
@@ -116,12 +36,8 @@ def style_transfer(model: SketchToImage, photos: list[Path], styles: list[Path],
     style_batch = torch.cat([t for _, t in chosen_styles])                        # (M, 3, S, S)
     style_tiles = torch.cat([as_rgb(model.prepare_style(p, size=g)) for p, _ in chosen_styles])
     vectors = model.style_vectors(style_batch)
-
-    def load_photo(path):
-        return open_image(path, "RGB")
-
     grids = []
-    for photo_path, photo in choose(photos, n, seed, load_photo, "photo"):
+    for photo_path, photo in choose(photos, n, seed, lambda p: open_image(p, "RGB"), "photo"):
         stem = photo_path.stem
         drawing = sketcher(photo)
         save_png(drawing, out / "sketches" / f"{stem}.png")

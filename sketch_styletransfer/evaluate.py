@@ -12,7 +12,6 @@ are. Existing sketches are kept unless --overwrite, so an interrupted call can s
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -20,107 +19,15 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 if ROOT not in sys.path:  # run as a script: the repository's top-level modules must be importable
     sys.path.insert(0, ROOT)
 
-import numpy as np
-import torch
 import torch.nn as nn
-from PIL import Image
-from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
-import weights
-from datasets import FolderDataset, require_images, to_float
-from errors import UserError, cli
-from fileio import check_apart, check_writable, save_png
-from sketch_styletransfer.tom_models import (VGGFeatures, check_size, sketch_photos,
-                                             to_sketch)
-from checkpoints import find_checkpoint, load_tom
+from checkpoints import find_checkpoint
+from datasets import require_images
+from errors import cli
+from fileio import check_apart, check_writable
+from sketch_styletransfer.sketch import make_sketches, parse_threshold
+from sketch_styletransfer.tom_models import check_size
 from training import resolve_device
-
-
-def parse_threshold(text: str) -> float | None:
-    """'0.7' -> 0.7; 'none' (or 'soft') -> None: grey sketches without a threshold."""
-    if text.lower() in ("none", "soft"):
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"threshold {text!r}: a number between 0 and 1, or 'none'") from None
-    if not 0 < value < 1:
-        raise ValueError(f"threshold {text!r}: must lie strictly between 0 and 1")
-    return value
-
-
-def folder_name(label: str, threshold: float | None) -> str:
-    """Sub-folder of one (checkpoint, threshold) combination, e.g. ckpt_00005000_t0.7 or ckpt_00005000_soft."""
-    return f"{label}_soft" if threshold is None else f"{label}_t{threshold:g}"
-
-
-def checkpoint_labels(paths: list[Path]) -> list[str]:
-    """File stems; checkpoints of different runs with the same stem get their run folder's name in front."""
-    stems = [p.stem for p in paths]
-    labels = [f"{_run_name(p)}_{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
-    if len(set(labels)) < len(labels):
-        raise UserError(f"checkpoints would write into the same folder: {', '.join(map(str, paths))}")
-    return labels
-
-
-def _run_name(path: Path) -> str:
-    return (path.parent.parent if path.parent.name == "checkpoints" else path.parent).name
-
-
-def _pending(folders: list[Path], stems: list[str], overwrite: bool) -> list[int]:
-    """Indices of the photos that miss their sketch in at least one folder."""
-    return [i for i, stem in enumerate(stems) if overwrite or not all((f / f"{stem}.png").is_file() for f in folders)]
-
-
-def make_sketches(vgg_features: nn.Module, checkpoints: list, path_content, path_result, thresholds: list,
-                  size: int | None = None, batch_size: int = 8, device="cpu", overwrite: bool = False,
-                  workers: int = 0, progress: bool = True) -> dict:
-    """Write every (checkpoint, threshold) sketch folder; returns {folders, written, kept, unreadable}."""
-    device = torch.device(device)
-    vgg = VGGFeatures(vgg_features).to(device)
-    paths = list(dict.fromkeys(find_checkpoint(c, "tom") for c in checkpoints))  # same file twice: once
-    labels = checkpoint_labels(paths)
-    result_dir = Path(path_result)
-    by_size: dict[int, FolderDataset] = {}   # the photo folder at each output size
-    folders, written, kept, unreadable = [], 0, 0, set()
-    for path, label in zip(paths, labels):
-        generator, ckpt = load_tom(path)
-        generator = generator.to(device)
-        side = size or int(ckpt["config"]["im_size"])
-        check_size(side)
-        data = by_size.setdefault(side, FolderDataset(path_content, side, "RGB", nested=True))
-        stems = data.names  # cats/01.jpg -> cats__01.png: one flat folder of sketches per combination
-        outs = [result_dir / folder_name(label, t) for t in thresholds]
-        folders += outs
-        todo = _pending(outs, stems, overwrite)
-        kept += 0 if overwrite else sum((f / f"{s}.png").is_file() for f in outs for s in stems)
-        loader = DataLoader(Subset(data, todo), batch_size=batch_size, num_workers=workers)
-        for batch in tqdm(loader, desc=label, unit="batch", disable=not progress or not todo, dynamic_ncols=True):
-            ok = batch["ok"]
-            unreadable.update(name for name, good in zip(batch["name"], ok.tolist()) if not good)
-            if not ok.any():
-                continue
-            raw = sketch_photos(generator, vgg, to_float(batch["image"][ok].to(device)))
-            names = [name for name, good in zip(batch["name"], ok.tolist()) if good]
-            for threshold, out in zip(thresholds, outs):
-                grey = to_sketch(raw, threshold)[:, 0].mul(255).round().to(torch.uint8).cpu().numpy()
-                written += _write(grey, names, out, overwrite)
-    if written:
-        os.sync()  # one flush for every PNG written above (saved without a per-file fsync)
-    return {"folders": [os.path.abspath(f) for f in folders], "written": written, "kept": kept,
-            "unreadable": sorted(unreadable)}
-
-
-def _write(grey: np.ndarray, names: list[str], folder: Path, overwrite: bool) -> int:
-    """Write the (B, H, W) uint8 sketches that are missing (or all, with overwrite); returns the count."""
-    count = 0
-    for image, name in zip(grey, names):
-        target = folder / f"{name}.png"
-        if overwrite or not target.is_file():
-            save_png(Image.fromarray(image, mode="L"), target, fsync=False)
-            count += 1
-    return count
 
 
 @cli
@@ -162,8 +69,6 @@ Example:
         find_checkpoint(checkpoint, "tom")
     require_images(args.path_content, nested=True)
     check_writable(args.path_result, folder=True)
-    if vgg_features is None:  # only the command line needs the pretrained weights
-        vgg_features = weights.vgg16_features()
     summary = make_sketches(vgg_features, args.checkpoint, args.path_content, args.path_result, thresholds,
                             args.size, args.batch_size, device, args.overwrite, max(0, args.workers))
     print(f"wrote {summary['written']} sketches, kept {summary['kept']} existing")

@@ -43,7 +43,7 @@ import weights
 from datasets import (DataError, FolderDataset, InfiniteSampler, RandomStream, iteration_generator, mix_seed,
                       paired_crop_flip, require_images, to_float)
 from errors import UserError, cli
-from checkpoints import find_checkpoint
+from checkpoints import find_checkpoint, run_folder
 from fileio import load_checkpoint, locked_folder, write_json
 from losses import d_hinge  # the style discriminator's: real sketches above +1, generated below -1
 from sketch_styletransfer.tom_models import (THRESHOLD, StyleDiscriminator, TOMGenerator, VGGFeatures, check_size,
@@ -212,11 +212,6 @@ def fixed_photos(folder, size: int, n: int) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- run folder, checkpoints
 
-def run_folder_of(checkpoint: Path) -> Path:
-    """The run folder a checkpoint file belongs to."""
-    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-
-
 def _holds_run(folder: Path) -> bool:
     return any((folder / name).exists() for name in ("checkpoints", "log.jsonl", "args.json", "images"))
 
@@ -252,10 +247,10 @@ def plan_run(options: dict) -> Plan:
     if options.get("out"):
         out = Path(options["out"])
     elif path is not None:
-        out = run_folder_of(path)
+        out = run_folder(path)
     else:
         out = Path("train_results") / f"tom-{time.strftime('%Y%m%d-%H%M%S')}"
-    if _holds_run(out) and (path is None or out.resolve() != run_folder_of(path).resolve()):
+    if _holds_run(out) and (path is None or out.resolve() != run_folder(path).resolve()):
         hint = f"continue it with --checkpoint {out}" if path is None else "its own checkpoint resumes into it"
         raise RunError(f"run folder {out} already holds a run: {hint}, or choose another --out")
     return Plan(args, out, tuple(counts), path)

@@ -93,6 +93,11 @@ def xdog(gray: np.ndarray, sigma: float = 0.9, k: float = 1.6, p: float = 400.0,
     return out
 
 
+def xdog_image(gray: np.ndarray, setting: Setting, binary: bool = True) -> Image.Image:
+    """`xdog` of a grey image (H, W) in [0, 1] with `setting`, as an 8-bit "L" image."""
+    return Image.fromarray(np.round(xdog(gray, **asdict(setting), binary=binary) * 255).astype(np.uint8), mode="L")
+
+
 def parse_setting(text: str) -> tuple[str, Setting]:
     """'name:sigma=0.8,phi=20,width=2' -> (name, Setting); unnamed keys come from the built-in `name`, else medium."""
     name, _, body = text.partition(":")
@@ -128,8 +133,7 @@ def _sketch_one(task: tuple) -> tuple[int, str | None]:
         image = resize(image, size)
     gray = np.asarray(image, dtype=np.float64) / 255.0
     for setting, out_path in jobs:
-        sketch = xdog(gray, **asdict(setting), binary=binary)
-        save_png(Image.fromarray(np.round(sketch * 255).astype(np.uint8), mode="L"), out_path, fsync=False)
+        save_png(xdog_image(gray, setting, binary), out_path, fsync=False)
     return len(jobs), None
 
 

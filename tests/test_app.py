@@ -17,7 +17,7 @@ from gradio.data_classes import FileData
 from PIL import Image, ImageDraw
 
 import app as A
-from evaluate.generate_mix import mix_vectors, parse_recipe
+from evaluate.generate_mix import parse_recipe
 from fileio import CheckpointError, save_checkpoint
 from inference import InferenceError, SketchToImage, newest_run
 from stroke_model import build_stroke_model
@@ -111,7 +111,7 @@ def test_mixing_per_scale_is_generate_mix_recipe(app):
     styles = [m.prepare_style(a), m.prepare_style(b)]
     each = [m.style_vectors(x) for x in styles]  # one at a time, as the app does (bitwise the same)
     per_scale = [torch.cat(v) for v in zip(*each)]
-    vectors = mix_vectors(m, parse_recipe("coarse=B,mid=A,fine=A", 2), torch.cat(styles), per_scale)
+    vectors = m.mix_styles(per_scale, parse_recipe("coarse=B,mid=A,fine=A", 2).weights(2))
     expected = A.to_pil(m.generate(m.prepare_sketch(Image.fromarray(sketch)), style_vectors=vectors, seed=0)[0])
     got = app.generate(sketch, a, b, mix=1.0, scales=["coarse"])[0]
     assert np.array_equal(np.asarray(got), np.asarray(expected))

@@ -288,12 +288,13 @@ def test_tom_sketcher(model, test_dirs, tmp_path):
     pytest.importorskip("sketch_styletransfer.tom_models")
     import weights
     from fileio import save_checkpoint
+    from sketch_styletransfer.sketch import tom_sketcher
     from sketch_styletransfer.tom_models import TOMGenerator
     _, image_dir = test_dirs
     ckpt = {"kind": "tom", "iteration": 0, "config": {"nfc": 8, "im_size": 64},
             "state": {"networks": {"g": TOMGenerator(nfc=8).state_dict()}}}
     save_checkpoint(ckpt, tmp_path / "tom.pt")
-    sketcher = style_transfer.tom_sketcher(tmp_path / "tom.pt", "cpu", vgg_features=weights.build_vgg16_features())
+    sketcher = tom_sketcher(tmp_path / "tom.pt", "cpu", vgg_features=weights.build_vgg16_features())
     photo = Image.open(sorted(image_dir.iterdir())[0])
     drawing = sketcher(photo)
     assert drawing.mode == "L" and drawing.size == (64, 64) and set(np.unique(np.asarray(drawing))) <= {0, 255}
@@ -328,10 +329,10 @@ def test_mix_recipes_pick_vectors_per_scale(model, test_dirs):
     _, image_dir = test_dirs
     styles = torch.cat([model.prepare_style(p) for p in sorted(image_dir.iterdir())[:4]])
     vectors = model.style_vectors(styles)
-    mixed = generate_mix.mix_vectors(model, generate_mix.parse_recipe("coarse=A,mid=B,fine=C+D", 4), styles, vectors)
-    assert torch.equal(mixed[2][0], vectors[2][0])  # coarse (v8) from A
-    assert torch.equal(mixed[1][0], vectors[1][1])  # mid (v16) from B
-    assert torch.allclose(mixed[0][0], (vectors[0][2] + vectors[0][3]) / 2)  # fine (v32): mean of C and D
+    mixed = model.mix_styles(vectors, generate_mix.parse_recipe("coarse=A,mid=B,fine=C+D", 4).weights(4))
+    assert torch.equal(mixed.coarse[0], vectors.coarse[0])  # from A
+    assert torch.equal(mixed.mid[0], vectors.mid[1])  # from B
+    assert torch.allclose(mixed.fine[0], (vectors.fine[2] + vectors.fine[3]) / 2)  # the mean of C and D
 
 
 def test_image_matrix_as_a_script_and_deterministic(model, test_dirs, tmp_path):

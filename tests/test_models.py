@@ -128,6 +128,7 @@ def test_autoencoder_resizes_inputs_to_its_size(input_size):
                         torch.randn(BATCH, 3, input_size, input_size))
     assert image.shape == (BATCH, 3, 64, 64)
     assert [v.shape[1] for v in vectors] == list(ae.style_encoder.vector_dims)
+    assert [v.shape[1] for v in (vectors.fine, vectors.mid, vectors.coarse)] == [2 * NARROW, 4 * NARROW, 8 * NARROW]
 
 
 def test_autoencoder_backward_reaches_every_parameter():

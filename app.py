@@ -51,7 +51,7 @@ from errors import UserError, cli
 from fileio import to_pil
 from inference import SCALES, InferenceError, SketchToImage, fit_square, is_light_on_dark, newest_run
 from sketch_styletransfer.sketch import XDOG_CHOICES, XDOG_DEFAULT, Sketcher, make_sketcher, tom_sketcher
-from training import resolve_device
+from devices import resolve_device
 
 ROOT = Path(__file__).resolve().parent
 CANVAS = 512           # drawing canvas side in px (sketches are read from it at the model's AE size)

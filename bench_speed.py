@@ -49,7 +49,8 @@ from errors import UserError, cli
 from fileio import check_writable, write_json
 from models import AutoEncoder
 from stages import AEStage, GANStage, runtime_for
-from training import NanGuard, adam, native_bf16, seed_everything
+from training import NanGuard, adam, seed_everything
+from devices import native_bf16
 
 TOKENS = ("fp32", "bf16", "cl", "compile", "passive", "ref", "data")
 FP32_TOLERANCE = {"rtol": 1e-4, "atol": 1e-6}   # |a - b| <= rtol * max(|a|, |b|) + atol

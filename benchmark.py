@@ -41,12 +41,11 @@ from tqdm import tqdm
 
 import inference
 import weights
-from config import ConfigError
 from datasets import (READ_ERRORS, DataError, PairedDataset, load_image, require_images, resize, to_float,
                       to_uint8_tensor)
 from errors import UserError, cli
 from fileio import OutputError, atomic_path, check_apart, check_writable, save_png, write_json
-from training import resolve_device
+from devices import DeviceError, resolve_device
 
 INCEPTION_SIZE = 299
 MIN_SAMPLES = 2048          # below this many samples the 2048-d covariance is singular
@@ -633,7 +632,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} {value}: must be at least {low}")
     try:
         args.device = resolve_device(args.device)
-    except ConfigError as e:
+    except DeviceError as e:
         p.error(str(e))
     if getattr(args, "workers", 0) is None:
         args.workers = 4 if torch.device(args.device).type == "cuda" else 0

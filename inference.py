@@ -50,7 +50,7 @@ from errors import UserError, cli
 from fileio import CheckpointDir, check_apart, newest_checkpoint, save_png, to_pil
 from checkpoints import Trained, load_trained, save_exported
 from models import BN_MODES, NoiseInjection, StyleVectors, batch_norm_mode
-from training import resolve_device
+from devices import resolve_device
 
 ImageInput = Union[str, Path, Image.Image]
 

@@ -1,9 +1,10 @@
-"""Loss curves of a training run, drawn from its JSON-lines log: one panel per loss, FID when measured.
+"""Loss curves of a training run, drawn from its JSON-lines log: one panel per loss, FID when measured;
+and what a person watches while a stage trains (StageMonitor: the curves, TensorBoard if asked).
 
 Inputs: a run folder of train.py (each stage folder in it that holds a log.jsonl: ae/, gan/) or
 of TOM (sketch_styletransfer/train.py: log.jsonl at its top), a stage folder, or a log.jsonl.
 Outputs: loss_curves.png beside each log.jsonl (or the --out file, for a single log). train.py
-draws the same picture in each stage folder while it trains (monitor.py); this script redraws
+draws the same picture in each stage folder while it trains (StageMonitor); this script redraws
 it on demand, e.g. for a run copied from another machine.
 
 Examples:
@@ -12,7 +13,7 @@ Examples:
 
 Every key of a record is a panel except the bookkeeping keys (BOOKKEEPING: the iteration, the
 speed, the subset, the learning rate, skip counters); FID values (records from the held-out FID
-during the GAN stage) share one panel. README "Logs" documents every key.
+during the GAN stage) share one panel. docs/training.md documents every key.
 """
 from __future__ import annotations
 
@@ -20,7 +21,11 @@ import argparse
 import json
 import math
 import sys
+import time
 from pathlib import Path
+
+import torch
+from torchvision.utils import make_grid
 
 from errors import UserError, cli
 from fileio import atomic_path, check_apart
@@ -108,6 +113,79 @@ def find_logs(target) -> list[Path]:
     if not logs:
         raise LogError(f"no log.jsonl in {target} or its stage folders (ae/, gan/)")
     return logs
+
+
+# --------------------------------------------------------------------------- while a stage trains
+
+CURVE_BUDGET = 0.02   # share of training time the loss-curve drawings may take
+
+
+def require_tensorboard() -> type:
+    """torch's SummaryWriter class, or a one-line LogError (before any training) when LOGGER=tensorboard
+    cannot work. Imported only here: tensorboard is optional and slow to import."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+    except ImportError:
+        raise LogError("LOGGER=tensorboard needs the tensorboard package: pip install tensorboard "
+                          "(or LOGGER=none)") from None
+    return SummaryWriter
+
+
+class StageMonitor:
+    """Loss curves (always) and TensorBoard (LOGGER=tensorboard) of one stage folder."""
+
+    def __init__(self, stage_dir, logger: str = "none", start: int = 0, enabled: bool = True,
+                 budget: float = CURVE_BUDGET):
+        self.stage_dir, self.enabled, self.budget = Path(stage_dir), enabled, budget
+        self.next_draw = 0.0        # perf_counter time before which a log write does not redraw
+        self.pending = False        # records logged since the last drawing
+        self.writer = None
+        if enabled and logger == "tensorboard":
+            summary_writer = require_tensorboard()
+            # purge_step: a resumed stage drops the events logged after its checkpoint
+            self.writer = summary_writer(str(self.stage_dir / "tensorboard"), purge_step=start or None)
+
+    def log(self, record: dict) -> None:
+        """A record just written to log.jsonl."""
+        if not self.enabled:
+            return
+        self.pending = True
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "iter" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    group = "fid" if key in FID_KEYS else "train" if key in BOOKKEEPING else "loss"
+                    self.writer.add_scalar(f"{group}/{key}", value, record["iter"])
+            self.writer.flush()
+        if time.perf_counter() >= self.next_draw:
+            self.draw()
+
+    def grid(self, images: torch.Tensor, nrow: int, it: int) -> None:
+        """A sample grid (N, C, H, W) in [-1, 1] just saved as PNG."""
+        if self.writer is not None:
+            if images.shape[1] == 1:
+                images = images.expand(-1, 3, -1, -1)
+            grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=2, pad_value=1.0)
+            self.writer.add_image("samples", grid.add(1).div(2).clamp(0, 1), it)
+            self.writer.flush()
+
+    def draw(self) -> None:
+        """Redraw loss_curves.png from log.jsonl now; the next log-time drawing waits cost / budget."""
+        t0 = time.perf_counter()
+        records = read_log(self.stage_dir / "log.jsonl")
+        if records:
+            draw(records, self.stage_dir / CURVES_FILE,
+                          title=f"{self.stage_dir.parent.name}/{self.stage_dir.name}")
+        self.pending = False
+        now = time.perf_counter()
+        self.next_draw = now + (now - t0) / self.budget
+
+    def close(self) -> None:
+        """End of the stage: the final curves, TensorBoard files closed."""
+        if self.pending:
+            self.draw()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
 
 @cli

@@ -44,7 +44,7 @@ from errors import cli
 from fileio import atomic_path, remove_stale_temporaries, save_png, write_json
 from sketch_styletransfer import sketch
 from sketch_styletransfer.xdog import BUILTIN_SETTINGS, make_sketch_folders
-from training import resolve_device
+from devices import resolve_device
 
 ROOT = Path(__file__).resolve().parent
 SMALL_DATA = 10_000   # fewer training photos than this: the "shoe" preset (the original README's advice)

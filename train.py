@@ -42,7 +42,7 @@ from datasets import Pairs, pair_folders, require_readable
 from demo_data import ensure_demo_data
 from fileio import (LOCK_FILE, CheckpointDir, CheckpointError, OutputError, load_checkpoint, locked_folder,
                     newest_checkpoint, remove_stale_temporaries, write_json, write_text)
-from monitor import require_tensorboard
+from plot_log import require_tensorboard
 from losses import build_lpips
 from checkpoints import load_trained
 from models import AutoEncoder

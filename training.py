@@ -32,9 +32,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from datasets import InfiniteSampler, RandomStream, mix_seed
+from devices import DeviceError, native_bf16, resolve_device
 from errors import UserError, stopped_exit_code
 from fileio import CheckpointDir, CheckpointError, JsonlLog, load_checkpoint, save_grid
-from monitor import StageMonitor
+from plot_log import StageMonitor
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # what stops a run cleanly (StopRequest)
 
@@ -82,44 +83,6 @@ class Runtime:
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
-
-
-class DeviceError(UserError, ValueError):
-    """A device name that is not one, or a device this machine does not have."""
-
-
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """The one device resolver of every command: "auto" -> the first CUDA device if there is one,
-    else the CPU; otherwise a torch device name that must exist here (DeviceError if not)."""
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise DeviceError(f"device {name!r}: not a device name (auto, cpu, cuda, cuda:1, mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"device {name}: CUDA is not available here (use cpu or auto)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise DeviceError(f"device {name}: MPS is not available here (use cpu or auto)")
-    return device
-
-
-def native_bf16(device: torch.device, cpu_flags: str | None = None) -> bool:
-    """Whether bf16 autocast pays on `device`: CUDA, or a CPU whose instruction set has bf16 arithmetic
-    (x86 AVX512-BF16 or AMX-BF16, Arm BF16; read from /proc/cpuinfo, `cpu_flags` in tests). Elsewhere
-    bf16 is emulated and slower than fp32, so the BF16 setting leaves such devices in fp32."""
-    if device.type == "cuda":
-        return True
-    if device.type != "cpu":
-        return False
-    if cpu_flags is None:
-        try:
-            cpu_flags = Path("/proc/cpuinfo").read_text(errors="replace")
-        except OSError:
-            return False
-    return bool(set(cpu_flags.split()) & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def setup_runtime(device: str, seed: int, bf16: bool = True, channels_last: bool = True, compile: bool = False,

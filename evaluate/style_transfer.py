@@ -25,7 +25,7 @@ from evaluate import as_rgb, blank, choose, image_files, model_arguments  # noqa
 from fileio import check_apart, save_grid, save_png  # noqa: E402
 from inference import SketchToImage, open_image  # noqa: E402
 from sketch_styletransfer.sketch import XDOG_DEFAULT, Sketcher, make_sketcher  # noqa: E402
-from training import resolve_device  # noqa: E402
+from devices import resolve_device  # noqa: E402
 
 
 def style_transfer(model: SketchToImage, photos: list[Path], styles: list[Path], sketcher: Sketcher, out: Path,

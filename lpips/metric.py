@@ -21,13 +21,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from config import ConfigError
 from datasets import DataError, list_images, load_image, resize, to_float, to_uint8_tensor
 from benchmark import format_table
 from errors import cli
 from fileio import check_apart, check_writable, write_json
 from lpips import LPIPS
-from training import resolve_device
+from devices import DeviceError, resolve_device
 
 MIN_SIZE = {"vgg": 16, "alex": 31}  # smallest input whose deepest layer LPIPS reads is still 1x1
 
@@ -129,7 +128,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least {low}")
     try:
         args.device = resolve_device(args.device)
-    except ConfigError as e:
+    except DeviceError as e:
         p.error(str(e))
     return args
 

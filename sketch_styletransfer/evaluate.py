@@ -27,7 +27,7 @@ from errors import cli
 from fileio import check_apart, check_writable
 from sketch_styletransfer.sketch import make_sketches, parse_threshold
 from sketch_styletransfer.tom_models import check_size
-from training import resolve_device
+from devices import resolve_device
 
 
 @cli

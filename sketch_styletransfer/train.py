@@ -48,8 +48,9 @@ from fileio import load_checkpoint, locked_folder, write_json
 from losses import d_hinge  # the style discriminator's: real sketches above +1, generated below -1
 from sketch_styletransfer.tom_models import (THRESHOLD, StyleDiscriminator, TOMGenerator, VGGFeatures, check_size,
                                              content_loss, gram_input, gram_loss, sketch_photos, to_sketch)
-from training import (LoopOptions, NanGuard, Runtime, StageResult, from_rank0, join_torchrun, optimizer_step,
-                      resolve_device, run_stage, seed_everything, stoppable_batches)
+from devices import resolve_device
+from training import (LoopOptions, NanGuard, Runtime, StageResult, from_rank0, join_torchrun, optimizer_step, run_stage,
+                      seed_everything, stoppable_batches)
 
 KIND = "tom"
 CROP_SCALE = 292 / 256   # the reference resizes 256 px training images to 292, then crops 256

@@ -448,7 +448,7 @@ def test_a_damaged_or_diverged_checkpoint_generates_nothing(folders, run_dir, tm
     (tmp_path / "damaged.pt").write_bytes(bytes(raw))
     ckpt = load_checkpoint(gan)
     next(iter(ckpt["state"]["networks"]["generator_ema"].values())).fill_(float("nan"))
-    torch.save(ckpt, tmp_path / "diverged.pt")  # NaN weights, as an unguarded run would have saved them
+    save_checkpoint(ckpt, tmp_path / "diverged.pt")  # NaN weights, as an unguarded run would have saved them
     for name, message in (("damaged.pt", "damaged"), ("diverged.pt", "NaN/Inf")):
         argv = ["--checkpoint", str(tmp_path / name), "--sketch", str(folders["sketches"]), "--style",
                 str(folders["images"]), "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet"]

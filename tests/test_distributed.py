@@ -12,7 +12,8 @@ from conftest import tiny_config, tiny_train_args
 from fileio import CheckpointDir, load_checkpoint
 from models import ResBlkG
 from stages import runtime_for
-from training import DeviceError, to_sync_batchnorm
+from training import to_sync_batchnorm
+from devices import DeviceError
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

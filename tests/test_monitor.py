@@ -12,7 +12,7 @@ from PIL import Image
 import plot_log
 import train
 from conftest import tiny_train_args
-from monitor import StageMonitor
+from plot_log import StageMonitor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,7 +102,7 @@ def test_curves_are_redrawn_at_log_writes_within_their_time_budget(tmp_path):
 
 def test_nothing_of_tensorboard_is_imported_when_it_is_off(tmp_path):
     _write_log(tmp_path / "ae" / "log.jsonl", _records(2))
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import torch, train; from monitor import StageMonitor; "
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import torch, train; from plot_log import StageMonitor; "
             "m = StageMonitor(sys.argv[2], 'none'); m.log({'iter': 19, 'd_loss': 1.0}); m.close(); "
             "print(sorted(k for k in sys.modules if 'tensorboard' in k))")
     done = subprocess.run([sys.executable, "-c", code, str(ROOT), str(tmp_path / "ae")], capture_output=True,

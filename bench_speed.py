@@ -19,7 +19,7 @@ a busy process, or a second training.
 
 Each (round, setting, stage) is a fresh process (OMP_WAIT_POLICY acts only when a process starts);
 rounds interleave the settings; medians are reported. Step 1 of every setting starts from the same
-weights and batch at learning rate 0, so its losses are the networks' numerics alone; they must match
+weights and batch and makes no update, so its losses are the networks' numerics alone; they must match
 the first setting's to 1e-4 relative between fp32 settings, within BF16_TOLERANCE once bf16 is
 involved (exit code 1 otherwise). On CUDA also peak memory and MFU (one step's FLOPs, from torch's
 FlopCounterMode, over the GPU's dense bf16 or TF32 peak).
@@ -103,14 +103,13 @@ def build_stage(kind: str, cfg: C.Config, setting: dict):
 
 
 def first_step(stage, guard: NanGuard) -> dict:
-    """Step 1 at learning rate 0: every loss of the step at the initial weights (a later update in the step
-    would otherwise carry Adam's first, sign-like move of each weight into them), then the rates back."""
-    rates = {(k, i): g["lr"] for k, o in stage.opt.items() for i, g in enumerate(o.param_groups)}
-    for (k, i) in rates:
-        stage.opt[k].param_groups[i]["lr"] = 0.0
+    """Step 1 without its updates: every loss of the step at the initial weights (an update earlier in the
+    step would otherwise carry Adam's first, sign-like move of each weight into the later losses)."""
+    for opt in stage.opt.values():
+        opt.step = lambda *args, **kwargs: None  # shadows the method for this step only
     losses = stage.step(0, guard)
-    for (k, i), lr in rates.items():
-        stage.opt[k].param_groups[i]["lr"] = lr
+    for opt in stage.opt.values():
+        del opt.step
     return losses
 
 

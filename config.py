@@ -94,6 +94,8 @@ class Config:
     LR_AE: float = setting(2e-4, "Adam learning rate of encoders, decoder and head")
     LR_AE_AFTER_SWITCH: float = setting(1e-4, "lr of style encoder and decoder after the first subset switch")
     BETAS: tuple[float, float] = setting((0.5, 0.999), "Adam betas of every optimizer of both stages")
+    LR_DECAY_FROM: float = setting(1.0, "share of each stage after which its learning rates fall linearly to 0 "
+                                        "at its last iteration (1: constant, the reference)")
     SUBSET_PASSES: int = setting(100, "the subset moves on every NBR_CLS * SUBSET_PASSES // BATCH_SIZE_AE "
                                       "iterations")
     W_CLS: float = setting(1.0, "instance classification (cross-entropy, both views)")
@@ -192,6 +194,8 @@ class Config:
                               "sketches): set both, or neither")
         if self.TRAIN_AE_ONLY and self.TRAIN_GAN_ONLY:
             raise ConfigError("TRAIN_AE_ONLY and TRAIN_GAN_ONLY are both set: choose one")
+        if not 0.0 <= self.LR_DECAY_FROM <= 1.0:
+            raise ConfigError(f"LR_DECAY_FROM={self.LR_DECAY_FROM}: must be in [0, 1]")
         if not 0.0 <= self.EMA_DECAY < 1.0:
             raise ConfigError(f"EMA_DECAY={self.EMA_DECAY}: must be in [0, 1)")
         if not all(0.0 <= beta < 1.0 for beta in self.BETAS):

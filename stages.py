@@ -27,7 +27,8 @@ from datasets import (Pairs, PairedDataset, RandomStream, SelfSupervisedDataset,
 from fileio import CheckpointError
 from models import (AE_NETWORKS, AutoEncoder, ContentEncoder, Decoder, Discriminator, InstanceClassifier,
                     StyleEncoder, batch_norm_mode, build_generator)
-from training import EMA, NanGuard, Runtime, adam, infinite_batches, optimizer_step, setup_runtime
+from training import (EMA, NanGuard, Runtime, adam, infinite_batches, lr_factor, optimizer_step, set_lr,
+                      setup_runtime)
 
 
 def runtime_for(cfg: Config) -> Runtime:
@@ -132,19 +133,20 @@ class AEStage:
     def step(self, it: int, guard: NanGuard) -> dict[str, torch.Tensor]:
         if it > 0 and it % self.switch_every == 0:
             self._switch_subset()
+        cfg, factor = self.cfg, lr_factor(it, self.cfg.ITERATION_AE, self.cfg.LR_DECAY_FROM)
+        for name, opt in self.opt.items():  # style encoder and decoder slow down after the first switch (reference)
+            switched = self.ss_data.subset > 0 and name in ("style", "decoder")
+            set_lr(opt, factor * (cfg.LR_AE_AFTER_SWITCH if switched else cfg.LR_AE))
         logs = self._step_a(it, guard)
         logs.update(self._step_b(it, guard))
         return logs
 
     def _switch_subset(self) -> None:
-        """Next subset: new classes, so a fresh head and head optimizer; lower lr (reference)."""
+        """Next subset: new classes, so a fresh head and head optimizer (reference)."""
         self.ss_data.next_subset()
         self.ss_batches = self._ss_batches(0)
         self.head.reset_parameters()
         self.opt["head"] = adam(self.head.parameters(), self.cfg.LR_AE, self.cfg.BETAS, self.rt.device)
-        for name in ("style", "decoder"):
-            for group in self.opt[name].param_groups:
-                group["lr"] = self.cfg.LR_AE_AFTER_SWITCH
 
     def _batch(self, batches) -> dict[str, torch.Tensor]:
         batch = next(batches)
@@ -309,6 +311,8 @@ class GANStage:
     # --- one iteration -----------------------------------------------------------------------
     def step(self, it: int, guard: NanGuard) -> dict[str, torch.Tensor]:
         cfg = self.cfg
+        for opt in self.opt.values():
+            set_lr(opt, cfg.LR_GAN * lr_factor(it, cfg.ITERATION_GAN, cfg.LR_DECAY_FROM))
         batch = next(self.batches)
         self.skipped_files += int(batch["skipped"].sum())
         g = iteration_generator(cfg.SEED, RandomStream.GAN_AUG, it, self.rt.rank)

@@ -288,6 +288,18 @@ def adam(params, lr: float, betas: tuple[float, float], device: torch.device,
     return torch.optim.Adam(params, lr=lr, betas=betas, foreach=foreach)
 
 
+def lr_factor(it: int, total: int, decay_from: float) -> float:
+    """The learning-rate factor of iteration `it` of `total`: 1 until `decay_from` of them, then falling
+    linearly to 0 at the last one (decay_from=1: constant)."""
+    start = decay_from * total
+    return 1.0 if it < start or start >= total else max(0.0, (total - it) / (total - start))
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
 # --------------------------------------------------------------------------- EMA and guards
 
 class EMA:

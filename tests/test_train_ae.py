@@ -10,7 +10,7 @@ from models import ContentEncoder, Decoder, StyleEncoder
 from datasets import fixed_batch
 from train import loop_options
 from stages import AEStage, runtime_for
-from training import NanGuard, NonFiniteLoss, run_stage
+from training import NanGuard, NonFiniteLoss, lr_factor, run_stage
 
 
 def _stage(demo_root, demo_pairs, tmp_path, **overrides):
@@ -89,6 +89,24 @@ def test_reconstruction_learns_on_a_fixed_batch(demo_pairs):
     assert mse[-1] < 0.1 * mse[0]
 
 
+def test_learning_rates_fall_linearly_to_zero_after_lr_decay_from():
+    assert [lr_factor(it, 10, 0.6) for it in range(10)] == [1, 1, 1, 1, 1, 1, 1.0, 0.75, 0.5, 0.25]
+    assert [lr_factor(it, 4, 1.0) for it in range(6)] == [1] * 6  # constant, also past the end
+    assert lr_factor(0, 4, 0.0) == 1.0 and lr_factor(3, 4, 0.0) == 0.25
+
+
+def test_the_stages_follow_the_schedule(demo_root, demo_pairs, tmp_path):
+    stage, cfg = _stage(demo_root, demo_pairs, tmp_path, ITERATION_AE=4, LR_DECAY_FROM=0.5, LR_AE_AFTER_SWITCH=5e-5)
+    guard = NanGuard("stop", torch.device("cpu"))
+    for it in range(4):
+        stage.step(it, guard)
+        lrs = {k: o.param_groups[0]["lr"] for k, o in stage.opt.items()}
+        factor = lr_factor(it, 4, 0.5)
+        assert lrs["content"] == cfg.LR_AE * factor and lrs["head"] == cfg.LR_AE * factor
+        assert lrs["style"] == (5e-5 if stage.ss_data.subset else cfg.LR_AE) * factor
+    assert lrs["content"] == cfg.LR_AE * 0.5  # the last iteration of 4, decaying from 2
+
+
 def test_checkpoint_round_trip(demo_root, demo_pairs, tmp_path):
     stage, cfg = _stage(demo_root, demo_pairs, tmp_path)
     stage.step(0, NanGuard("stop", torch.device("cpu")))
@@ -107,12 +125,15 @@ def _train(demo_root, demo_pairs, tmp_path, total, resume, **overrides):
     return stage, result
 
 
-def test_resume_continues_exactly(demo_root, demo_pairs, tmp_path):
-    """6 iterations straight == 3, stop, resume, 3 more (the subset switches at 2 and 4 included)."""
-    straight, _ = _train(demo_root, demo_pairs, tmp_path / "a", 6, resume=False, SAVE_MODEL_INTERVAL=3, W_MI=0.1)
-    _, first = _train(demo_root, demo_pairs, tmp_path / "b", 3, resume=False, SAVE_MODEL_INTERVAL=3, W_MI=0.1)
+@pytest.mark.parametrize("decay_from", [1.0, 0.5])
+def test_resume_continues_exactly(demo_root, demo_pairs, tmp_path, decay_from):
+    """6 iterations straight == 3, stop, resume, 3 more (the subset switches at 2 and 4 included; with
+    LR_DECAY_FROM=0.5 the rates fall over iterations 3..5)."""
+    kw = dict(SAVE_MODEL_INTERVAL=3, W_MI=0.1, ITERATION_AE=6, LR_DECAY_FROM=decay_from)
+    straight, _ = _train(demo_root, demo_pairs, tmp_path / "a", 6, resume=False, **kw)
+    _, first = _train(demo_root, demo_pairs, tmp_path / "b", 3, resume=False, **kw)
     assert first.iteration == 3 and first.last_checkpoint.name == "ckpt_00000003.pt"
-    resumed, second = _train(demo_root, demo_pairs, tmp_path / "b", 6, resume=True, SAVE_MODEL_INTERVAL=3, W_MI=0.1)
+    resumed, second = _train(demo_root, demo_pairs, tmp_path / "b", 6, resume=True, **kw)
     assert second.iteration == 6
     for name, net in straight.networks().items():
         for (k, a), b in zip(net.state_dict().items(), resumed.networks()[name].state_dict().values()):

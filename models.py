@@ -257,10 +257,7 @@ class EncoderTrunk(nn.Module):
         stem, ch = [], in_ch
         for i, width in enumerate(stem_widths):
             stem.append(nn.Conv2d(ch, width, 4, 2, 1, bias=False))
-            if i == 0:
-                stem.append(nn.LeakyReLU(LRELU_STEM))
-            else:
-                stem += [nn.BatchNorm2d(width), nn.LeakyReLU(LRELU)]
+            stem += [nn.LeakyReLU(LRELU_STEM)] if i == 0 else [nn.BatchNorm2d(width), nn.LeakyReLU(LRELU)]
             ch = width
         self.stem = nn.Sequential(*stem)  # (B, in_ch, S, S) -> (B, ch, 64, 64)
 

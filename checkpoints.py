@@ -1,8 +1,6 @@
-"""Trained models behind paths, in one place: finding the checkpoint a path means (a run folder, a stage
-folder, a file), loading the trained networks in it (AE and GAN stages, TOM, or a file export.py wrote),
-and writing that export (safetensors: tensors and JSON, no pickle). As stylegan2-ada's legacy.py, the
-one loader every command uses. Checkpoints load with weights_only=True (fileio.load_checkpoint);
-anything else is a one-line CheckpointError.
+"""The one loader every command uses (as stylegan2-ada's legacy.py): the checkpoint a path means (run folder,
+stage folder, file), the trained networks in it (AE, GAN, TOM, or export.py's safetensors file), and that export.
+Anything wrong is a one-line CheckpointError.
 """
 from __future__ import annotations
 
@@ -29,7 +27,7 @@ STAGE_CHECKPOINTS = {"ae": "an AE-stage checkpoint ('ae')", "gan": "a GAN-stage 
 
 @dataclass
 class Trained:
-    """What the loader returns: the networks in eval mode without gradients, on the CPU."""
+    """The networks in eval mode without gradients, on the CPU."""
 
     ae: AutoEncoder
     generator: nn.Module | None  # the EMA refine generator; None for an AE-stage checkpoint
@@ -40,10 +38,8 @@ class Trained:
 
 
 def load_trained(path, kind: str | None = "gan") -> Trained:
-    """The trained networks in `path`: a train.py run folder (its newest checkpoint), a checkpoint file
-    or a .safetensors file written by export.py. kind "gan": the AE and the EMA generator; "ae": an
-    AE-stage checkpoint's AE; None: either (a run folder gives its GAN stage when it has one).
-    Checkpoints load with weights_only=True; anything else raises fileio.CheckpointError in one line."""
+    """The networks in a run folder (its newest checkpoint), a checkpoint file or an exported .safetensors file.
+    kind "gan": the AE and the EMA generator; "ae": an AE-stage checkpoint's AE; None: either (GAN first)."""
     if is_exported(path) or Path(path).suffix == ".safetensors":
         if kind == "ae":
             raise _wrong_kind(path, "an exported model", kind)
@@ -66,7 +62,7 @@ def load_trained(path, kind: str | None = "gan") -> Trained:
 
 def find_checkpoint(path, kind: str | None = "gan") -> Path:
     """`path` if it is a file; else the newest checkpoint of a run folder (<run>/<kind>/checkpoints; kind
-    None: the GAN stage's, else the AE stage's), of a stage folder, or of a checkpoints/ folder."""
+    None: GAN, else AE), of a stage folder, or of a checkpoints/ folder."""
     path = Path(path)
     if path.is_file():
         return path
@@ -86,7 +82,7 @@ def find_checkpoint(path, kind: str | None = "gan") -> Path:
 
 
 def run_folder(checkpoint: Path) -> Path:
-    """The folder a checkpoint file belongs to: the one that holds its checkpoints/ folder, if it is in one."""
+    """The folder that holds a checkpoint file's checkpoints/ folder, if it is in one."""
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
 
 
@@ -97,17 +93,17 @@ def _wrong_kind(path, what: str, wanted: str | None) -> CheckpointError:
 
 
 def build_trained(arch: dict, nets: dict, config: dict, iteration, source: Path) -> Trained:
-    """The networks of `arch` (an AE or GAN stage's) with `nets` loaded strictly; CheckpointError if they do not fit."""
+    """The networks of `arch` (an AE or GAN stage's) with `nets` loaded strictly (CheckpointError if unfit)."""
     if not isinstance(arch, dict) or not isinstance(arch.get("preset"), str):
         raise CheckpointError(f"{source}: its architecture entry names no preset: not a model this code wrote "
                               f"(or a damaged one)")
     if not isinstance(config, dict):
         raise CheckpointError(f"{source}: its training config is a {type(config).__name__}, not a dict of settings")
     gan = "im_size_gan" in arch
+    missing = [k for k in (EXPORTED_NETWORKS if gan else AE_NETWORKS) if k not in nets]
+    if missing:
+        raise CheckpointError(f"{source}: a model without {', '.join(missing)}")
     try:
-        missing = [k for k in (EXPORTED_NETWORKS if gan else AE_NETWORKS) if k not in nets]
-        if missing:
-            raise CheckpointError(f"{source}: a model without {', '.join(missing)}")
         ae = AutoEncoder(arch["nfc"], arch["im_size_ae"] if gan else arch["im_size"])
         for name in AE_NETWORKS:
             getattr(ae, name).load_state_dict(nets[name])
@@ -117,16 +113,13 @@ def build_trained(arch: dict, nets: dict, config: dict, iteration, source: Path)
             generator.load_state_dict(nets["generator"])
             generator.eval().requires_grad_(False)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        if isinstance(e, CheckpointError):
-            raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{source}: a model whose networks do not load ({first})") from None
     return Trained(ae.eval().requires_grad_(False), generator, arch, config, iteration, source)
 
 
 def is_exported(path) -> bool:
-    """True when `path` is a safetensors file: an 8-byte little-endian header length, then a JSON
-    header. Judged by content, not by the file name."""
+    """Whether `path`'s content is safetensors: an 8-byte little-endian header length, then a JSON header."""
     path = Path(path)
     if not path.is_file():
         return False
@@ -136,8 +129,8 @@ def is_exported(path) -> bool:
 
 
 def save_exported(trained: Trained, path) -> Path:
-    """Write what inference needs (AE networks, EMA generator) as one safetensors file, atomically; the
-    architecture, training config and iteration go in its JSON metadata. No pickle."""
+    """Write the AE networks and EMA generator as one safetensors file, atomically; arch, config and
+    iteration go in its JSON metadata."""
     nets = {**{name: getattr(trained.ae, name) for name in AE_NETWORKS}, "generator": trained.generator}
     tensors = {f"{net}.{name}": tensor.detach().cpu().contiguous().clone()
                for net, module in nets.items() for name, tensor in module.state_dict().items()}
@@ -157,14 +150,12 @@ def save_exported(trained: Trained, path) -> Path:
 
 
 def exported_checksum(tensors: dict, meta: dict) -> str:
-    """fileio.state_checksum of an exported file's tensors and metadata (all but the checksum itself), in
-    name order (a safetensors file keeps its own order). It is stored in the metadata and checked at load."""
+    """state_checksum of an export's tensors and metadata (less the checksum), in name order."""
     return state_checksum({"tensors": {k: tensors[k] for k in sorted(tensors)},
                            "metadata": {k: meta[k] for k in sorted(meta) if k != CHECKSUM_KEY}})
 
 
 def _load_exported(file: Path) -> Trained:
-    """A safetensors file written by `save_exported`: tensors only, no pickle."""
     try:
         with safe_open(str(file), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}

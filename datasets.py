@@ -1,13 +1,8 @@
 """Paired image/sketch data: robust loading, pairing by file stem, samplers, augmentations.
 
-Split of work (so augmentation can run batched on any device, and resume is exact):
-- the loader (worker processes) only decodes and resizes: uint8 tensors at 1.1x (paired crop
-  source) and 1.3x (style-view source) of the training size; for the self-supervised step it
-  also thickens the sketch (`BOLD`) at the file's resolution, before resizing, as the reference;
-- the reference's random augmentations are batched tensor functions below (`paired_crop_flip`,
-  `style_view`, `erase`), run by the training step on its device, their random parameters
-  drawn from a CPU generator seeded per iteration;
-- `InfiniteSampler` is addressed by position, so a resumed run sees the same batches.
+The loader workers only decode and resize (uint8, 1.1x and 1.3x the training size); the reference's random
+augmentations are batched tensor functions run by the training step on its device, drawing from a CPU
+generator seeded per iteration; `InfiniteSampler` is addressed by position. So resume is exact.
 """
 from __future__ import annotations
 
@@ -30,7 +25,6 @@ REQUIRED_PYTHON = (3, 11)  # hashlib.file_digest (weights, FID cache) and the ty
 
 
 def python_error(version: tuple = tuple(sys.version_info)) -> str | None:
-    """The one-line refusal of a Python older than REQUIRED_PYTHON, or None."""
     if tuple(version[:2]) >= REQUIRED_PYTHON:
         return None
     return (f"error: this project needs Python >= {'.'.join(map(str, REQUIRED_PYTHON))} (this is Python "
@@ -52,17 +46,12 @@ class DataError(UserError):
     """A user's data problem: missing folder, nothing to pair, an unreadable image."""
 
 
-# what PIL raises for unreadable, truncated or oversized (decompression bomb) files
+# what PIL raises for unreadable, truncated or decompression-bomb files
 READ_ERRORS = (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError, SyntaxError)
 
 
-# --------------------------------------------------------------------------- loading
-
 def load_image(path, mode: str = "RGB") -> Image.Image:
-    """Open any image as 8-bit "RGB" or "L": alpha composited on white, 16-bit scaled, EXIF-rotated.
-
-    Raises DataError for unreadable, truncated or oversized (decompression bomb) files.
-    """
+    """Any image as 8-bit "RGB" or "L" (alpha on white, 16-bit scaled, EXIF-rotated); DataError if unreadable."""
     try:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)
@@ -86,7 +75,7 @@ def _to_mode(img: Image.Image, mode: str) -> Image.Image:
 
 
 def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
-    """PIL "RGB"/"L" -> (C,H,W) uint8 tensor."""
+    """PIL "RGB"/"L" -> (C, H, W) uint8 tensor."""
     arr = np.asarray(img, dtype=np.uint8)
     if arr.ndim == 2:
         arr = arr[:, :, None]
@@ -99,22 +88,13 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
 
 
 def resize(img: Image.Image, size: int) -> Image.Image:
-    """Square resize with PIL's antialiased bilinear filter: torchvision's `Resize((size, size))`
-    on a PIL image, which the reference uses everywhere (training, FID, evaluation)."""
+    """Square resize as the reference's torchvision `Resize((size, size))` on a PIL image."""
     return img.resize((size, size), Image.BILINEAR)
 
 
-# --------------------------------------------------------------------------- pairing
-
 def list_images(folder, nested: bool = False) -> dict[str, Path]:
-    """Image files of a folder (any listed extension in any case) keyed by name.
-
-    Flat: the files directly inside, keyed by file stem. Nested (ImageFolder-style trees, as the
-    reference's TOM read): every sub-folder too, hidden files and folders left out, keyed by
-    `flat_name` (cats/01.jpg -> cats__01), so names stay unique in one flat output folder.
-    Files pair by that name, so two images with one name (a.jpg and a.png) are refused with a
-    DataError naming them: either could be the one a sketch was drawn from.
-    """
+    """Image files of a folder keyed by stem; `nested`: sub-folders too (hidden ones left out), keyed by
+    `flat_name`. Two images with one name (a.jpg, a.png) are a DataError: files pair by name."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"folder not found: {folder}")
@@ -138,7 +118,7 @@ def list_images(folder, nested: bool = False) -> dict[str, Path]:
 
 
 def flat_name(relative_path) -> str:
-    """A file's path below its top folder -> one file stem: cats/01.jpg -> cats__01 (a flat file: its stem)."""
+    """cats/01.jpg -> cats__01 (a flat file: its stem)."""
     return "__".join(Path(relative_path).with_suffix("").parts)
 
 
@@ -158,7 +138,6 @@ def require_images(folder, what: str = "", nested: bool = False) -> dict[str, Pa
 
 @dataclass
 class Pairs:
-    """Images with one sketch in each of K folders, and what could not be paired."""
     images: list[Path]
     sketches: list[tuple[Path, ...]]          # sketches[i][k]: image i's sketch in folder k
     missing: dict[str, list[str]] = field(default_factory=dict)  # sketch folder -> stems without a sketch
@@ -167,7 +146,6 @@ class Pairs:
         return len(self.images)
 
     def report(self) -> str:
-        """One line per sketch folder that lacks sketches of some images."""
         lines = []
         for folder, stems in self.missing.items():
             shown = ", ".join(stems[:5]) + (", ..." if len(stems) > 5 else "")
@@ -176,7 +154,6 @@ class Pairs:
 
 
 def pair_folders(image_dir, sketch_dirs) -> Pairs:
-    """Pair each image with its sketch in every sketch folder by file stem."""
     if not image_dir:
         raise DataError("no image folder configured (set IMAGE_DIR=...)")
     if not sketch_dirs:
@@ -194,8 +171,7 @@ def pair_folders(image_dir, sketch_dirs) -> Pairs:
 
 
 def require_readable(pairs: Pairs) -> Pairs:
-    """`pairs`, or a DataError if not one image and its sketches can be read (checked until the first
-    readable pair: one read when the data is fine). Unreadable files are otherwise skipped in training."""
+    """`pairs`, or a DataError if not one pair can be read (reads until the first readable one)."""
     first_error = None
     for image, sketches in zip(pairs.images, pairs.sketches):
         try:
@@ -208,10 +184,8 @@ def require_readable(pairs: Pairs) -> Pairs:
                     f"(first: {first_error})")
 
 
-# --------------------------------------------------------------------------- datasets
-
 class _SkipCounter:
-    """Warn once per unreadable file (per process); bad files are replaced by the next good one."""
+    """Warn once per unreadable file (per process)."""
 
     def __init__(self):
         self.seen: set[str] = set()
@@ -224,14 +198,9 @@ class _SkipCounter:
 
 
 class PairedDataset(Dataset):
-    """Items (index, sketch_set) -> image and one of its sketches, decoded and resized (uint8).
-
-    image/sketch are at int(1.1 * size) (the paired crop source); with `style_view=True` the
-    item also holds `style_src`, the image at int(1.3 * size), and with `bold=True`
-    `sketch_bold`, the sketch thickened by `BOLD` at the file's resolution, then resized (the
-    reference's order: the thickening is one pixel of the file, whatever its size). `skipped`
-    counts unreadable files replaced to build this item (the training loop sums and reports them).
-    """
+    """Items (index, sketch_set) -> uint8 image and sketch at int(1.1 * size); `style_view`: also `style_src` at
+    int(1.3 * size); `bold`: also `sketch_bold`, thickened at the file's resolution before resizing (reference).
+    An unreadable pair is replaced by the next one; `skipped` counts them."""
 
     def __init__(self, pairs: Pairs, size: int, style_view: bool = False, crop: bool = True, bold: bool = False):
         self.pairs, self.size, self.style_view, self.bold = pairs, size, style_view, bold
@@ -269,7 +238,7 @@ class PairedDataset(Dataset):
 
 
 def fixed_batch(pairs: Pairs, n: int, size: int) -> dict[str, torch.Tensor]:
-    """The first n pairs, resized without augmentation: the inputs of every sample grid."""
+    """The first n pairs, resized without augmentation: every sample grid's inputs."""
     data = PairedDataset(pairs, size, crop=False)
     items = [data[(i, 0)] for i in range(min(n, len(data)))]
     return {"image": to_float(torch.stack([it["image"] for it in items])),
@@ -277,11 +246,8 @@ def fixed_batch(pairs: Pairs, n: int, size: int) -> dict[str, torch.Tensor]:
 
 
 class SelfSupervisedDataset(Dataset):
-    """A rotating subset of `nbr_cls` pairs, each its own class; `next_subset()` moves it on.
-
-    Subset t is the t-th window of `nbr_cls` items in a shuffle of all pairs; when a shuffle is
-    used up a new one is drawn. Subset t is a pure function of (seed, t), so resuming needs t only.
-    """
+    """A rotating subset of `nbr_cls` pairs, each its own class. Subset t is a window of a seeded shuffle, a
+    pure function of (seed, t)."""
 
     def __init__(self, pairs: Pairs, size: int, nbr_cls: int, seed: int = 0, subset: int = 0):
         if nbr_cls > len(pairs):
@@ -301,7 +267,6 @@ class SelfSupervisedDataset(Dataset):
         self.set_subset(self.subset + 1)
 
     def set_subset(self, subset: int) -> None:
-        """Jump to subset number `subset` (resume)."""
         self.subset = subset
         self.members = self._members()
 
@@ -316,8 +281,8 @@ class SelfSupervisedDataset(Dataset):
 
 
 class FolderDataset(Dataset):
-    """Every image of one folder (and its sub-folders if `nested`), resized, as (C,H,W) uint8, with its
-    name (list_images' key); unreadable files are dropped and counted."""
+    """Every image of a folder (`nested`: and sub-folders), resized, (C, H, W) uint8, with its name; an
+    unreadable file gives zeros and ok=False."""
 
     def __init__(self, folder, size: int, mode: str = "RGB", nested: bool = False):
         found = require_images(folder, nested=nested)
@@ -338,14 +303,9 @@ class FolderDataset(Dataset):
                     "ok": False, "name": self.names[i]}
 
 
-# --------------------------------------------------------------------------- sampling
-
 @enum.unique
 class RandomStream(enum.IntEnum):
-    """Every random stream of the project, one id each (unique: two streams never draw alike).
-
-    An id enters the seed of its stream through `mix_seed`, so changing one changes the data order
-    or augmentation draws of runs, and with them every measured result."""
+    """Every random stream's id (unique), mixed into its seed: changing one changes every measured result."""
     SUBSET_SHUFFLE = 7919        # SelfSupervisedDataset: which images form the classifier's subset
     SAMPLER_ORDER = 104729       # InfiniteSampler: the order of each epoch
     SAMPLER_SETS = 15485863      # InfiniteSampler: which sketch set each batch (or item) reads
@@ -356,7 +316,7 @@ class RandomStream(enum.IntEnum):
 
 
 def mix_seed(*parts: int) -> int:
-    """One 63-bit seed from several integers (seed, stream id, counter, rank...): the one mixing rule."""
+    """One 63-bit seed from several integers (seed, stream id, counter, rank...)."""
     mixed = 0
     for part in parts:
         mixed = (mixed * 1_000_003 + int(part)) % (2 ** 63 - 1)
@@ -364,14 +324,11 @@ def mix_seed(*parts: int) -> int:
 
 
 def _generator(*parts: int) -> torch.Generator:
-    """A CPU generator seeded with mix_seed(*parts)."""
     return torch.Generator().manual_seed(mix_seed(*parts))
 
 
 def sketch_set_weights(k: int, weights: Sequence[float] = ()) -> torch.Tensor:
-    """Odds of the k sketch sets: `weights` if given, else the reference's rule for any k: 1 for
-    each set and 2 for the last (k = 3: 1/4, 1/4, 1/2, its randint(0, 3) over sets 1, 2, 3, 3; the
-    last set is the one its self-supervised step reads)."""
+    """Odds of the k sketch sets: `weights`, else the reference's 1 per set and 2 for the last."""
     weights = list(weights) or [1.0] * (k - 1) + [2.0]
     if len(weights) != k or not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
         raise ValueError(f"sketch set weights {weights}: need {k} finite, non-negative values, not all 0")
@@ -384,14 +341,9 @@ def only_last_set(k: int) -> torch.Tensor:
 
 
 class InfiniteSampler(Sampler):
-    """Endless shuffled stream of (index, sketch_set) items, addressable by position.
-
-    Item p of the global stream comes from epoch p // n of a seeded reshuffle, so starting at
-    `start` reproduces a stopped run exactly. Under DDP each rank takes every world_size-th
-    item, so ranks see disjoint data. The sketch set is drawn with the odds `set_weights`, once
-    per `set_group` consecutive items of this rank (the batch size: one set per batch, as the
-    reference; 1: one per item).
-    """
+    """Endless shuffled (index, sketch_set) items from position `start`; rank r takes every world_size-th item.
+    The sketch set is drawn with the odds `set_weights` once per `set_group` items (the batch size, as the
+    reference; 1: per item)."""
 
     SET_BLOCK = 1024  # sketch sets are drawn for this many groups at a time
 
@@ -422,17 +374,15 @@ class InfiniteSampler(Sampler):
 
 
 def iteration_generator(seed: int, stream: int, iteration: int, rank: int = 0) -> torch.Generator:
-    """The CPU generator of one training step's augmentation draws (reproducible on resume)."""
+    """The CPU generator of one training step's augmentation draws."""
     return _generator(seed, stream, iteration, rank)
 
 
-# --------------------------------------------------------------------------- augmentations
-# All take float tensors (B,C,H,W) in [-1, 1] on any device; random draws come from a CPU
-# generator, so results are identical on CPU and GPU given the same seed. The few small
-# parameter tensors go to the device with `async_to`, so a training step never waits on the host.
+# Augmentations: float (B, C, H, W) in [-1, 1] on any device; draws from a CPU generator (same results on CPU
+# and GPU), their small parameter tensors sent with `async_to`, so a step never waits on the host.
 
 def async_to(t: torch.Tensor, device) -> torch.Tensor:
-    """Copy a small CPU tensor to `device` without a host sync (pinned, non-blocking on CUDA)."""
+    """Copy a small CPU tensor to `device` without a host sync."""
     if torch.device(device).type == "cuda":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
@@ -442,9 +392,9 @@ def _uniform(g: torch.Generator, n: int, low: float, high: float) -> torch.Tenso
     return torch.rand(n, generator=g) * (high - low) + low
 
 
-def paired_crop_flip(tensors: list[torch.Tensor], size: int, g: torch.Generator, flip: bool = True) -> list[torch.Tensor]:
-    """Crop every tensor of the list at the same random offset per item, then (if `flip`) flip
-    them together with probability 1/2."""
+def paired_crop_flip(tensors: list[torch.Tensor], size: int, g: torch.Generator,
+                     flip: bool = True) -> list[torch.Tensor]:
+    """Crop all tensors at one random offset per item, then (`flip`) flip them together with probability 1/2."""
     b, _, h, w = tensors[0].shape
     top = torch.randint(h - size + 1, (b,), generator=g)
     left = torch.randint(w - size + 1, (b,), generator=g)
@@ -454,7 +404,7 @@ def paired_crop_flip(tensors: list[torch.Tensor], size: int, g: torch.Generator,
 
 def _crop(tensors: list[torch.Tensor], size: int, top: torch.Tensor, left: torch.Tensor,
           flip: torch.Tensor) -> list[torch.Tensor]:
-    """Per-item size x size crops at (top, left), mirrored where `flip`: one gather per tensor."""
+    """Per-item crops at (top, left), mirrored where `flip`: one gather per tensor."""
     b = tensors[0].shape[0]
     ar = torch.arange(size)
     cols = left[:, None] + ar
@@ -467,13 +417,12 @@ def _crop(tensors: list[torch.Tensor], size: int, top: torch.Tensor, left: torch
 
 
 def _like(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """x in the memory format of `reference` (channels-last on CUDA runs, contiguous otherwise)."""
     channels_last = not reference.is_contiguous() and reference.is_contiguous(memory_format=torch.channels_last)
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def style_view_params(g: torch.Generator, b: int, source: int, size: int):
-    """The random draws of `style_view` for b items: crop (top, left), angle in degrees, mirror."""
+    """`style_view`'s draws for b items: crop (top, left), angle in degrees, mirror."""
     top = torch.randint(source - size + 1, (b,), generator=g)
     left = torch.randint(source - size + 1, (b,), generator=g)
     angle = _uniform(g, b, -MAX_ROTATION, MAX_ROTATION)
@@ -482,14 +431,8 @@ def style_view_params(g: torch.Generator, b: int, source: int, size: int):
 
 
 def style_view(src: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
-    """x~ as the reference makes it from the 1.3x image (torchvision RandomCrop, RandomRotation(30),
-    RandomHorizontalFlip): a random size x size crop, rotated about its centre by up to 30 degrees
-    with nearest-neighbour sampling, the corners the rotation uncovers black (torchvision's fill 0:
-    about 10 % of the pixels), then mirrored with probability 1/2.
-
-    The rotation and the mirror are one (B, 2, 3) affine map per item (output -> crop, in
-    grid_sample's normalised coordinates), so only that matrix travels to the device.
-    """
+    """x~ as the reference's RandomCrop, RandomRotation(30) (nearest, uncovered corners black), then
+    RandomHorizontalFlip, from the 1.3x image; rotation and mirror are one affine map per item."""
     b, c, r, _ = src.shape
     top, left, angle, mirror = style_view_params(g, b, r, size)
     (crop,) = _crop([src], size, top, left, torch.zeros(b, dtype=torch.bool))
@@ -522,7 +465,7 @@ def erase(sketch: torch.Tensor, g: torch.Generator, passes: int = ERASE_PASSES, 
 
 
 def _erase_box(h: int, w: int, g: torch.Generator, area, ratio) -> torch.Tensor:
-    """torchvision RandomErasing's box draw: up to 10 tries of area fraction and log-uniform ratio."""
+    """torchvision RandomErasing's box draw."""
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
         target = h * w * _uniform(g, 1, *area).item()
@@ -537,7 +480,6 @@ def _erase_box(h: int, w: int, g: torch.Generator, area, ratio) -> torch.Tensor:
 
 def sketch_variants(sketch: torch.Tensor, thick: torch.Tensor,
                     g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The reference's three variants of a sketch batch, given its bold version (the loader's
-    `sketch_bold`, cropped with it): bold, erased, bold + erased."""
+    """The reference's three variants of a sketch batch, given its bold version: bold, erased, bold + erased."""
     return thick, erase(sketch, g), erase(thick, g)
 

@@ -1,26 +1,8 @@
-"""The built-in demo data set: procedural shapes (content) in named palettes and textures (style).
+"""The built-in demo data set: 1-3 procedural shapes (content) in named palettes and textures (style).
 
-    python demo_data.py                      # data/demo: 2000 train + 200 test images, 128 px
-    python demo_data.py --root DIR --n-train 500 --n-test 50 --seed 1 --overwrite
-
-Each image holds 1 to 3 filled shapes over a background. The shapes and their layout are the
-content; the palette (a background and three shades of one hue) and a soft texture are the
-style. A shape's fill follows from its kind (round shapes take the darkest shade, angular ones
-the middle one, concave ones the lightest), so the sketch and the exemplar's palette together
-fix every colour of the answer: `restyle(scene_i, scene_j)` is the exact ground truth of "sketch i in the style of
-image j" (evaluate/quality.py scores models against it). The palettes' backgrounds all differ,
-so an exemplar names its palette even when it shows only some of the fills.
-The images have no drawn outlines: edges come from colour contrast only. Beside each image
-is its exact line drawing (the visible shape outlines, in z-order), and `ensure_demo_data`
-adds two XDoG sketch sets, so every image has three sketches:
-
-    <root>/manifest.json                     generation parameters, per-image palette/shape labels
-    <root>/{train,test}/images/00000.png     RGB
-    <root>/{train,test}/sketches/00000.png   exact outlines, black on white, grey "L"
-    <root>/{train,test}/xdog_thin/00000.png  XDoG sketches (sketch_styletransfer/xdog.py)
-    <root>/{train,test}/xdog_bold/00000.png
-
-Everything is a pure function of (seed, split, index): the same seed gives byte-identical PNGs.
+A shape's fill follows from its kind, so `restyle(scene_i, scene_j)` is the exact ground truth of "sketch i
+in the style of image j" (evaluate/quality.py). Each image has its exact line drawing and two XDoG sketches;
+everything is a pure function of (seed, split, index): the same seed gives byte-identical PNGs.
 """
 from __future__ import annotations
 
@@ -51,11 +33,8 @@ SPLITS = {"train": 0, "test": 1}   # the split number enters the seed: disjoint 
 XDOG_SETS = ("thin", "bold")       # the XDoG sketch sets ensure_demo_data adds
 STEM = re.compile(r"^\d{5}\.png$")
 
-# name: background, then three shades of one hue, darkest first: round shapes take the darkest,
-# angular ones the middle and concave ones the lightest (sRGB 0-255). On light backgrounds the
-# shades lie at luma 0.12 / 0.33 / 0.54, on dark ones at 0.46 / 0.67 / 0.88, so every fill differs
-# from the background and from the other fills in luma (every outline is also an edge in a grey
-# image), and the backgrounds differ from each other in hue or lightness (checked by tests).
+# name: background, then three shades of one hue, darkest first (sRGB). Every fill differs from the background
+# and the other fills in luma (every outline is an edge in a grey image); backgrounds differ (tests check both).
 PALETTES = {
     "paper":   ((246, 240, 226), (72, 13, 13), (197, 36, 36), (230, 99, 99)),
     "sky":     ((200, 226, 250), (52, 25, 5), (143, 68, 12), (230, 113, 24)),
@@ -77,15 +56,13 @@ POLYGON_SIDES = {"triangle": 3, "square": 4}
 
 
 def luma(rgb) -> float:
-    """Rec. 601 luma of an sRGB triple in [0, 1] (what PIL's "L" conversion computes)."""
+    """Rec. 601 luma of an sRGB triple, in [0, 1] (PIL's "L" conversion)."""
     r, g, b = rgb
     return (0.299 * r + 0.587 * g + 0.114 * b) / 255.0
 
 
-# --------------------------------------------------------------------------- scenes
-
 def random_scene(rng: np.random.Generator) -> dict:
-    """Draw one image's labels: palette, texture and 1-3 shapes (all floats rounded for the manifest)."""
+    """One image's labels: palette, texture and 1-3 shapes."""
     palette = str(rng.choice(list(PALETTES)))
     n = int(rng.integers(1, 4))
     radius = RADIUS[n]
@@ -95,8 +72,7 @@ def random_scene(rng: np.random.Generator) -> dict:
 
 
 def restyle(scene: dict, style: dict) -> dict:
-    """`scene`'s shapes in `style`'s palette and texture: render(restyle(i, j)) is sketch i drawn in
-    the style of image j, exactly (the fills follow from the shape kinds)."""
+    """`scene`'s shapes in `style`'s palette and texture: exactly sketch i drawn in the style of image j."""
     return {**scene, "palette": style["palette"], "texture": style["texture"]}
 
 
@@ -134,7 +110,7 @@ def _random_texture(rng: np.random.Generator) -> dict:
 
 
 def _rounded(d: dict) -> dict:
-    """Round floats to 4 decimals, so an image re-rendered from its manifest entry is the same image."""
+    """Floats to 4 decimals, so an image re-rendered from its manifest entry is the same image."""
     def r(v):
         if isinstance(v, (float, np.floating)):
             return round(float(v), 4)
@@ -144,10 +120,8 @@ def _rounded(d: dict) -> dict:
     return {k: r(v) for k, v in d.items()}
 
 
-# --------------------------------------------------------------------------- rendering
-
 def outline(shape: dict, n_curve: int = 192) -> list[np.ndarray]:
-    """A shape's boundary as closed polygons ((N, 2) arrays in fractions of the image side); a ring has two."""
+    """A shape's boundary as closed polygons ((N, 2), fractions of the image side); a ring has two."""
     kind, r = shape["kind"], shape["r"]
     theta = np.linspace(0, 2 * math.pi, n_curve, endpoint=False)
     if kind == "circle":
@@ -204,7 +178,7 @@ def visible_fractions(shapes: list[dict], size: int) -> list[float]:
 
 
 def _texture(texture: dict, size: int) -> np.ndarray:
-    """(size, size) additive luminance field: soft, low contrast, without strong edges."""
+    """(size, size) additive luminance field without strong edges."""
     kind = texture["kind"]
     if kind == "flat":
         return np.zeros((size, size))
@@ -231,7 +205,7 @@ def _texture(texture: dict, size: int) -> np.ndarray:
 
 
 def render(scene: dict, size: int = 128) -> tuple[Image.Image, Image.Image]:
-    """(RGB image, "L" line drawing) of a scene: antialiased fills, outlines of the visible parts."""
+    """(RGB image, "L" line drawing of the visible outlines) of a scene."""
     labels = label_map(scene["shapes"], size * SUPERSAMPLE)
     bg, *fills = PALETTES[scene["palette"]]
     colours = np.array([bg] + [fills[s["fill"]] for s in scene["shapes"]], dtype=np.float64) / 255.0
@@ -243,13 +217,13 @@ def render(scene: dict, size: int = 128) -> tuple[Image.Image, Image.Image]:
 
 
 def _coverage(mask: np.ndarray, size: int) -> np.ndarray:
-    """Share of each output pixel that a supersampled boolean mask covers (box filter), in [0, 1]."""
+    """Share of each output pixel that a supersampled boolean mask covers, in [0, 1]."""
     img = Image.fromarray(mask.astype(np.uint8) * 255, mode="L").resize((size, size), Image.BOX)
     return np.asarray(img, dtype=np.float64) / 255.0
 
 
 def _line_drawing(labels: np.ndarray, size: int) -> Image.Image:
-    """Strokes along every change of the label map (the visible outlines), antialiased, black on white."""
+    """Strokes along every change of the label map, antialiased, black on white."""
     edge = np.zeros(labels.shape, dtype=bool)
     dx = labels[:, 1:] != labels[:, :-1]
     dy = labels[1:, :] != labels[:-1, :]
@@ -264,7 +238,7 @@ def _line_drawing(labels: np.ndarray, size: int) -> Image.Image:
 
 
 def _dilate_disk(mask: np.ndarray, radius: float) -> np.ndarray:
-    """Binary dilation by a disk, as a union of rectangles (fast separable 1-D maximum filters)."""
+    """Binary dilation by a disk, as a union of rectangles (separable 1-D maximum filters)."""
     grown = np.zeros_like(mask)
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
@@ -272,19 +246,16 @@ def _dilate_disk(mask: np.ndarray, radius: float) -> np.ndarray:
     reach = int(radius)
     box = (slice(max(rows[0] - reach, 0), rows[-1] + reach + 1), slice(max(cols[0] - reach, 0), cols[-1] + reach + 1))
     m = mask[box].view(np.uint8)  # only the area around the outlines: most images are mostly empty
-    tallest: dict[int, int] = {}  # half-width -> the tallest half-height of a disk row that wide
-    for h in range(reach + 1):
-        tallest[int(math.sqrt(radius * radius - h * h))] = h
+    # half-width -> the tallest half-height of a disk row that wide
+    tallest = {int(math.sqrt(radius * radius - h * h)): h for h in range(reach + 1)}
     for w, h in tallest.items():
         wide = ndimage.maximum_filter1d(m, 2 * w + 1, axis=1)
         grown[box] |= ndimage.maximum_filter1d(wide, 2 * h + 1, axis=0).view(bool)
     return grown
 
 
-# --------------------------------------------------------------------------- data set
-
 def scene_for(seed: int, split: str, index: int) -> dict:
-    """The scene of image `index` of a split: its own random stream, redrawn until every shape shows."""
+    """Image `index`'s scene: its own random stream, redrawn until every shape shows."""
     rng = np.random.default_rng([seed, SPLITS[split], index])
     for _ in range(20):
         scene = random_scene(rng)
@@ -323,7 +294,7 @@ def make_demo_data(root="data/demo", n_train: int = 2000, n_test: int = 200, siz
 
 
 def _remove_stale(split_dir: Path, n: int) -> None:
-    """Delete numbered PNGs a previous, larger or different set left: they would pair wrongly."""
+    """Delete numbered PNGs a previous larger set left (and old XDoG ones): they would pair wrongly."""
     if not split_dir.is_dir():
         return
     for folder in split_dir.iterdir():
@@ -348,7 +319,7 @@ def _read_manifest(root: Path) -> dict | None:
 
 
 def _missing(root: Path, manifest: dict, folders) -> dict[str, list[str]]:
-    """For each split/folder, the stems the manifest promises but the folder lacks."""
+    """split/folder -> the stems the manifest promises but the folder lacks."""
     missing = {}
     for split in SPLITS:
         stems = set(manifest["images"][split])
@@ -362,11 +333,8 @@ def _missing(root: Path, manifest: dict, folders) -> dict[str, list[str]]:
 
 def ensure_demo_data(root="data/demo", n_train: int = 2000, n_test: int = 200, size: int = 128, seed: int = 0,
                      progress: bool = True) -> dict:
-    """Make the demo data and its XDoG sketch sets if missing or incomplete; say what it does in one line.
-
-    A set that is there (its manifest written) is kept with its own counts, and repaired with its
-    own parameters if files are missing; the arguments only shape a set made from nothing.
-    """
+    """Make the demo data and its XDoG sketch sets if missing or incomplete, saying so in one line. A finished
+    set (with its manifest) is repaired with its own parameters; the arguments only shape a new one."""
     root = Path(root)
     manifest = _read_manifest(root)
     if manifest is not None:
@@ -390,11 +358,8 @@ def ensure_demo_data(root="data/demo", n_train: int = 2000, n_test: int = 200, s
     return {"root": str(root), "made_images": remake, "xdog_written": written}
 
 
-# --------------------------------------------------------------------------- command line
-
 @cli
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry; returns the exit code."""
     p = argparse.ArgumentParser(description="Make the built-in demo data set (images, exact sketches, XDoG sketches).",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""\
 Inputs: none (procedural, a pure function of --seed).

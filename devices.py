@@ -9,12 +9,11 @@ from errors import UserError
 
 
 class DeviceError(UserError, ValueError):
-    """A device name that is not one, or a device this machine does not have."""
+    """A device name that is not one, or a device this machine lacks."""
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """The one device resolver of every command: "auto" -> the first CUDA device if there is one,
-    else the CPU; otherwise a torch device name that must exist here (DeviceError if not)."""
+    """Resolve "auto" (CUDA if there is one, else the CPU) or a device name that must exist (DeviceError)."""
     if isinstance(name, torch.device):
         return name
     if name == "auto":
@@ -31,9 +30,8 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
 
 
 def native_bf16(device: torch.device, cpu_flags: str | None = None) -> bool:
-    """Whether bf16 autocast pays on `device`: CUDA, or a CPU whose instruction set has bf16 arithmetic
-    (x86 AVX512-BF16 or AMX-BF16, Arm BF16; read from /proc/cpuinfo, `cpu_flags` in tests). Elsewhere
-    bf16 is emulated and slower than fp32, so the BF16 setting leaves such devices in fp32."""
+    """Whether bf16 autocast pays: CUDA, or a CPU with bf16 arithmetic in /proc/cpuinfo (`cpu_flags` in tests).
+    Elsewhere bf16 is emulated and slower than fp32."""
     if device.type == "cuda":
         return True
     if device.type != "cpu":

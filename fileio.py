@@ -24,11 +24,9 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
-# bump when the layout of the checkpoint dict changes; load_checkpoint refuses newer ones.
-# 2: GAN arch names its GENERATOR; TOM uses the common layout (1: TOM's own layout, still read for sketches)
-CHECKPOINT_FORMAT = 3  # 3: every file carries a checksum; earlier formats are refused (none was published)
-CHECKSUM_KEY = "checksum"  # "sha256:<hex>" of the rest of the checkpoint dict (state_checksum); absent in old files
-LOCK_FILE = ".lock"  # locked_folder's file in a folder in use
+CHECKPOINT_FORMAT = 3  # bump when the checkpoint dict's layout changes; 3: with a checksum
+CHECKSUM_KEY = "checksum"  # "sha256:<hex>" of the rest of the checkpoint dict (state_checksum)
+LOCK_FILE = ".lock"
 TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # atomic_path's temporary names: .<name>.<8 random>.tmp
 
 
@@ -61,15 +59,8 @@ def _output_error(path: Path, e: OSError) -> OutputError:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds.
-
-    A process killed mid-write leaves the previous file intact (plus at worst a hidden
-    `.name.*.tmp` file, see remove_stale_temporaries), never a half-written `path`. An OSError
-    (no space left, no permission) becomes an OutputError naming the path. `fsync=False` leaves
-    the flush to the caller (one `os.sync()` after many small files that can be remade: a
-    per-file fsync costs more than making them); the rename is atomic either way. The file gets
-    the mode of any new file (FILE_MODE: 0666 less the umask).
-    """
+    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds (an OSError
+    becomes an OutputError). `fsync=False` leaves the flush to the caller (many small files that can be remade)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +70,7 @@ def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, FILE_MODE)  # the file others may read as any other output, not mkstemp's private 0600
+        os.chmod(tmp, FILE_MODE)
         if fsync:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
@@ -93,11 +84,8 @@ def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
 
 
 def check_writable(path, folder: bool = False) -> None:
-    """Raise OutputError now if `path` (a file; with folder=True a folder) could not be written later.
-
-    Commands call it before their long work, so that a bad --out costs a second, not the whole
-    measurement. Creates nothing: it probes the nearest existing folder with a temporary file.
-    """
+    """Raise OutputError now, before the long work, if `path` (a file, or a folder) could not be written later.
+    Creates nothing: it probes the nearest existing folder with a temporary file."""
     path = Path(path)
     if path.is_dir() and not folder:
         raise OutputError(f"{path} is a folder: give a file name")
@@ -117,10 +105,8 @@ def check_writable(path, folder: bool = False) -> None:
 
 @contextlib.contextmanager
 def locked_folder(folder, hint: str = "use another folder") -> Iterator[Path]:
-    """Hold `folder` (made if missing) for the block: an exclusive flock on `folder`/.lock. A second
-    process asking for it meanwhile gets FolderInUse at once (ending with `hint`), so two processes
-    never write one run folder. The lock ends with the block or the process (a killed run leaves no
-    stale lock: the file stays, unlocked). Without fcntl (Windows) nothing is locked."""
+    """Hold `folder` (made if missing) for the block with an exclusive flock on `folder`/.lock; another
+    process gets FolderInUse (ending with `hint`). A killed process leaves no stale lock. No lock on Windows."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -138,10 +124,8 @@ def locked_folder(folder, hint: str = "use another folder") -> Iterator[Path]:
 
 
 def check_apart(outputs, inputs, nested: bool = False) -> None:
-    """Raise OutputError now unless every output (a file or folder to write) lies outside every input (a
-    file or folder to read): never an input itself, never in an input folder (`nested`: at any depth, for
-    commands that read sub-folders too). An output written among its inputs overwrites them, or is read
-    back as one (an FID of ~0 against itself). Commands call it with check_writable, before their work."""
+    """Raise OutputError unless no output is an input or lies in an input folder (`nested`: at any depth).
+    An output among its inputs overwrites them, or is read back as one (an FID of ~0 against itself)."""
     sources = [(given, Path(given).resolve()) for given in inputs if given is not None]
     for out in (o for o in outputs if o is not None):
         target = Path(out).resolve()
@@ -155,8 +139,8 @@ def check_apart(outputs, inputs, nested: bool = False) -> None:
 
 
 def remove_stale_temporaries(folder) -> int:
-    """Delete the temporary files that writes killed mid-way (kill -9, power loss) left in `folder`
-    and below; returns how many. Only when no other process writes there (e.g. as a run resumes)."""
+    """Delete atomic_path's temporaries left by killed writes in `folder` and below; returns how many.
+    Only when no other process writes there."""
     stale = [p for p in Path(folder).rglob(".*.tmp") if TEMPORARY.match(p.name) and p.is_file()]
     for path in stale:
         path.unlink(missing_ok=True)
@@ -164,18 +148,16 @@ def remove_stale_temporaries(folder) -> int:
 
 
 def write_text(path, text: str) -> None:
-    """Write a text file atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
 def write_json(path, obj) -> None:
-    """Write JSON atomically, pretty-printed."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def to_pil(img: torch.Tensor) -> Image.Image:
-    """(C,H,W) tensor in [-1, 1] with C in {1, 3} -> 8-bit PIL image."""
+    """(C, H, W) in [-1, 1], C in {1, 3} -> 8-bit PIL image."""
     arr = img.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).cpu()
     if arr.shape[0] == 1:
         return Image.fromarray(arr[0].numpy(), mode="L")
@@ -183,25 +165,22 @@ def to_pil(img: torch.Tensor) -> Image.Image:
 
 
 def save_png(img: torch.Tensor | Image.Image, path, fsync: bool = True) -> None:
-    """Save one image ((C,H,W) in [-1, 1] or PIL) as PNG, atomically (`fsync`: see atomic_path)."""
+    """Save (C, H, W) in [-1, 1] or a PIL image as PNG, atomically."""
     pil = img if isinstance(img, Image.Image) else to_pil(img)
     with atomic_path(path, fsync) as tmp:
         pil.save(tmp, format="PNG")
 
 
 def save_grid(images: torch.Tensor, path, nrow: int) -> None:
-    """Save a batch (N,C,H,W) in [-1, 1] as one PNG grid with `nrow` images per row."""
+    """Save (N, C, H, W) in [-1, 1] as one PNG grid, `nrow` images per row."""
     if images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)
     grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=2, pad_value=1.0)
     save_png(grid, path)
 
 
-# --------------------------------------------------------------------------- checkpoints
-
 def state_checksum(obj) -> str:
-    """"sha256:<hex>" over a checkpoint's contents in order: every tensor's dtype, shape and bytes,
-    every key and plain value. It is stored in the checkpoint and checked when it loads."""
+    """"sha256:<hex>" over every tensor's dtype, shape and bytes and every key and plain value, in order."""
     h = hashlib.sha256()
     _hash_into(h, obj)
     return "sha256:" + h.hexdigest()
@@ -226,7 +205,7 @@ def _hash_into(h, value) -> None:
 
 
 def nonfinite_tensors(obj) -> list[str]:
-    """Key paths (e.g. "state/networks/decoder/conv.weight") of floating-point tensors holding NaN or Inf."""
+    """Key paths ("state/networks/decoder/conv.weight") of float tensors holding NaN or Inf."""
     flags = []
     stack = [("", obj)]
     while stack:
@@ -242,8 +221,7 @@ def nonfinite_tensors(obj) -> list[str]:
 
 
 class _RecordingWriter:
-    """A file object for torch.save that keeps the OSError of a failed write: torch replaces it by an
-    opaque "unexpected pos" RuntimeError, and the errno (no space left...) is what the user needs."""
+    """Keeps a failed write's OSError, which torch.save replaces by an opaque "unexpected pos" RuntimeError."""
 
     def __init__(self, f):
         self.f, self.error = f, None
@@ -260,10 +238,7 @@ class _RecordingWriter:
 
 
 def save_checkpoint(obj: dict, path) -> None:
-    """torch.save a dict of tensors and plain data in this code's format, with its checksum, atomically.
-
-    A failed write (e.g. no space left) is an OutputError naming the path; the file is not replaced.
-    """
+    """torch.save `obj` with format and checksum, atomically; a failed write is an OutputError."""
     body = {k: v for k, v in obj.items() if k != CHECKSUM_KEY} | {"format": CHECKPOINT_FORMAT}
     body[CHECKSUM_KEY] = state_checksum(body)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -277,8 +252,7 @@ def save_checkpoint(obj: dict, path) -> None:
 
 
 def load_checkpoint(path, map_location="cpu", kind: str | None = None) -> dict:
-    """Load a checkpoint with weights_only=True (no arbitrary code); check that its format is one this
-    code reads, its checksum (when it has one: older files do not), that its tensors are finite, and its kind."""
+    """Load with weights_only=True (no arbitrary code); check format, checksum, finite tensors and kind."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -296,7 +270,7 @@ def load_checkpoint(path, map_location="cpu", kind: str | None = None) -> dict:
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {e}") from None
     if not isinstance(ckpt, dict) or "kind" not in ckpt:
         raise CheckpointError(f"{path}: not a checkpoint of this project (no 'kind' entry)")
-    # the format before the checksum: another layout may store or compute that differently
+    # the format before the checksum: another layout may compute that differently
     layout = ckpt.get("format")
     if layout != CHECKPOINT_FORMAT:
         newer = isinstance(layout, int) and layout > CHECKPOINT_FORMAT
@@ -312,14 +286,14 @@ def load_checkpoint(path, map_location="cpu", kind: str | None = None) -> dict:
                               f": written after the run diverged; use an earlier checkpoint")
     if kind is not None and ckpt["kind"] != kind:
         raise CheckpointError(f"{path}: is a '{ckpt['kind']}' checkpoint, expected '{kind}'")
-    if "config" in ckpt and not isinstance(ckpt["config"], dict):  # the run's settings: a dict for every consumer
-        raise CheckpointError(f"{path}: its 'config' entry is a {type(ckpt['config']).__name__}, not a dict of settings")
+    if "config" in ckpt and not isinstance(ckpt["config"], dict):
+        raise CheckpointError(f"{path}: its 'config' entry is a {type(ckpt['config']).__name__}, "
+                              "not a dict of settings")
     return ckpt
 
 
 def is_checkpoint(path, kind: str | None = None) -> bool:
-    """Cheap test that a file is a checkpoint of this project (of `kind` if given): reads its small
-    pickle and maps its tensors without reading them (no checksum check)."""
+    """Cheap test (mmap, no checksum) that a file is a checkpoint of this project, of `kind` if given."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:
@@ -328,11 +302,8 @@ def is_checkpoint(path, kind: str | None = None) -> bool:
 
 
 class CheckpointDir:
-    """A folder of numbered checkpoints with a `last` pointer; keeps the `keep` newest.
-
-    Only files that load as checkpoints (of `kind`, when given) count: a stray `ckpt_99999999.pt`
-    is never picked, counted or deleted, and the pointer only names a file of this folder.
-    """
+    """A folder of numbered checkpoints with a `last` pointer; keeps the `keep` newest. Only files that load
+    as checkpoints (of `kind`) count: a stray `ckpt_99999999.pt` is never picked, counted or deleted."""
 
     POINTER = "last.txt"
     PATTERN = re.compile(r"^ckpt_(\d+)\.pt$")
@@ -343,11 +314,7 @@ class CheckpointDir:
         self.kind = kind
 
     def save(self, obj: dict, iteration: int) -> Path:
-        """Write the checkpoint, then move the pointer, then prune: every moment is loadable.
-
-        Weights holding NaN/Inf are refused (CheckpointError), and a failed write (OutputError) keeps
-        the pointer and every older checkpoint as they were.
-        """
+        """Write, move the pointer, prune: every moment is loadable. NaN/Inf weights: CheckpointError."""
         path = self.folder / f"ckpt_{iteration:08d}.pt"
         bad = nonfinite_tensors(obj)
         if bad:
@@ -366,8 +333,7 @@ class CheckpointDir:
         return path
 
     def last(self) -> Path | None:
-        """The newest checkpoint: the pointer's file if it is a valid one in this folder, else the
-        highest-numbered valid one."""
+        """The pointer's file if valid, else the highest-numbered valid checkpoint."""
         pointer = self.folder / self.POINTER
         if pointer.is_file():
             name = pointer.read_text(encoding="utf-8", errors="replace").strip()
@@ -376,7 +342,7 @@ class CheckpointDir:
         return next((p for p in reversed(self._numbered()) if is_checkpoint(p, self.kind)), None)
 
     def all(self) -> list[tuple[int, Path]]:
-        """(iteration, file) of every valid checkpoint in the folder, oldest first."""
+        """(iteration, file) of every valid checkpoint, oldest first."""
         return [(self._number(p), p) for p in self._numbered() if is_checkpoint(p, self.kind)]
 
     def _number(self, path: Path) -> int:
@@ -398,10 +364,8 @@ def newest_checkpoint(folder, subfolders: tuple[str, ...] = ()) -> Path | None:
     return None
 
 
-# --------------------------------------------------------------------------- logs
-
 class JsonlLog:
-    """Append-only JSON-lines log, one dict per line, flushed at every write."""
+    """Append-only JSON-lines log, flushed at every write."""
 
     def __init__(self, path):
         self.path = Path(path)

@@ -10,11 +10,7 @@ from lpips import LPIPS  # our lpips/ package: pretrained weights through weight
 
 
 def derangement(n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-    """A random permutation with no fixed point (a random n-cycle): no item is its own negative.
-
-    The reference's `randperm` negatives may pair an item with itself, which turns the
-    contrastive terms into noise for that item.
-    """
+    """A random n-cycle: no item is its own negative (the reference's `randperm` may pair one with itself)."""
     if n < 2:
         raise ValueError("a derangement needs at least 2 items")
     order = torch.randperm(n, generator=generator)
@@ -23,16 +19,13 @@ def derangement(n: int, generator: torch.Generator | None = None, device=None) -
     return perm if device is None else async_to(perm, device)
 
 
-# --------------------------------------------------------------------------- AE stage, step A
-
 def instance_classification(logits: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
     """Sum over views of cross-entropy against each image's own class (its index in the subset)."""
     return sum(F.cross_entropy(lg.float(), labels) for lg in logits)
 
 
 def style_consistency(v_aug: list[torch.Tensor], v_orig: list[torch.Tensor], perms: list[torch.Tensor]) -> torch.Tensor:
-    """Per scale k: pull x~'s style vector to x's, push it from another image's, x[perms[k]]
-    (x side detached). A fresh derangement per scale, as the reference draws a permutation per scale."""
+    """Per scale k: pull x~'s style vector to x's (detached), push it from x[perms[k]]'s."""
     if len(perms) != len(v_aug):
         raise ValueError(f"one derangement per scale: {len(perms)} for {len(v_aug)} scales")
     total = 0.0
@@ -44,13 +37,8 @@ def style_consistency(v_aug: list[torch.Tensor], v_orig: list[torch.Tensor], per
 
 def content_consistency(variants: list[list[torch.Tensor]], base: list[torch.Tensor],
                         perms: list[list[torch.Tensor]], margin: float) -> torch.Tensor:
-    """Margin loss: a sketch variant's content maps stay nearer its own sketch's than another's.
-
-    variants[a][k]: maps of variant a (bold, erased, ...) at scale k; base[k]: maps of the
-    original sketch (detached); perms[a][k]: a fresh derangement per variant and scale (the
-    reference draws one per call and scale). As the reference, the margin applies to batch
-    means: relu(margin + MSE(own) - MSE(other)).
-    """
+    """Margin loss: variants[a][k] (variant a, scale k) stay nearer base[k] (detached) than base[k][perms[a][k]].
+    As the reference, on batch means: relu(margin + MSE(own) - MSE(other))."""
     if [len(p) for p in perms] != [len(m) for m in variants]:
         raise ValueError("one derangement per variant and scale")
     total = 0.0
@@ -61,10 +49,8 @@ def content_consistency(variants: list[list[torch.Tensor]], base: list[torch.Ten
     return total
 
 
-# --------------------------------------------------------------------------- reconstruction
-
 def build_lpips(weight: float, device) -> nn.Module | None:
-    """LPIPS-VGG for the reconstruction losses, or None when its weight is 0 (no download needed)."""
+    """LPIPS-VGG, or None when its weight is 0 (no download needed)."""
     if weight <= 0:
         return None
     return LPIPS(net="vgg").to(device).eval()
@@ -76,7 +62,7 @@ class Reconstruction(nn.Module):
     def __init__(self, w_mse: float, w_l1: float, w_lpips: float, lpips: nn.Module | None = None,
                  lpips_size: int = 256):
         super().__init__()
-        if not (w_mse > 0 or w_l1 > 0 or w_lpips > 0):  # Config refuses it: the sum of no term is no loss
+        if not (w_mse > 0 or w_l1 > 0 or w_lpips > 0):
             raise ValueError("a reconstruction loss needs a term with a weight > 0")
         if w_lpips > 0 and lpips is None:
             raise ValueError("this preset's reconstruction uses LPIPS (w_lpips > 0) but no LPIPS network "
@@ -85,7 +71,7 @@ class Reconstruction(nn.Module):
         self.lpips = lpips if w_lpips > 0 else None
 
     def forward(self, fake: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Returns the weighted parts and their sum under "total"."""
+        """The weighted parts and their sum under "total"."""
         fake, real = fake.float(), real.float()
         parts = {}
         if self.w_mse:
@@ -106,8 +92,6 @@ def grey_level(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(fake.float().mean(dim=1), real.float().mean(dim=1))
 
 
-# --------------------------------------------------------------------------- GAN stage
-
 def d_hinge(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """Discriminator hinge loss: relu(1 - D(real)) + relu(1 + D(fake))."""
     return F.relu(1 - real_logits.float()).mean() + F.relu(1 + fake_logits.float()).mean()
@@ -118,15 +102,9 @@ def g_hinge(fake_logits: torch.Tensor) -> torch.Tensor:
     return -fake_logits.float().mean()
 
 
-# --------------------------------------------------------------------------- mutual information
-
 class CLUB(nn.Module):
-    """CLUB upper bound of I(x; y) (Cheng et al., ICML 2020) with a Gaussian q(y | x).
-
-    Two uses per step: `learning_loss` (on detached features) fits q by maximum likelihood
-    with its own optimizer; `forward` is the MI estimate the content encoder minimises:
-        E_p(x,y)[log q(y|x)] - E_p(x)E_p(y)[log q(y|x)].
-    """
+    """CLUB upper bound of I(x; y) (Cheng et al., ICML 2020) with a Gaussian q(y | x): `learning_loss` fits q
+    (detached inputs, own optimizer); `forward` is the estimate E_p(x,y)[log q(y|x)] - E_p(x)E_p(y)[log q(y|x)]."""
 
     def __init__(self, x_dim: int, y_dim: int, hidden: int):
         super().__init__()

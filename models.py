@@ -1,9 +1,6 @@
-"""Networks: the AE stage (style encoder, content encoder, decoder), the refine generators and
-the patch discriminator of the GAN stage (networks only: checkpoints.py loads trained ones).
-
-Every network takes its sizes as constructor arguments. At nfc = 64 and the reference sizes the
-structures (and parameter counts) are those of the reference code; other sizes follow the
-size-generic rules written in each class docstring.
+"""Networks: the AE stage (style encoder, content encoder, decoder), the GAN stage's refine generators and
+patch discriminator. At nfc = 64 and the reference sizes the structures (and parameter counts) are the
+reference code's; other sizes follow the rules in each class docstring.
 """
 from __future__ import annotations
 
@@ -44,7 +41,6 @@ def _check_multiple(name: str, value: int, multiple: int) -> None:
 
 
 def _octaves(big: int, small: int) -> int:
-    """How many halvings take `big` px to `small` px."""
     return int(math.log2(big // small))
 
 
@@ -58,53 +54,33 @@ def _doublings(start: int, stop: int) -> list[int]:
 
 
 class StyleVectors(NamedTuple):
-    """The style encoder's output, one vector per scale of its maps: fine (B, 2nfc, from the 32 px maps),
-    mid (B, 4nfc, 16 px) and coarse (B, 8nfc, 8 px). A tuple in that order, so torch.cat(list(v)) works."""
+    """The style encoder's output per scale of its maps: fine (B, 2nfc, from 32 px), mid (B, 4nfc, 16 px),
+    coarse (B, 8nfc, 8 px)."""
 
     fine: torch.Tensor
     mid: torch.Tensor
     coarse: torch.Tensor
 
     def map(self, fn) -> StyleVectors:
-        """fn applied to each scale's vectors (e.g. a batch permutation)."""
         return StyleVectors(*(fn(v) for v in self))
 
 
 def vector_dims(nfc: int) -> StyleVectors:
-    """The style vectors' widths (ints in the tensors' places)."""
+    """The style vectors' widths."""
     return StyleVectors(fine=nfc * 2, mid=nfc * 4, coarse=nfc * 8)
 
 
 def _gate_map(gate: torch.Tensor) -> torch.Tensor:
-    """(B, C) -> (B, C, 1, 1), to scale a feature map per channel."""
     return gate[:, :, None, None]
 
 
-# ----------------------------------------------------------------------------------------------
-# Small building blocks
-# ----------------------------------------------------------------------------------------------
-
-class Swish(nn.Module):
-    """x * sigmoid(x)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.silu(x)
-
-
-class GLU(nn.Module):
-    """Gated linear unit over channels: first half * sigmoid(second half)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.glu(x, dim=1)  # (B, 2C, H, W) -> (B, C, H, W)
-
+# ---------------------------------------------------------------------------------- building blocks
 
 class _ReferencePowerIteration(_SpectralNorm):
-    """torch's spectral-norm parametrization (its buffers _u, _v: the same state-dict keys) with the power
-    iteration of torch.nn.utils.spectral_norm (torch 1.x), which the reference used: v = W^T u, then
-    u = W v, so sigma = |W v|. The parametrization updates u first (sigma = |W^T u|): the same once u and
-    v have converged, not on the first steps nor after a large weight change. Kept from torch: the 15
-    iterations at construction (the reference starts from random u and v, and an eval-mode forward before
-    the first training step, e.g. of a fresh EMA copy, would divide by u^T W v of two random vectors)."""
+    """torch's spectral-norm parametrization (same buffers _u, _v) with the power iteration of the reference's
+    torch 1.x spectral_norm: v = W^T u, then u = W v (the parametrization updates u first; the two differ
+    until u and v converge). Its 15 iterations at construction stay: an eval forward of a fresh EMA copy
+    would otherwise divide by u^T W v of two random vectors."""
 
     @torch.no_grad()
     def _power_method(self, weight_mat: torch.Tensor, n_power_iterations: int) -> None:
@@ -114,20 +90,15 @@ class _ReferencePowerIteration(_SpectralNorm):
 
 
 def spectral_norm(module: nn.Module) -> nn.Module:
-    """Spectral-normalise module.weight as the reference does (_ReferencePowerIteration); a transposed
-    convolution over its output dimension (1), as torch's spectral_norm."""
+    """Spectral-normalise module.weight as the reference does (a transposed conv over dim 1, as torch's)."""
     dim = 1 if isinstance(module, nn.ConvTranspose2d) else 0
     parametrize.register_parametrization(module, "weight", _ReferencePowerIteration(module.weight, dim=dim))
     return module
 
 
 def sn_batchnorm(ch: int) -> nn.Module:
-    """BatchNorm2d whose gain vector is spectral-normed.
-
-    For a 1-D weight spectral norm divides by the L2 norm, so the gain starts at 1/sqrt(ch)
-    and stays a unit vector. That shrinks each residual branch at start; the reference does it
-    and its trained behaviour depends on it, so we keep it.
-    """
+    """BatchNorm2d whose gain is spectral-normed, i.e. a unit vector (1/sqrt(ch) at start): this shrinks each
+    residual branch, and the reference's trained behaviour depends on it."""
     return spectral_norm(nn.BatchNorm2d(ch))
 
 
@@ -151,8 +122,8 @@ class ResBlkE(nn.Module):
     def __init__(self, ch: int):
         super().__init__()
         self.main = nn.Sequential(
-            sn_batchnorm(ch), Swish(), spectral_norm(nn.Conv2d(ch, ch, 3, 1, 1, bias=False)),
-            sn_batchnorm(ch), Swish(), spectral_norm(nn.Conv2d(ch, ch, 3, 1, 1, bias=False)),
+            sn_batchnorm(ch), nn.SiLU(), spectral_norm(nn.Conv2d(ch, ch, 3, 1, 1, bias=False)),
+            sn_batchnorm(ch), nn.SiLU(), spectral_norm(nn.Conv2d(ch, ch, 3, 1, 1, bias=False)),
             SELayer(ch))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,16 +136,14 @@ class ResBlkG(nn.Module):
     def __init__(self, ch: int, expand: int = 4):
         super().__init__()
         wide = ch * expand
-        # No bias, as the reference's torch_dwconv.DepthwiseConv2d (0.1.0 takes none; a BN follows), and
-        # its init, torch.randn: std 1, not nn.Conv2d's 1/sqrt(fan_in) (0.116 at 5x5). Spectral norm makes
-        # the forward the same, but Adam's steps have a fixed size in the raw weight: at std 0.116 the
-        # normalised kernel moved ~8.5x faster than the reference's.
+        # As the reference's torch_dwconv.DepthwiseConv2d: no bias, init torch.randn (std 1). Spectral norm
+        # hides the scale in the forward, but Adam's steps do not: at nn.Conv2d's std 0.116 it moved ~8.5x faster.
         depthwise = nn.Conv2d(wide, wide, DW_KERNEL, 1, DW_KERNEL // 2, groups=wide, bias=False)
         nn.init.normal_(depthwise.weight)
         self.main = nn.Sequential(
             sn_batchnorm(ch), spectral_norm(nn.Conv2d(ch, wide, 1, bias=False)),
-            sn_batchnorm(wide), Swish(), spectral_norm(depthwise),
-            sn_batchnorm(wide), Swish(), spectral_norm(nn.Conv2d(wide, ch, 1, bias=False)),
+            sn_batchnorm(wide), nn.SiLU(), spectral_norm(depthwise),
+            sn_batchnorm(wide), nn.SiLU(), spectral_norm(nn.Conv2d(wide, ch, 1, bias=False)),
             sn_batchnorm(ch), SELayer(ch))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -229,7 +198,7 @@ def up_decoder(ch_in: int, ch_out: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Upsample(scale_factor=2, mode="nearest"),
         nn.Conv2d(ch_in, ch_out * 2, 3, 1, 1, bias=False),
-        nn.InstanceNorm2d(ch_out * 2), GLU())
+        nn.InstanceNorm2d(ch_out * 2), nn.GLU(dim=1))
 
 
 def down_gan(ch_in: int, ch_out: int) -> nn.Sequential:
@@ -244,7 +213,7 @@ def up_gan(ch_in: int, ch_out: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Upsample(scale_factor=2, mode="nearest"),
         spectral_norm(nn.Conv2d(ch_in, ch_out * 2, 3, 1, 1, bias=False)),
-        nn.BatchNorm2d(ch_out * 2), NoiseInjection(ch_out * 2), GLU())
+        nn.BatchNorm2d(ch_out * 2), NoiseInjection(ch_out * 2), nn.GLU(dim=1))
 
 
 def from_vector(in_dim: int, ch: int) -> nn.Sequential:
@@ -252,7 +221,7 @@ def from_vector(in_dim: int, ch: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Unflatten(1, (in_dim, 1, 1)),
         spectral_norm(nn.ConvTranspose2d(in_dim, ch, 4, 1, 0, bias=False)),
-        nn.BatchNorm2d(ch), GLU())
+        nn.BatchNorm2d(ch), nn.GLU(dim=1))
 
 
 def to_rgb(ch: int, spectral: bool = False) -> nn.Sequential:
@@ -270,16 +239,11 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 
-# ----------------------------------------------------------------------------------------------
-# AE stage
-# ----------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------- AE stage
 
 class EncoderTrunk(nn.Module):
-    """Shared encoder body: image (B, in_ch, S, S) -> [m32 (2nfc), m16 (4nfc), m8 (8nfc)] maps.
-
-    A stem of log2(S) - 6 stride-2 convs (widths: the last ones of nfc/4, nfc/2, nfc) brings
-    the input to 64 px; three stages (4x4 stride-2 conv + ResBlkE) give 32, 16 and 8 px.
-    """
+    """Shared encoder body: image (B, in_ch, S, S) -> [m32 (2nfc), m16 (4nfc), m8 (8nfc)] maps. A stem of
+    log2(S) - 6 stride-2 convs (the last of widths nfc/4, nfc/2, nfc) reaches 64 px; three stages follow."""
 
     def __init__(self, in_ch: int, nfc: int, im_size: int):
         super().__init__()
@@ -293,16 +257,12 @@ class EncoderTrunk(nn.Module):
         stem, ch = [], in_ch
         for i, width in enumerate(stem_widths):
             stem.append(nn.Conv2d(ch, width, 4, 2, 1, bias=False))
-            if i == 0:
-                stem.append(nn.LeakyReLU(LRELU_STEM))
-            else:
-                stem += [nn.BatchNorm2d(width), nn.LeakyReLU(LRELU)]
+            stem += [nn.LeakyReLU(LRELU_STEM)] if i == 0 else [nn.BatchNorm2d(width), nn.LeakyReLU(LRELU)]
             ch = width
         self.stem = nn.Sequential(*stem)  # (B, in_ch, S, S) -> (B, ch, 64, 64)
 
-        # The reference puts an in-place LeakyReLU at the start of the 16 px and 8 px stages,
-        # which also overwrites the 32 px and 16 px maps it returns. We make that explicit:
-        # the activation ends the 32 px and 16 px stages, so the returned maps are the same.
+        # The reference's in-place LeakyReLU at the start of the 16 and 8 px stages also overwrites the 32 and
+        # 16 px maps it returns: here it ends those stages, with the same returned maps.
         self.stage32 = nn.Sequential(self._down(ch, nfc * 2), nn.LeakyReLU(LRELU))
         self.stage16 = nn.Sequential(self._down(nfc * 2, nfc * 4), nn.LeakyReLU(LRELU))
         self.stage8 = self._down(nfc * 4, nfc * 8)
@@ -330,7 +290,6 @@ class StyleEncoder(nn.Module):
 
     @staticmethod
     def _vector_head(ch: int) -> nn.Sequential:
-        """(B, ch, H, W) -> (B, ch): average pool to 4x4, 4x4 valid conv."""
         return nn.Sequential(nn.AdaptiveAvgPool2d(STYLE_POOL),
                              nn.Conv2d(ch, ch, STYLE_POOL, 1, 0, bias=False), nn.Flatten(1))
 
@@ -340,11 +299,8 @@ class StyleEncoder(nn.Module):
 
 
 class InstanceClassifier(nn.Module):
-    """Instance-classification head on the coarse style vector: LeakyReLU, Linear -> logits.
-
-    Separate from the style encoder: it has its own optimizer and is re-initialised
-    (`reset_parameters`) whenever the self-supervised subset moves on.
-    """
+    """Instance-classification head on the coarse style vector: LeakyReLU, Linear -> logits. Own optimizer;
+    re-initialised (`reset_parameters`) whenever the self-supervised subset moves on."""
 
     def __init__(self, in_dim: int, nbr_cls: int):
         super().__init__()
@@ -377,12 +333,9 @@ class ContentEncoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """(content maps, style vectors) -> RGB image (B, 3, S, S) in [-1, 1].
-
-    Fixed 8 -> 64 px part (learned constant, DMI at 8 and 16 px, content concatenated at 16 and
-    32 px); then log2(S) - 6 up blocks, each halving the width. Up-block outputs at 64, 128 and
-    256 px are gated by the coarse, mid and fine style vectors; larger ones are not.
-    """
+    """(content maps, style vectors) -> RGB image (B, 3, S, S) in [-1, 1]. Fixed 8 -> 64 px part (learned
+    constant, DMI at 8 and 16 px, content concatenated at 16 and 32 px), then log2(S) - 6 up blocks halving
+    the width; outputs at 64, 128 and 256 px are gated by the coarse, mid and fine style vectors."""
 
     GATE_SOURCES = {64: "coarse", 128: "mid", 256: "fine"}  # output resolution -> its gating StyleVectors field
     CONST_SIZE = 8
@@ -443,11 +396,7 @@ class Decoder(nn.Module):
 
 
 class AutoEncoder(nn.Module):
-    """Style encoder, content encoder, decoder: (sketch, style image) -> (image, style vectors).
-
-    The GAN stage and inference (SketchToImage) both run the AE through this module, so both
-    read inputs of another size the same way.
-    """
+    """Style encoder, content encoder, decoder: (sketch, style image) -> (image, style vectors)."""
 
     def __init__(self, nfc: int = 64, im_size: int = 512):
         super().__init__()
@@ -456,9 +405,7 @@ class AutoEncoder(nn.Module):
         self.content_encoder = ContentEncoder(nfc, im_size)
         self.decoder = Decoder(nfc, im_size)
 
-    # Inputs of another size are resized to im_size with area averaging (bilinear when enlarging).
-    # The reference used nearest resizing, which aliases thin sketch strokes; this is a deliberate
-    # improvement.
+    # Inputs of another size are resized with area averaging: the reference's nearest aliases thin strokes.
     def style(self, style_img: torch.Tensor) -> StyleVectors:
         """(B, 3, H, W) -> StyleVectors (fine (B, 2nfc), mid (B, 4nfc), coarse (B, 8nfc))."""
         return self.style_encoder(_resize(style_img, self.im_size))
@@ -472,9 +419,7 @@ class AutoEncoder(nn.Module):
         return self.draw(sketch, style_vectors), style_vectors
 
 
-# ----------------------------------------------------------------------------------------------
-# GAN stage: refine generators
-# ----------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------- GAN stage
 
 def _check_refine_sizes(im_size_in: int, im_size_out: int) -> None:
     _check_choice("im_size_in", im_size_in, AE_SIZES)
@@ -482,17 +427,12 @@ def _check_refine_sizes(im_size_in: int, im_size_out: int) -> None:
 
 
 class RefineGeneratorArt(nn.Module):
-    """U-Net over the AE output (B, 3, Ain, Ain) -> (B, 3, Aout, Aout), Aout in {Ain, 2 Ain}.
+    """U-Net over the AE output (B, 3, Ain, Ain) -> (B, 3, Aout, Aout), Aout in {Ain, 2 Ain}. The style map
+    joins the 16 px bottleneck, a noise map decode_64; decode_r (128 <= r <= Ain) reads d_{r/2} + e_{r/2};
+    style gates follow decode_64..decode_512.
 
-    Width at resolution r: 8nfc at 16 and 32 px, then halving per octave (4nfc at 64 px ...
-    nfc/4 at 1024 px). Style branch (the three vectors -> 16 px map) joins the 16 px bottleneck;
-    a noise branch (-> 32 px) joins decode_64; decode_r (128 <= r <= Ain) reads d_{r/2} + e_{r/2};
-    style gates follow decode_64..decode_512; one ungated up block if Aout = 2 Ain.
-
-    use_style=False is the reference's "shoe" variant: the 16 px style map is zeros and there are
-    no style gates. The zero channels still pass through the bottleneck (12nfc wide, its BN biases,
-    1x1 convs and residual), so the function is the reference's. The reference also builds the
-    style branch, the gates and three parameters that never reach the output; we leave those out.
+    use_style=False is the reference's "shoe" variant: a zero style map (still through the 12nfc-wide
+    bottleneck, as the reference) and no gates; the reference's unused style branch and gates are left out.
     """
 
     STYLE_MIN = 16  # the encoder goes down to 16 px, where the style map joins
@@ -528,7 +468,7 @@ class RefineGeneratorArt(nn.Module):
         self.encoder = nn.ModuleDict(encoder)  # keyed by output resolution, large to small
 
         bottleneck = width(self.STYLE_MIN) + self.style_ch
-        self.residual_16 = nn.Sequential(ResBlkG(bottleneck), Swish(), ResBlkG(bottleneck), Swish())
+        self.residual_16 = nn.Sequential(ResBlkG(bottleneck), nn.SiLU(), ResBlkG(bottleneck), nn.SiLU())
 
         # decode_64 also reads the 32 px noise map (nfc channels)
         decoder = {"32": up_gan(bottleneck, width(32)), "64": up_gan(width(32) + nfc, width(64))}
@@ -576,13 +516,8 @@ class RefineGeneratorArt(nn.Module):
 
 
 class RefineGeneratorFace(nn.Module):
-    """Lighter U-Net: AE output (B, 3, Ain, Ain) -> (B, 3, Aout, Aout), Aout in {Ain, 2 Ain}.
-
-    Widths are set by ngf (16 reproduces the reference): encoder ngf*256/r at resolution r,
-    down to 32 px; style code 32ngf decoded to a 32 px map (16ngf, 8ngf, 8ngf, 4ngf); decoder
-    ngf*1024/r. decode_64 reads cat(e32, s32), decode_r cat(e_{r/2}, d_{r/2}); every decode
-    output is gated by the style code.
-    """
+    """Lighter U-Net: AE output (B, 3, Ain, Ain) -> (B, 3, Aout, Aout), Aout in {Ain, 2 Ain}; ngf=16 is the
+    reference. decode_64 reads cat(e32, s32), decode_r cat(e_{r/2}, d_{r/2}); the style code gates each."""
 
     ENCODE_MIN = 32  # the encoder and the style map meet at 32 px
 
@@ -624,7 +559,6 @@ class RefineGeneratorFace(nn.Module):
         return self.ngf * 1024 // res
 
     def _random_flip(self, s: torch.Tensor) -> torch.Tensor:
-        """Training-time augmentation: flip the style map vertically / horizontally at random."""
         flip_h, flip_w = torch.randint(0, 2, (2,)).tolist()
         if flip_h:
             s = s.flip(2)
@@ -651,7 +585,7 @@ class RefineGeneratorFace(nn.Module):
         return self.to_rgb(x)
 
 
-# Refine generators by architecture (DiT's DiT_models): Config.GENERATOR names one, each preset sets it.
+# Refine generators by architecture (as DiT's DiT_models): Config.GENERATOR names one.
 GENERATORS = {
     "art": RefineGeneratorArt,
     "face": RefineGeneratorFace,
@@ -660,25 +594,18 @@ GENERATORS = {
 
 
 def build_generator(name: str, nfc: int, im_size_in: int, im_size_out: int) -> nn.Module:
-    """The refine generator of architecture `name` (a key of GENERATORS)."""
     if name not in GENERATORS:
         raise ValueError(f"unknown generator {name!r}; known: {sorted(GENERATORS)}")
     return GENERATORS[name](nfc=nfc, im_size_in=im_size_in, im_size_out=im_size_out)
 
 
-# ----------------------------------------------------------------------------------------------
-# GAN stage: discriminator
-# ----------------------------------------------------------------------------------------------
-
 def _d_conv(ch_in: int, ch_out: int, kernel: int, stride: int = 1, padding: int = 0) -> nn.Module:
-    """Spectral-normed conv, raw weight drawn N(0, 0.02) before the power iteration starts."""
     conv = nn.Conv2d(ch_in, ch_out, kernel, stride, padding, bias=False)
     nn.init.normal_(conv.weight, 0.0, INIT_STD)
     return spectral_norm(conv)
 
 
 def _d_batchnorm(ch: int) -> nn.BatchNorm2d:
-    """BatchNorm with gain N(1, 0.02) and zero bias."""
     bn = nn.BatchNorm2d(ch)
     nn.init.normal_(bn.weight, 1.0, INIT_STD)
     nn.init.zeros_(bn.bias)
@@ -686,11 +613,8 @@ def _d_batchnorm(ch: int) -> nn.BatchNorm2d:
 
 
 class DownBlock(nn.Module):
-    """Discriminator block: two SN 3x3 convs (the first stride 2), optional skip-excitation.
-
-    Skip-excitation: a feature map from a 16x larger scale gives per-channel
-    sigmoid gates and tanh shifts (pool to 4x4, 4x4 valid conv, ReLU, 1x1 conv).
-    """
+    """Discriminator block: two SN 3x3 convs (the first stride 2), optional skip-excitation: a feature map
+    from a larger scale gives per-channel sigmoid gates and tanh shifts."""
 
     def __init__(self, ch_in: int, ch_out: int, ch_skip: int = 0):
         super().__init__()
@@ -713,13 +637,8 @@ class DownBlock(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """Patch discriminator: image (B, nc, H, W) -> logits (B, 1, h, w).
-
-    First SN conv to ndf/4 (H/2), then log2(im_size) - 4 DownBlocks down to 8 px at im_size
-    input, widths [ndf/2, ndf, 2ndf, 4ndf, 8ndf][:n-1] + [16ndf]; block j >= 3 is excited by
-    feature j - 3 (feature 0 = first conv output). im_size 512 gives 5x5 logits at 512 px and
-    13x13 at 1024 px.
-    """
+    """Patch discriminator: image (B, nc, H, W) -> logits (B, 1, h, w): 5x5 at im_size, 13x13 at 2 im_size.
+    A first SN conv, then DownBlocks to 8 px; block j >= 3 is excited by feature j - 3."""
 
     SKIP_LAG = 3  # a block is excited by the feature 3 scales (8x) above its input
     END_SIZE = 8  # the blocks stop at 8 px when the input is im_size
@@ -752,10 +671,8 @@ class Discriminator(nn.Module):
 
 @contextlib.contextmanager
 def batch_norm_mode(net: nn.Module, mode: str):
-    """Inside the block, net's BatchNorm layers normalise with their "running" statistics (as in
-    eval mode) or with each forward's "batch" statistics (as in train mode: how the reference
-    samples its EMA generator). Nothing else changes: running statistics are restored afterwards,
-    and no other layer changes mode (no spectral-norm power iteration, no face-generator flip)."""
+    """In the block, net's BatchNorm layers use their "running" statistics or each forward's "batch" ones (how
+    the reference samples its EMA generator); running statistics are restored after, no other layer changes."""
     if mode not in BN_MODES:
         raise ValueError(f"BatchNorm mode {mode!r}: must be one of {BN_MODES}")
     norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if mode == "batch" else []

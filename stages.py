@@ -1,19 +1,9 @@
-"""The two training stages of the method, each a `training.Stage` that `training.run_stage` runs.
+"""The two training stages, each a `training.Stage` that `training.run_stage` runs.
 
-AEStage, the self-supervised autoencoder (style encoder, content encoder, decoder). Each iteration
-makes two optimizer steps (reference):
-  A. self-supervised, on a rotating subset of NBR_CLS images (each its own class): instance
-     classification, style consistency, content consistency, reconstruction from x~'s style;
-  B. plain autoencoder on all pairs (one of the K sketch sets per batch), + grey-level and
-     content/style mutual-information terms when their weights are set (the latter minimised
-     by the content encoder only, as in the paper).
-Every NBR_CLS * SUBSET_PASSES // BATCH_SIZE_AE iterations the subset moves on, the classifier
-head and its optimizer are re-initialised and the style encoder and decoder lr drops.
-
-GANStage, the refinement: the frozen AE feeds a refine generator; patch discriminator; EMA. D: hinge
-loss on real images vs the detached output. G: W_ADV * hinge + reconstruction (LPIPS, or L1 + MSE
-for small-data presets) + the grey-level loss under another image's style when W_GAN_GREY > 0.
-Sample grids and FID use the EMA generator.
+AEStage makes two optimizer steps per iteration (reference): A, self-supervised on a rotating subset of
+NBR_CLS images (instance classification, style and content consistency, reconstruction from x~'s style);
+B, plain autoencoder on all pairs (+ grey-level and MI terms when weighted). GANStage: the frozen AE feeds
+a refine generator trained against a patch discriminator (hinge); its EMA copy samples and measures FID.
 """
 from __future__ import annotations
 
@@ -32,12 +22,10 @@ from training import (EMA, NanGuard, Runtime, adam, infinite_batches, lr_factor,
 
 
 def runtime_for(cfg: Config) -> Runtime:
-    """The Runtime of a run's settings (training.setup_runtime)."""
     return setup_runtime(cfg.DEVICE, cfg.SEED, cfg.BF16, cfg.CHANNELS_LAST, cfg.COMPILE, cfg.SYNC_BN, cfg.DETERMINISTIC)
 
 
 def batch_stream(cfg: Config, runtime: Runtime, dataset, batch_size: int, set_weights, stream: int, start: int):
-    """A stage's batch stream: training.infinite_batches with the run's loader settings."""
     return infinite_batches(dataset, batch_size, cfg.DATALOADER_WORKERS, set_weights, cfg.SKETCH_SET_PER == "batch",
                             cfg.SEED, stream, runtime, start)
 
@@ -57,12 +45,9 @@ class AEStage:
         self.decoder = runtime.compiled(runtime.prepare(Decoder(nfc, size)))
         self.head = runtime.prepare(InstanceClassifier(nfc * 8, self.nbr_cls))
         self.club = runtime.prepare(L.CLUB(nfc * 14, nfc * 14, cfg.MI_HIDDEN)) if cfg.W_MI > 0 else None
-        self.opt = {"style": adam(self.style_encoder.parameters(), cfg.LR_AE, cfg.BETAS, runtime.device),
-                    "content": adam(self.content_encoder.parameters(), cfg.LR_AE, cfg.BETAS, runtime.device),
-                    "decoder": adam(self.decoder.parameters(), cfg.LR_AE, cfg.BETAS, runtime.device),
-                    "head": adam(self.head.parameters(), cfg.LR_AE, cfg.BETAS, runtime.device)}
-        if self.club is not None:
-            self.opt["club"] = adam(self.club.parameters(), cfg.LR_AE, cfg.BETAS, runtime.device)
+        trained = {"style": self.style_encoder, "content": self.content_encoder, "decoder": self.decoder,
+                   "head": self.head} | ({"club": self.club} if self.club is not None else {})
+        self.opt = {k: adam(net.parameters(), cfg.LR_AE, cfg.BETAS, runtime.device) for k, net in trained.items()}
         self.reconstruction = L.Reconstruction(cfg.W_REC_MSE, cfg.W_REC_L1_A, cfg.W_REC_LPIPS, lpips, cfg.LPIPS_SIZE)
         self.reconstruction_b = L.Reconstruction(cfg.W_REC_MSE, cfg.W_REC_L1_B, cfg.W_REC_LPIPS, lpips, cfg.LPIPS_SIZE)
         self.ss_data = SelfSupervisedDataset(pairs, size, self.nbr_cls, seed=cfg.SEED)
@@ -85,12 +70,12 @@ class AEStage:
 
     @staticmethod
     def arch_of(cfg: Config) -> dict:
-        """What a checkpoint must match to resume (training.check_arch); train.py checks it before writing."""
+        """What a checkpoint must match to resume (training.check_arch)."""
         return {"preset": cfg.DATA_NAME, "nfc": cfg.NFC, "im_size": cfg.IM_SIZE_AE, "mi_estimator": cfg.W_MI > 0}
 
     @staticmethod
     def classes(cfg: Config, n_pairs: int) -> int:
-        """Images per self-supervised subset, the classes of the head: NBR_CLS, or all pairs if fewer."""
+        """Images per self-supervised subset (the head's classes): NBR_CLS, or all pairs if fewer."""
         return min(cfg.NBR_CLS, n_pairs)
 
     def state_dict(self) -> dict:
@@ -106,9 +91,8 @@ class AEStage:
             opt.load_state_dict(state["optimizers"][k])
 
     def restart_data(self, iteration: int) -> None:
-        """Data iterators positioned at `iteration`: everything follows from the iteration number."""
-        # step(it) switches subsets at its start when it % switch_every == 0 (it > 0), so the
-        # subset in use before step(iteration) is the one of iteration - 1
+        """Data iterators positioned at `iteration` (everything follows from the iteration number)."""
+        # step(it) switches subsets at its start, so the subset before step(iteration) is iteration - 1's
         subset = max(iteration - 1, 0) // self.switch_every
         self.ss_data.set_subset(subset)
         self.ss_batches = self._ss_batches(iteration - subset * self.switch_every)
@@ -142,7 +126,7 @@ class AEStage:
         return logs
 
     def _switch_subset(self) -> None:
-        """Next subset: new classes, so a fresh head and head optimizer (reference)."""
+        """New classes, so a fresh head and head optimizer (reference)."""
         self.ss_data.next_subset()
         self.ss_batches = self._ss_batches(0)
         self.head.reset_parameters()
@@ -155,7 +139,6 @@ class AEStage:
                 for k, v in batch.items() if k != "skipped"}
 
     def _step_a(self, it: int, guard: NanGuard) -> dict[str, torch.Tensor]:
-        """Self-supervised step on the current subset."""
         cfg, size = self.cfg, self.cfg.IM_SIZE_AE
         batch = self._batch(self.ss_batches)
         g = iteration_generator(cfg.SEED, RandomStream.AE_AUG_A, it, self.rt.rank)
@@ -183,7 +166,6 @@ class AEStage:
         return parts
 
     def _step_b(self, it: int, guard: NanGuard) -> dict[str, torch.Tensor]:
-        """Plain autoencoder step on all pairs (+ grey-level and MI terms if weighted)."""
         cfg = self.cfg
         batch = self._batch(self.paired_batches)
         g = iteration_generator(cfg.SEED, RandomStream.AE_AUG_B, it, self.rt.rank)
@@ -214,7 +196,7 @@ class AEStage:
         return loss.detach()
 
     def _optimizers(self, *names: str) -> list[torch.optim.Optimizer]:
-        """The named optimizers, looked up at each step: a subset switch replaces the head's."""
+        """Looked up at each step: a subset switch replaces the head's."""
         return [self.opt[name] for name in names]
 
     # --- sample grid -------------------------------------------------------------------------
@@ -236,7 +218,7 @@ class AEStage:
 
 
 def check_autoencoder(ae: AutoEncoder, cfg: Config) -> None:
-    """A trained AE (checkpoints.load_trained) fits this run's sizes, or CheckpointError in one line."""
+    """CheckpointError unless a trained AE fits this run's sizes."""
     if (ae.nfc, ae.im_size) != (cfg.NFC, cfg.IM_SIZE_AE):
         raise CheckpointError(f"the AE checkpoint was trained with NFC={ae.nfc}, IM_SIZE_AE={ae.im_size}; "
                               f"this run has NFC={cfg.NFC}, IM_SIZE_AE={cfg.IM_SIZE_AE}")
@@ -254,8 +236,7 @@ class GANStage:
         self.ae = runtime.prepare(ae.eval().requires_grad_(False))  # frozen
         self.generator = runtime.prepare(build_generator(cfg.GENERATOR, cfg.NFC, cfg.IM_SIZE_AE, cfg.IM_SIZE_GAN))
         self.discriminator = runtime.prepare(Discriminator(cfg.NFC, cfg.IM_SIZE_D))
-        # copied before compiling (see Runtime.compiled)
-        self.ema = EMA(self.generator, cfg.EMA_DECAY)
+        self.ema = EMA(self.generator, cfg.EMA_DECAY)  # copied before compiling (see Runtime.compiled)
         runtime.compiled(self.generator)
         runtime.compiled(self.discriminator)
         self.opt = {"generator": adam(self.generator.parameters(), cfg.LR_GAN, cfg.BETAS, runtime.device),
@@ -273,7 +254,7 @@ class GANStage:
 
     @staticmethod
     def arch_of(cfg: Config) -> dict:
-        """What a checkpoint must match to resume (training.check_arch); train.py checks it before writing."""
+        """What a checkpoint must match to resume (training.check_arch)."""
         return {"preset": cfg.DATA_NAME, "generator": cfg.GENERATOR, "nfc": cfg.NFC, "im_size_ae": cfg.IM_SIZE_AE,
                 "im_size_gan": cfg.IM_SIZE_GAN, "im_size_d": cfg.IM_SIZE_D}
 
@@ -349,8 +330,7 @@ class GANStage:
     # --- sampling ------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, sketch: torch.Tensor, style_image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sketch, style image) in [-1, 1] on the device -> (AE output, EMA generator output); the
-        EMA generator's BatchNorm uses running or batch statistics as SAMPLE_BN says."""
+        """(sketch, style image) in [-1, 1] on the device -> (AE output, EMA output); BatchNorm as SAMPLE_BN says."""
         with self.rt.autocast(), batch_norm_mode(self.ema.net, self.cfg.SAMPLE_BN):
             ae_image, style = self.ae(sketch, style_image)
             return ae_image.float(), self.ema.net(ae_image, style).float()

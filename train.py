@@ -1,12 +1,10 @@
 """Train the sketch-to-image model: the AE stage, then the GAN stage (or one of them).
 
-Inputs: settings (the preset DATA_NAME names, then the EDIT HERE block of config.py, then
-KEY=value arguments; see config.py); the image folder IMAGE_DIR and its K sketch folders
-SKETCH_DIRS (files paired by name), optionally a held-out pair TEST_IMAGE_DIR / TEST_SKETCH_DIR.
-Outputs: a run folder <SAVE_FOLDER>/<TRIAL_NAME> with config.json, settings.txt (the settings
-that differ from the defaults, and where each came from) and one folder per stage (ae/, gan/)
-holding log.jsonl, loss_curves.png, images/ (PNG grids) and checkpoints/ (last.txt points at
-the newest). Under torchrun every process trains; rank 0 writes. See README.md.
+Inputs: settings (DATA_NAME's preset, then config.py's EDIT HERE block, then KEY=value arguments); the
+image folder IMAGE_DIR and its sketch folders SKETCH_DIRS (paired by name); optionally TEST_IMAGE_DIR and
+TEST_SKETCH_DIR, a held-out pair.
+Outputs: a run folder <SAVE_FOLDER>/<TRIAL_NAME> with config.json, settings.txt and per stage (ae/, gan/)
+log.jsonl, loss_curves.png, images/ and checkpoints/. Under torchrun rank 0 writes. See README.md.
 
 Examples:
     python train.py                                  # the demo preset (makes its data first)
@@ -49,12 +47,11 @@ from models import AutoEncoder
 from stages import AEStage, GANStage, check_autoencoder, runtime_for
 from training import LoopOptions, Runtime, StageResult, check_arch, from_rank0, run_stage
 
-RUN_ENTRIES = {"config.json", "settings.txt", "ae", "gan", LOCK_FILE}  # what a run folder holds
+RUN_ENTRIES = {"config.json", "settings.txt", "ae", "gan", LOCK_FILE}
 
 
 @cli
 def main(argv: list[str]) -> int:
-    """Command-line entry: returns the exit code; a user's mistake is one clear line, no traceback (errors.cli)."""
     wants_help = any(arg in ("-h", "--help") for arg in argv)
     argv = [arg for arg in argv if arg not in ("-h", "--help")]
     for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints escaped, never crashes
@@ -75,7 +72,6 @@ def main(argv: list[str]) -> int:
 
 
 def help_text(cfg: Config, origins: dict[str, str]) -> str:
-    """train.py --help: how to call it, then every setting under the chosen preset."""
     return (f"usage: python train.py [KEY=value ...] [-h | --help]\n\n{__doc__.strip()}\n\n"
             f"Settings under preset '{cfg.DATA_NAME}', as in config.py: SETTING (type) = value [where it was "
             f"set],\nthen its comment. Precedence: Config defaults < preset < config.py EDIT HERE block < command "
@@ -83,14 +79,14 @@ def help_text(cfg: Config, origins: dict[str, str]) -> str:
 
 
 def train(cfg: Config, settings: str = "") -> int:
-    """Train `cfg`; `settings` (the report of changed settings) is written to <run>/settings.txt."""
+    """Train `cfg`; `settings` (the report of changed settings) goes to <run>/settings.txt."""
     runtime = runtime_for(cfg)
     if cfg.LOGGER == "tensorboard":
         require_tensorboard()  # before any run folder exists
     if cfg.IMAGE_DIR == C.PRESETS["demo"]["IMAGE_DIR"] and runtime.is_main:
         ensure_demo_data()
     _barrier(runtime)
-    # every input is checked before the run folder exists: a mistake costs no run folder
+    # every input is checked before the run folder exists
     pairs = require_readable(pair_folders(cfg.IMAGE_DIR, cfg.SKETCH_DIRS))
     grid_pairs = pairs
     if cfg.TEST_IMAGE_DIR:
@@ -116,8 +112,7 @@ def train(cfg: Config, settings: str = "") -> int:
 
 def train_stages(cfg: Config, runtime: Runtime, run_dir: Path, pairs: Pairs, grid_pairs: Pairs, lpips, fid,
                  pretrained: AutoEncoder | None) -> int:
-    """The stages of `cfg` in the prepared `run_dir`, on what `train` checked and made (LPIPS, the FID
-    callable, the pretrained AE of TRAIN_GAN_ONLY); returns the exit code."""
+    """The stages of `cfg` in the prepared `run_dir`; returns the exit code."""
     ae_checkpoint = None
     if not cfg.TRAIN_GAN_ONLY:
         stage = AEStage(cfg, runtime, pairs, grid_pairs, lpips)
@@ -139,10 +134,8 @@ def train_stages(cfg: Config, runtime: Runtime, run_dir: Path, pairs: Pairs, gri
 
 
 def check_resume(cfg: Config, run_dir: Path, n_pairs: int) -> None:
-    """RESUME=true: what the run's newest checkpoints hold fits `cfg`, or one line before anything is
-    written (a refused resume leaves the run as it was): each stage that runs builds the same networks
-    (training.check_arch; the AE's classifier head has min(NBR_CLS, pairs) classes), and the AE is not
-    trained on once the GAN stage has started from it (the GAN checkpoints would put the old AE back)."""
+    """RESUME=true: refuse, before anything is written, checkpoints whose networks do not fit `cfg`, or an AE
+    trained on after the GAN stage started from it (the GAN checkpoints would put the old AE back)."""
     ae_last = CheckpointDir(run_dir / "ae" / "checkpoints", kind="ae").last()
     gan_last = CheckpointDir(run_dir / "gan" / "checkpoints", kind="gan").last()
     if ae_last is not None and not cfg.TRAIN_GAN_ONLY:
@@ -164,7 +157,6 @@ def check_resume(cfg: Config, run_dir: Path, n_pairs: int) -> None:
 
 
 def loop_options(cfg: Config, total: int, eval_interval: int = 0) -> LoopOptions:
-    """The training loop's knobs for one stage of `cfg`; the whole config goes into its checkpoints."""
     return LoopOptions(total=total, log_interval=cfg.LOG_INTERVAL, image_interval=cfg.SAVE_IMAGE_INTERVAL,
                        save_interval=cfg.SAVE_MODEL_INTERVAL, keep=cfg.KEEP_CHECKPOINTS, seed=cfg.SEED,
                        nan_policy=cfg.NAN_POLICY, nan_skip_limit=cfg.NAN_SKIP_LIMIT, eval_interval=eval_interval,
@@ -173,15 +165,8 @@ def loop_options(cfg: Config, total: int, eval_interval: int = 0) -> LoopOptions
 
 @contextlib.contextmanager
 def prepare_run_dir(cfg: Config, runtime: Runtime) -> Iterator[Path]:
-    """Name the run folder, refuse to reuse one by accident, lock it, write config.json (rank 0); the
-    block runs with the folder locked (fileio.locked_folder), so a second process on it stops at once.
-
-    Without TRIAL_NAME the name is <DATA_NAME>-<date>-<time>, with -2, -3, ... when runs start in
-    the same second (made with an atomic mkdir, so concurrent runs never share a folder). An
-    existing TRIAL_NAME folder is reused only by RESUME=true, or when it holds nothing but an
-    earlier attempt that saved no checkpoint (e.g. one stopped by a bad input), and never while
-    another process (a run of the same TRIAL_NAME, another RESUME=true of it) holds it.
-    """
+    """Name the run folder (<DATA_NAME>-<date>-<time>[-n] without TRIAL_NAME), lock it for the block and write
+    config.json (rank 0). An existing folder is reused only by RESUME=true or if it holds no checkpoint."""
     run_dir = None
     with contextlib.ExitStack() as held:
         if runtime.is_main:
@@ -220,7 +205,7 @@ def _claim_run_dir(cfg: Config) -> Path:
 
 
 def _holds_no_run(run_dir: Path) -> bool:
-    """True for an empty folder, or one that holds only an earlier attempt that saved no checkpoint."""
+    """An empty folder, or one that holds only an earlier attempt that saved no checkpoint."""
     if not run_dir.is_dir():
         return False
     return ({p.name for p in run_dir.iterdir()} <= RUN_ENTRIES
@@ -228,7 +213,7 @@ def _holds_no_run(run_dir: Path) -> bool:
 
 
 def find_ae_checkpoint(cfg: Config, run_dir: Path | None, just_trained: Path | None) -> Path:
-    """The AE checkpoint for the GAN stage: this run's, or PRETRAINED_AE_PATH (file or run folder)."""
+    """This run's AE checkpoint, or PRETRAINED_AE_PATH's (file or run folder)."""
     if just_trained is not None:
         return just_trained
     if cfg.PRETRAINED_AE_PATH:
@@ -251,37 +236,27 @@ def find_ae_checkpoint(cfg: Config, run_dir: Path | None, just_trained: Path | N
 def load_ae(cfg: Config, run_dir: Path | None, just_trained: Path | None) -> AutoEncoder:
     """The trained AE of find_ae_checkpoint, checked against this run's preset and sizes."""
     trained = load_trained(find_ae_checkpoint(cfg, run_dir, just_trained), kind="ae")
-    _check_preset(trained.config, cfg)
+    preset = trained.config["DATA_NAME"]
+    if preset != cfg.DATA_NAME:
+        raise CheckpointError(f"the AE checkpoint belongs to preset '{preset}', this run is '{cfg.DATA_NAME}'")
     check_autoencoder(trained.ae, cfg)
     return trained.ae
 
 
-def _check_preset(ae_config: dict, cfg: Config) -> None:
-    trained = ae_config["DATA_NAME"]
-    if trained != cfg.DATA_NAME:
-        raise CheckpointError(f"the AE checkpoint belongs to preset '{trained}', this run is '{cfg.DATA_NAME}'")
-
-
 def _stopped(cfg: Config, run_dir: Path, runtime: Runtime, result: StageResult) -> int:
-    """Saved and stopped by a signal: the resume command, and the exit code that says so (130, 143)."""
+    """Saved and stopped by a signal: print the resume command (absolute paths) and return 130 or 143."""
     if runtime.is_main:
-        print_resume_hint(cfg, run_dir)
+        name = run_dir.relative_to(cfg.SAVE_FOLDER).as_posix()
+        print(f"stopped cleanly; resume with:\n  {shlex.quote(sys.executable)} "
+              f"{shlex.quote(str(Path(__file__).resolve()))} "
+              f"{shlex.quote(f'SAVE_FOLDER={os.path.abspath(cfg.SAVE_FOLDER)}')} "
+              f"{shlex.quote(f'TRIAL_NAME={name}')} RESUME=true", file=sys.stderr)
     return result.exit_code
 
 
 def _barrier(runtime: Runtime) -> None:
     if runtime.distributed:
         dist.barrier()
-
-
-
-def print_resume_hint(cfg: Config, run_dir: Path) -> None:
-    """Tell the user the exact command that continues a stopped run: absolute paths (it works from any
-    folder), and TRIAL_NAME with its sub-folders."""
-    name = run_dir.relative_to(cfg.SAVE_FOLDER).as_posix()
-    print(f"stopped cleanly; resume with:\n  {shlex.quote(sys.executable)} {shlex.quote(str(Path(__file__).resolve()))} "
-          f"{shlex.quote(f'SAVE_FOLDER={os.path.abspath(cfg.SAVE_FOLDER)}')} "
-          f"{shlex.quote(f'TRIAL_NAME={name}')} RESUME=true", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,9 @@
-"""Stage 1, the self-supervised autoencoder (stages.AEStage), alone:
-`python train_step_1_ae.py KEY=value ...` is `python train.py TRAIN_AE_ONLY=true KEY=value ...`."""
+"""Stage 1, the autoencoder, alone: `python train_step_1_ae.py KEY=value ...` = train.py TRAIN_AE_ONLY=true."""
 import sys
 
 from errors import quiet_start
 
-if __name__ == "__main__":  # as train.py: Ctrl-C while the libraries load, a syntax error in config.py
+if __name__ == "__main__":  # as train.py
     sys.excepthook = quiet_start
 
 import train  # noqa: E402

@@ -1,10 +1,9 @@
-"""Stage 2, the GAN refinement (stages.GANStage), alone:
-`python train_step_2_gan.py PRETRAINED_AE_PATH=<run> KEY=value ...` is `python train.py TRAIN_GAN_ONLY=true PRETRAINED_AE_PATH=<run> KEY=value ...`."""
+"""Stage 2, the GAN, alone: `python train_step_2_gan.py PRETRAINED_AE_PATH=<run> ...` = train.py TRAIN_GAN_ONLY=true."""
 import sys
 
 from errors import quiet_start
 
-if __name__ == "__main__":  # as train.py: Ctrl-C while the libraries load, a syntax error in config.py
+if __name__ == "__main__":  # as train.py
     sys.excepthook = quiet_start
 
 import train  # noqa: E402

@@ -1,11 +1,8 @@
 """The loop scaffold every trainer shares: device, precision, data, EMA, checkpoints, logs.
 
-A stage (stages.AEStage, stages.GANStage, sketch_styletransfer's TOMTrainer)
-supplies only its networks and its `step` (its updates through `optimizer_step`); `run_stage`
-does everything else: resume, the progress bar, the JSON-lines log, PNG sample grids, periodic
-evaluation, atomic checkpoints, NaN/Inf handling and clean stops on SIGINT/SIGTERM. Its knobs
-are its own `LoopOptions` (as EDM's training_loop takes its own arguments), so a trainer with
-another command line (TOM's) needs no project Config.
+A stage (stages.AEStage, stages.GANStage, TOM's trainer) supplies its networks and `step` (updates through
+`optimizer_step`); `run_stage` does the rest: resume, progress, log, grids, evaluation, checkpoints, NaN/Inf
+handling, clean stops on SIGINT/SIGTERM. Its knobs are its own `LoopOptions`, not the project's Config.
 """
 from __future__ import annotations
 
@@ -39,13 +36,12 @@ from plot_log import StageMonitor
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # what stops a run cleanly (StopRequest)
 
-# --------------------------------------------------------------------------- runtime
 
 @dataclass
 class Runtime:
     """Where and how to compute, chosen once per process and passed down."""
     device: torch.device
-    bf16: bool = False            # bf16 autocast (CUDA, or a CPU with native bf16: native_bf16)
+    bf16: bool = False             # bf16 autocast
     channels_last: bool = False
     rank: int = 0
     world_size: int = 1
@@ -61,21 +57,19 @@ class Runtime:
         return self.world_size > 1
 
     def autocast(self):
-        """bf16 autocast context on this device when enabled; a no-op otherwise."""
         if self.bf16:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def prepare(self, net: nn.Module) -> nn.Module:
-        """Move a network to the device (and memory format); SyncBatchNorm under DDP if asked."""
+        """Move a network to the device and memory format; SyncBatchNorm under DDP if asked."""
         if self.sync_bn and self.distributed:
             net = to_sync_batchnorm(net)
         net = net.to(self.device)
         return net.to(memory_format=torch.channels_last) if self.channels_last else net
 
     def compiled(self, net: nn.Module) -> nn.Module:
-        """torch.compile a network in place when enabled (after any EMA copy of it was made:
-        a deep copy of a compiled module would still call the original)."""
+        """torch.compile in place when enabled; after any EMA copy (a copy of a compiled module calls the original)."""
         if self.compile:
             net.compile()
         return net
@@ -87,8 +81,8 @@ class Runtime:
 
 def setup_runtime(device: str, seed: int, bf16: bool = True, channels_last: bool = True, compile: bool = False,
                   sync_bn: bool = False, deterministic: bool = False) -> Runtime:
-    """Pick the device, join a torchrun process group if there is one, seed, set kernels. bf16 only where
-    native (native_bf16), channels-last only on CUDA (on the CPU it gained nothing: bench_speed.py)."""
+    """Pick the device, join a torchrun group if any, seed, set kernels. bf16 only where native, channels-last
+    only on CUDA (on the CPU it gained nothing: bench_speed.py)."""
     device = resolve_device(device)
     if sync_bn and device.type != "cuda":
         raise DeviceError("SYNC_BN=true needs CUDA devices (torch's SyncBatchNorm runs on GPUs only)")
@@ -107,8 +101,7 @@ def setup_runtime(device: str, seed: int, bf16: bool = True, channels_last: bool
 
 
 def join_torchrun(device: torch.device) -> Runtime:
-    """Under torchrun: this rank's GPU (LOCAL_RANK) and the process group (nccl, or gloo on CPU).
-    Without torchrun: one process on `device`."""
+    """Under torchrun: this rank's GPU (LOCAL_RANK) and the process group (nccl, or gloo on CPU)."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if device.type == "cuda":
         if world > 1:
@@ -129,11 +122,8 @@ def from_rank0(value, runtime: Runtime):
 
 
 def to_sync_batchnorm(net: nn.Module) -> nn.Module:
-    """Replace every BatchNorm with SyncBatchNorm, keeping spectral-norm parametrizations.
-
-    torch's convert_sync_batchnorm cannot copy a parametrized (spectral-normed) gain; here the
-    parametrization is moved over, so state-dict keys and checkpoints stay the same.
-    """
+    """Replace every BatchNorm with SyncBatchNorm, moving spectral-norm parametrizations over (torch's
+    convert_sync_batchnorm cannot), so state-dict keys stay the same."""
     for name, child in net.named_children():
         if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, nn.SyncBatchNorm):
             sync = nn.SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
@@ -173,12 +163,10 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# --------------------------------------------------------------------------- data
-
 def infinite_batches(dataset: Dataset, batch_size: int, workers: int, set_weights, per_batch: bool, seed: int,
                      stream: int, runtime: Runtime, start: int = 0):
-    """Endless iterator of collated batches, starting at batch number `start` of this stream; the sketch set
-    of each batch (`per_batch`, else of each item) is drawn with the odds `set_weights`."""
+    """Endless batches from batch number `start` of this stream; each batch's (`per_batch`) or item's sketch set
+    is drawn with the odds `set_weights`."""
     sampler = InfiniteSampler(len(dataset), set_weights, batch_size if per_batch else 1, seed=mix_seed(seed, stream),
                               start=start * batch_size, rank=runtime.rank, world_size=runtime.world_size)
     # its own generator: creating an iterator must not draw from the global RNG (exact resume)
@@ -189,9 +177,7 @@ def infinite_batches(dataset: Dataset, batch_size: int, workers: int, set_weight
 
 
 def stoppable_batches(dataset: Dataset, workers: int, **loader_args):
-    """iter(DataLoader(dataset, num_workers=workers, **loader_args)) whose worker processes leave
-    a stop signal sent to the whole process group to the main process (StopRequest): they ignore
-    it (`ignore_stop_signals`) and are born with it blocked (`stop_signals_blocked`)."""
+    """iter(DataLoader(...)) whose workers leave a stop signal sent to the process group to the main process."""
     loader = DataLoader(dataset, num_workers=workers, worker_init_fn=ignore_stop_signals if workers else None,
                         **loader_args)
     with stop_signals_blocked():  # the workers start here
@@ -200,13 +186,8 @@ def stoppable_batches(dataset: Dataset, workers: int, **loader_args):
 
 @contextlib.contextmanager
 def stop_signals_blocked():
-    """Hold SIGINT/SIGTERM back in this thread; a forked child inherits the mask.
-
-    Without it a signal to the whole group that lands while a loader worker starts (before its
-    init, `ignore_stop_signals`, runs: torch's own handlers kill the worker on any SIGTERM, and a
-    SIGINT ends its loop) kills that worker, and the main process then fails on its next batch
-    instead of saving. Signals meant for this process wait and are handled on exit from the block.
-    """
+    """Hold SIGINT/SIGTERM back in this thread; a forked child inherits the mask. Else a group signal landing
+    while a loader worker starts, before `ignore_stop_signals`, kills it and the main process fails unsaved."""
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
@@ -218,14 +199,8 @@ def stop_signals_blocked():
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:
-    """A DataLoader worker's init: it ignores SIGINT, and SIGTERM from anyone but its parent.
-
-    A signal sent to the whole process group or job (Ctrl-C, `timeout`, Slurm) must stop the main
-    process cleanly (StopRequest: finish the step, save), not kill the workers under it. The
-    parent's own SIGTERM (its loader's shutdown, or multiprocessing's at exit) still ends the
-    worker at once: a thread waits for SIGTERM with its sender's pid (Linux; elsewhere torch's
-    default handling is kept).
-    """
+    """A DataLoader worker's init: ignore SIGINT, and SIGTERM from anyone but the parent (whose SIGTERM, its
+    loader's shutdown, still ends the worker: a thread waits for it with the sender's pid; Linux only)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # also drops one that came while it started
     if not hasattr(signal, "sigwaitinfo"):
         if hasattr(signal, "pthread_sigmask"):
@@ -244,7 +219,7 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
 
 
 def sync_gradients(params, runtime: Runtime) -> None:
-    """Average gradients over ranks (DDP by hand: works with any number of forwards per step)."""
+    """Average gradients over ranks (DDP by hand: any number of forwards per step)."""
     if not runtime.distributed:
         return
     grads = [p.grad for p in params if p.grad is not None]
@@ -261,14 +236,9 @@ def sync_gradients(params, runtime: Runtime) -> None:
 
 def optimizer_step(loss: torch.Tensor, optimizers, runtime: Runtime, guard: NanGuard, it: int,
                    losses: dict[str, torch.Tensor]) -> None:
-    """Backward `loss` and step `optimizers`, the one update of every trainer.
-
-    Only the stepped optimizers' gradients are zeroed first: they then hold this loss's gradients
-    alone (stale ones elsewhere are zeroed before their own update). Gradients are averaged over
-    ranks before the guard decides (the all-reduce is collective: no rank may leave it out), and
-    the step is taken only if the guard allows it. `losses` (the guard's inputs, logged by the
-    loop) are detached either way: no autograd graph outlives the step, skipped or not.
-    """
+    """Backward `loss` and step `optimizers` (zeroed first) if the guard allows; the one update of every trainer.
+    Gradients are averaged over ranks before the guard decides (a collective: no rank may skip it); `losses`
+    are detached either way, so no autograd graph outlives the step."""
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -282,15 +252,14 @@ def optimizer_step(loss: torch.Tensor, optimizers, runtime: Runtime, guard: NanG
 
 def adam(params, lr: float, betas: tuple[float, float], device: torch.device,
          foreach: bool | None = True) -> torch.optim.Adam:
-    """The optimizer of every network: Adam, fused on CUDA, else `foreach` (False: one parameter at a time)."""
+    """Adam, fused on CUDA, else `foreach` (False: one parameter at a time)."""
     if device.type == "cuda" and foreach is not False:
         return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
     return torch.optim.Adam(params, lr=lr, betas=betas, foreach=foreach)
 
 
 def lr_factor(it: int, total: int, decay_from: float) -> float:
-    """The learning-rate factor of iteration `it` of `total`: 1 until `decay_from` of them, then falling
-    linearly to 0 at the last one (decay_from=1: constant)."""
+    """1 until `decay_from` of `total` iterations, then falling linearly to 0 (decay_from=1: constant)."""
     start = decay_from * total
     return 1.0 if it < start or start >= total else max(0.0, (total - it) / (total - start))
 
@@ -299,8 +268,6 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     for group in opt.param_groups:
         group["lr"] = lr
 
-
-# --------------------------------------------------------------------------- EMA and guards
 
 class EMA:
     """Exponential moving average of a network's parameters; buffers are copied."""
@@ -324,22 +291,14 @@ class EMA:
 
 
 class NonFiniteLoss(UserError, RuntimeError):
-    """A loss became NaN or Inf: reported in one line with what to change (a lower learning rate, NAN_POLICY=skip)."""
+    """A loss became NaN or Inf."""
 
 
 class NanGuard:
-    """Watches losses for NaN/Inf without a host sync per step ("stop"), or skips bad steps ("skip").
-
-    "stop": the first bad iteration of each loss is recorded on the device and checked at log
-    and checkpoint time, where the run stops naming the step, the loss and the last good
-    checkpoint. "skip": each step is checked before its optimizer steps (one sync per step);
-    `skip_limit` skipped steps in a row of one update stop the run (the weights themselves are broken
-    then). Each update (named by its losses: step A, step B, D, G) counts its own row, so a good
-    update cannot reset the count of one that fails every iteration.
-    `skip_setting` is how this run's user asks for "skip" (its command line's words). Under
-    torchrun (`distributed`) the ranks agree: a step is skipped on every rank if any rank's loss is
-    bad (the averaged gradients are bad on all of them), so the weights stay identical.
-    """
+    """Watches losses for NaN/Inf: "stop" records each loss's first bad iteration on the device (no sync per
+    step) and stops at the next `check`; "skip" skips bad steps, and stops after `skip_limit` in a row of one
+    update (counted per update, named by its losses). Under torchrun a step is skipped on every rank if any
+    rank's loss is bad. `skip_setting`: how the user asks for "skip", named in the message."""
 
     def __init__(self, policy: str, device: torch.device, skip_limit: int = 20,
                  skip_setting: str = "NAN_POLICY=skip", distributed: bool = False):
@@ -348,10 +307,10 @@ class NanGuard:
         self.first_bad: dict[str, torch.Tensor] = {}
         self.skipped = 0
         self.in_a_row: dict[tuple[str, ...], int] = {}  # per update (its loss names): skipped steps in a row
-        self.last_good: Path | None = None  # named when the run stops (run_stage keeps it current)
+        self.last_good: Path | None = None  # run_stage keeps it current
 
     def ok(self, it: int, losses: dict[str, torch.Tensor]) -> bool:
-        """Call before an optimizer step; False means: skip this update."""
+        """Before an optimizer step; False: skip this update."""
         if self.policy == "skip":
             bad = [k for k, v in losses.items() if not torch.isfinite(v.detach()).all()]
             if self.distributed and self._any_rank_bad(bool(bad)) and not bad:
@@ -380,7 +339,7 @@ class NanGuard:
         return bool(flag.item())
 
     def check(self, last_checkpoint: Path | None) -> None:
-        """Raise NonFiniteLoss if any loss went bad since the start (syncs the host)."""
+        """Raise NonFiniteLoss if any loss went bad since the start (syncs)."""
         bad = [(int(record.item()), order, name) for order, (name, record) in enumerate(self.first_bad.items())]
         bad = sorted(b for b in bad if b[0] >= 0)
         if bad:  # the earliest one is the cause; later ones follow from it
@@ -391,13 +350,8 @@ class NanGuard:
 
 
 class StopRequest:
-    """SIGINT/SIGTERM set a flag; the loop finishes the current step, saves, and exits cleanly.
-
-    A second signal aborts at once without saving (KeyboardInterrupt), but only one that comes
-    REPEAT_WINDOW seconds or more after the first: GNU `timeout` sends its SIGTERM to the child and
-    then to the child's whole group, which reach the handler as two calls a fraction of a millisecond
-    apart. That is one request, not a user pressing Ctrl-C twice.
-    """
+    """SIGINT/SIGTERM set a flag; the loop finishes the step, saves and exits. A second signal REPEAT_WINDOW
+    or more later aborts without saving (KeyboardInterrupt); sooner it is GNU `timeout`'s echo to the group."""
 
     REPEAT_WINDOW = 1.0  # seconds
 
@@ -421,7 +375,7 @@ class StopRequest:
         if self.requested:
             if now - self._first >= self.REPEAT_WINDOW:  # a second Ctrl-C: stop now
                 raise KeyboardInterrupt
-            return  # the same request again (`timeout`'s echo to the process group)
+            return
         self.signal, self._first = signum, now
         tqdm.write(f"\n{signal.Signals(signum).name}: finishing this step, saving a checkpoint, then stopping "
                    f"(press again to abort without saving)", file=sys.stderr)
@@ -430,8 +384,6 @@ class StopRequest:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
-
-# --------------------------------------------------------------------------- the loop
 
 class Stage(Protocol):
     """What a training stage provides to `run_stage`."""
@@ -476,14 +428,14 @@ class StageResult:
 
     @property
     def exit_code(self) -> int:
-        """The trainer's exit code: 0 done, 128 + the signal if one stopped it (errors.stopped_exit_code)."""
+        """0 done, 128 + the signal if one stopped it."""
         return stopped_exit_code(self.stop_signal) if self.stopped else 0
 
 
 def run_stage(stage: Stage, options: LoopOptions, stage_dir: Path, runtime: Runtime,
               resume: bool | Path = False) -> StageResult:
-    """Train `stage` to `options.total` iterations in `stage_dir`; `resume`: True continues from the
-    folder's newest checkpoint (if any), a path from that checkpoint (e.g. another run's)."""
+    """Train `stage` to `options.total` iterations in `stage_dir`; `resume`: True from the folder's newest
+    checkpoint (if any), a path from that checkpoint."""
     total = options.total
     ckpts = CheckpointDir(stage_dir / "checkpoints", options.keep, kind=stage.kind)
     log = JsonlLog(stage_dir / "log.jsonl")
@@ -531,7 +483,8 @@ def run_stage(stage: Stage, options: LoopOptions, stage_dir: Path, runtime: Runt
                 if runtime.is_main and metrics:
                     log.write({"iter": it, **metrics})
                     monitor.log({"iter": it, **metrics})
-                    tqdm.write(f"[{stage.kind}] iteration {done}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+                    tqdm.write(f"[{stage.kind}] iteration {done}: "
+                               + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
             if done % options.save_interval == 0 or done == total or stop.requested:
                 if runtime.is_main:
                     last = guard.last_good = save(done)
@@ -546,19 +499,14 @@ def run_stage(stage: Stage, options: LoopOptions, stage_dir: Path, runtime: Runt
 
 
 def checkpoint(stage: Stage, iteration: int, config: dict) -> dict:
-    """The checkpoint of every stage: one self-describing dict of tensors and plain data (loadable with
-    weights_only=True): the stage's state, the run's settings, and the RNG for an exact resume."""
+    """Every stage's checkpoint (weights_only-loadable): its state, the run's settings, the RNG for an exact resume."""
     return {"kind": stage.kind, "iteration": iteration, "config": config,
             "state": stage.state_dict(), "rng": rng_state()}
 
 
 @contextlib.contextmanager
 def _fixed_rng(seed: int, runtime: Runtime):
-    """Run a block with a fixed seed and leave the training RNG as it was.
-
-    Grids and metrics then use the same noise every time (comparable across iterations), and
-    making them or not does not change training (exact resume).
-    """
+    """A fixed seed in the block, the training RNG untouched: grids and metrics comparable, resume exact."""
     devices = [runtime.device] if runtime.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -577,7 +525,7 @@ def _resume(stage: Stage, path: Path, runtime: Runtime) -> int:
 
 
 def check_arch(saved: dict, current: dict, path) -> None:
-    """Resuming needs the same preset and sizes: one line naming what differs, not a shape dump."""
+    """CheckpointError naming what differs unless `saved` has the same preset and sizes."""
     differ = [k for k in current if saved.get(k) != current[k]]
     if differ:
         raise CheckpointError(f"{path} was trained with " + ", ".join(f"{k}={saved.get(k)}" for k in differ)

@@ -1,13 +1,8 @@
 """Pretrained weights in one place: ImageNet VGG16 and AlexNet, the LPIPS v0.1 linear layers, the FID Inception.
 
-Each weights file is found in this order:
-1. the environment variable of its spec (a local file, checked by keys and shapes: no hash, so
-   a converted or self-made state dict in the right layout loads);
-2. torch.hub's cache, `torch.hub.get_dir()/checkpoints/<file>`, checked against its sha256;
-3. downloaded once into that cache from its official URL, then checked the same way.
-Anything that goes wrong (offline, corrupt, wrong layout) is a WeightsError naming the file, its
-URL, where to put it and the variable to set. No network is ever returned with random weights,
-except by the `build_*` functions, which say so in their names.
+Each file comes from its spec's environment variable (checked by keys and shapes only), else torch.hub's
+cache, else a download into that cache (both checked by sha256). Any failure is a WeightsError that says
+what to do. Only the `build_*` functions return random weights.
 """
 from __future__ import annotations
 
@@ -37,7 +32,6 @@ class WeightsError(UserError, RuntimeError):
 
 @dataclass(frozen=True)
 class Spec:
-    """Where one weights file comes from and how it is checked."""
     what: str     # for messages
     file: str     # name in the hub cache
     url: str
@@ -46,7 +40,6 @@ class Spec:
 
 
 def _from_url(what: str, url: str, env: str) -> Spec:
-    """Spec of a file whose name carries its sha256 prefix (torchvision's and pytorch-fid's convention)."""
     file = url.rsplit("/", 1)[-1]
     return Spec(what, file, url, torch.hub.HASH_REGEX.search(file).group(1), env)
 
@@ -64,15 +57,11 @@ SPECS = {
                                FID_INCEPTION_URL, "S2I_FID_INCEPTION_WEIGHTS"),
 }
 
-# Hashing VGG16's 528 MB costs about a second: verify each cached file once per process
-# (keyed by size and mtime, so a file replaced meanwhile is checked again).
+# hashing VGG16's 528 MB costs a second: verify each file once per process (keyed by path, size and mtime)
 _verified: set[tuple[str, int, int]] = set()
 
 
-# --------------------------------------------------------------------------- locating files
-
 def cache_path(spec: Spec) -> Path:
-    """Where the file lives in torch.hub's cache."""
     return Path(torch.hub.get_dir()) / "checkpoints" / spec.file
 
 
@@ -81,18 +70,14 @@ def _instructions(spec: Spec) -> str:
             f"or set the environment variable {spec.env} to the path of a local copy.")
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _verify(spec: Spec, path: Path) -> None:
     """Raise WeightsError unless the file's sha256 starts with (or equals) the spec's."""
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime_ns)
     if key in _verified:
         return
-    digest = _sha256(path)
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
     if not digest.startswith(spec.sha256):
         raise WeightsError(
             f"{spec.what}: {path} is corrupt (sha256 {digest[:16]}..., expected {spec.sha256[:16]}...). "
@@ -101,7 +86,7 @@ def _verify(spec: Spec, path: Path) -> None:
 
 
 def locate(name: str, allow_download: bool = True) -> Path:
-    """Path of weights file `name` after the checks above (see the module docstring)."""
+    """Path of weights file `name`: the override, else the (downloaded) hub cache file, verified."""
     spec = SPECS[name]
     override = os.environ.get(spec.env, "").strip()
     if override:
@@ -120,7 +105,7 @@ def locate(name: str, allow_download: bool = True) -> Path:
 
 
 def available(name: str) -> bool:
-    """Whether weights file `name` can be had without a download (override set, or in the cache)."""
+    """Whether weights file `name` can be had without a download."""
     spec = SPECS[name]
     return bool(os.environ.get(spec.env, "").strip()) or cache_path(spec).is_file()
 
@@ -140,10 +125,7 @@ def _download(spec: Spec, path: Path) -> None:
         raise
 
 
-# --------------------------------------------------------------------------- reading state dicts
-
 def _read(name: str, allow_download: bool) -> tuple[dict, Path, Spec]:
-    """Load a weights file as a dict of tensors (weights_only: no code runs)."""
     spec = SPECS[name]
     path = locate(name, allow_download)
     try:
@@ -160,7 +142,7 @@ def _read(name: str, allow_download: bool) -> tuple[dict, Path, Spec]:
 
 
 def check_layout(state: dict, expected: dict[str, torch.Size], source: str) -> None:
-    """Raise WeightsError naming missing/unexpected keys and wrong shapes of `state` against `expected`."""
+    """Raise WeightsError naming `state`'s missing/unexpected keys and wrong shapes."""
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k])})"
@@ -172,49 +154,31 @@ def check_layout(state: dict, expected: dict[str, torch.Size], source: str) -> N
         raise WeightsError(f"{source} does not have the expected layout: " + "; ".join(problems))
 
 
-def _shapes(net: nn.Module) -> dict[str, torch.Size]:
-    return {k: v.shape for k, v in net.state_dict().items()}
-
-
 def _load_into(net: nn.Module, state: dict, path: Path, spec: Spec) -> nn.Module:
-    check_layout(state, _shapes(net), f"{spec.what}: {path}")
+    check_layout(state, {k: v.shape for k, v in net.state_dict().items()}, f"{spec.what}: {path}")
     net.load_state_dict(state)
-    return _frozen(net)
-
-
-def _frozen(net: nn.Module) -> nn.Module:
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net
+    return net.eval().requires_grad_(False)
 
 
 def _features_only(state: dict) -> dict:
-    """A full torchvision classifier state dict -> its `features.*` part; features-only dicts pass as they are."""
+    """A full torchvision classifier state dict -> its `features.*` part (other keys stay for the layout check)."""
     if not any(k.startswith("features.") for k in state):
         return state
-    # other keys than features/classifier stay, so that the layout check names them
     return {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier.")}
 
 
-# --------------------------------------------------------------------------- networks
-
 def build_vgg16_features() -> nn.Sequential:
-    """torchvision's VGG16 `features` (config D, 31 modules) with RANDOM weights: the layout to load into."""
+    """torchvision's VGG16 `features` (31 modules) with RANDOM weights."""
     return torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"], batch_norm=False)
 
 
 def build_alexnet_features() -> nn.Sequential:
-    """torchvision's AlexNet `features` with RANDOM weights: the layout to load into."""
+    """torchvision's AlexNet `features` with RANDOM weights."""
     return torchvision.models.AlexNet().features
 
 
 def build_fid_inception() -> nn.Module:
-    """pytorch-fid's patched Inception3 with RANDOM weights: the layout of pt_inception-2015-12-05.
-
-    The same construction as `pytorch_fid.inception.fid_inception_v3()` (with the package's own
-    patched blocks), minus its unconditional download.
-    """
+    """pytorch_fid.inception.fid_inception_v3() with RANDOM weights, minus its unconditional download."""
     net = torchvision.models.inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=False)
     net.Mixed_5b = pf.FIDInceptionA(192, pool_features=32)
     net.Mixed_5c = pf.FIDInceptionA(256, pool_features=64)
@@ -233,8 +197,7 @@ class FIDInceptionPool3(nn.Module):
 
     def __init__(self, inception: nn.Module):
         super().__init__()
-        i = inception
-        # the layers of pytorch_fid.inception.InceptionV3(output_blocks=[3]), in order
+        i = inception  # the layers of pytorch_fid.inception.InceptionV3(output_blocks=[3]), in order
         self.blocks = nn.Sequential(
             i.Conv2d_1a_3x3, i.Conv2d_2a_3x3, i.Conv2d_2b_3x3, nn.MaxPool2d(kernel_size=3, stride=2),
             i.Conv2d_3b_1x1, i.Conv2d_4a_3x3, nn.MaxPool2d(kernel_size=3, stride=2),
@@ -275,4 +238,4 @@ def lpips_linear_state_dict(net: str, allow_download: bool = True) -> dict:
 def fid_inception(allow_download: bool = True) -> FIDInceptionPool3:
     """pytorch-fid's FID Inception with its weights: (B, 3, 299, 299) in [-1, 1] -> (B, 2048), frozen."""
     state, path, spec = _read("fid_inception", allow_download)
-    return _frozen(FIDInceptionPool3(_load_into(build_fid_inception(), state, path, spec)))
+    return FIDInceptionPool3(_load_into(build_fid_inception(), state, path, spec)).eval().requires_grad_(False)

@@ -1,15 +1,6 @@
 """Style transfer: a content photo -> its line sketch (XDoG or a TOM checkpoint) -> an image in the
-style of other photos.
-
-    python evaluate/style_transfer.py --checkpoint RUN --photos PHOTOS --styles STYLES --out style_transfer
-    python evaluate/style_transfer.py ... --sketcher xdog:bold          # XDoG setting: thin, medium, bold
-    python evaluate/style_transfer.py ... --sketcher tom:TOM_CKPT       # TOM (needs VGG16 weights)
-
-Writes, per content photo P: <out>/sketches/P.png (its sketch), <out>/images/P__S.png (one image
-per style S) and <out>/P_grid.png: top row the style images, bottom row the photo, its sketch
-and the outputs under their styles. --n photos and --n-styles styles, chosen with --seed when a
-folder has more; the same seed gives the same files.
-"""
+style of other photos. Each photo's grid: the styles on top; the photo, its sketch and the outputs below.
+Files are chosen with --seed when a folder has more than asked: the same seed gives the same files."""
 from __future__ import annotations
 
 import argparse

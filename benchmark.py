@@ -509,7 +509,8 @@ def cmd_fid(args) -> dict:
         model_fn()  # the generated images need the Inception: missing weights stop us before generating them
         stats["fake"] = checkpoint_stats(args, model_fn)
         args.size = args.size or stats["fake"].info["image_size"]  # real images at the model's resolution
-        args.fake = f"{args.checkpoint} ({args.pairing} pairs of {args.sketch} and {args.style}, PNGs in {args.save_dir})"
+        args.fake = (f"{args.checkpoint} ({args.pairing} pairs of {args.sketch} and {args.style}, "
+                     f"PNGs in {args.save_dir})")
     for side in ("real", "fake"):
         if side not in stats:
             stats[side] = _source_stats(getattr(args, side), args, model_fn, args.kid)

@@ -163,7 +163,8 @@ def train_command(n_train: int, folders: dict[str, list[str]], out: Path, preset
     values = [f"DATA_NAME={preset}", f"IMAGE_DIR={os.path.abspath(out / 'train' / 'images')}",
               "SKETCH_DIRS=" + ",".join(folders["train"])]
     if folders.get("test"):
-        values += [f"TEST_IMAGE_DIR={os.path.abspath(out / 'test' / 'images')}", f"TEST_SKETCH_DIR={folders['test'][0]}"]
+        values += [f"TEST_IMAGE_DIR={os.path.abspath(out / 'test' / 'images')}",
+                   f"TEST_SKETCH_DIR={folders['test'][0]}"]
     else:
         values.append("FID_INTERVAL=0")  # FID needs held-out images
     if n_train < 500:  # the presets' NBR_CLS: one self-supervised subset cannot be larger than the data
@@ -178,7 +179,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("out", help="where train/ and test/ go")
     p.add_argument("--test-ratio", type=float, default=0.1, help="share of photos held out (default 0.1; 0: none)")
     p.add_argument("--size", type=int, default=None,
-                   help="write the photos as SIZE x SIZE PNGs (sketches are made at that size); default: copy as they are")
+                   help="write the photos as SIZE x SIZE PNGs (sketches are made at that size); "
+                        "default: copy as they are")
     p.add_argument("--xdog", default="thin,medium,bold",
                    help=f"XDoG sketch sets, comma-separated, from {','.join(BUILTIN_SETTINGS)} (default: all three)")
     p.add_argument("--tom", nargs="+", metavar="CHECKPOINT",

@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 Inputs: a train.py run folder, GAN checkpoint or exported model; content photos; style photos; XDoG or a TOM checkpoint.
 Outputs: per content photo P: <out>/sketches/P.png, <out>/images/P__<style>.png and <out>/P_grid.png.
 Example:
-    python evaluate/style_transfer.py --checkpoint train_results/<run> --photos A/ --styles B/ --out st --sketcher xdog:bold""")
+    python evaluate/style_transfer.py --checkpoint train_results/<run> --photos A/ --styles B/ --out st \
+        --sketcher xdog:bold""")
     model_arguments(p)
     p.add_argument("--photos", required=True, help="content photo, or a folder of them")
     p.add_argument("--styles", required=True, help="style image, or a folder of them")

@@ -171,8 +171,8 @@ def _collect(results, bar) -> tuple[int, list[str]]:
 @cli
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Make XDoG sketch folders (one per setting) that pair with an image "
-                                            "folder by file name.", formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="""\
+                                            "folder by file name.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""\
 Inputs: a folder of images (--input, read flat).
 Outputs: <output>/xdog_<setting>/<stem>.png, one grey PNG per image and setting; the SKETCH_DIRS= line to train with.
 Example:

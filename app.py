@@ -166,7 +166,6 @@ class App:
                 continue
             self.gallery_files.append(path)
 
-    # --- exemplars ---------------------------------------------------------------------------
     def _gallery_files(self) -> tuple[list[Path], str]:
         if self.styles_dir is not None:
             return list(require_images(self.styles_dir, "--styles").values())[:GALLERY_MAX], ""
@@ -189,7 +188,6 @@ class App:
     def upload_exemplar(self, path) -> Image.Image:
         return exemplar(open_upload(path, "RGB"), self.exemplar_side)
 
-    # --- sketches ----------------------------------------------------------------------------
     def upload_sketch(self, path) -> dict:
         return editor_value(open_upload(path, "L"))
 
@@ -201,7 +199,6 @@ class App:
         with self.lock, torch.no_grad():
             return editor_value(self.sketchers[sketcher](photo))
 
-    # --- images ------------------------------------------------------------------------------
     def generate(self, sketch, style_a, style_b=None, mix: float = 0.0, scales: Sequence[str] = SCALES,
                  seed=0, with_ae: bool = False) -> tuple[Image.Image, Image.Image | None]:
         """Sketch + exemplar A (+ B mixed in at `mix` on `scales`) -> (output, AE-stage output or None)."""

@@ -67,12 +67,9 @@ def _checked(mu1, sigma1, mu2, sigma2):
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2)), in float64.
-
-    S1 S2 is similar to the PSD S1^(1/2) S2 S1^(1/2), so its eigenvalues are real and >= 0 and the trace
-    is the sum of their square roots. S1 S2 is not symmetric (no eigvalsh): rounding's imaginary parts
-    are dropped, its tiny negative eigenvalues (singular covariances) clipped to 0.
-    """
+    """||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2)), in float64. S1 S2 is similar to the PSD
+    S1^(1/2) S2 S1^(1/2): the trace is the sum of the square roots of its eigenvalues. It is not symmetric
+    (no eigvalsh): rounding's imaginary parts are dropped, tiny negative eigenvalues clipped to 0."""
     mu1, sigma1, mu2, sigma2 = _checked(mu1, sigma1, mu2, sigma2)
     eigenvalues = np.linalg.eigvals(sigma1 @ sigma2)
     tr_covmean = np.sqrt(np.clip(eigenvalues.real, 0.0, None)).sum()
@@ -218,11 +215,9 @@ READINGS = ("pytorch-fid", "training")  # how FID reads an image file: the one p
 
 
 def read_image(path, reading: str = "pytorch-fid") -> Image.Image:
-    """An image file as FID reads it, in 8-bit RGB; DataError if unreadable.
-
-    "pytorch-fid": pytorch-fid's `Image.open(path).convert("RGB")` (alpha dropped, no EXIF rotation,
-    16-bit clipped), comparable with published FIDs; "training": datasets.load_image, what the model saw.
-    """
+    """An image file as FID reads it, in 8-bit RGB; DataError if unreadable. "pytorch-fid": pytorch-fid's
+    `Image.open(path).convert("RGB")` (alpha dropped, no EXIF rotation, 16-bit clipped), comparable with
+    published FIDs; "training": datasets.load_image, what the model saw."""
     if reading == "training":
         return load_image(path, "RGB")
     if reading != "pytorch-fid":
@@ -401,13 +396,11 @@ def held_out_generate(data, generate: Callable, device, shift: int) -> Callable[
 
 
 def training_fid(cfg, runtime, held_out, model: nn.Module | None = None, cache_dir=DEFAULT_CACHE) -> Callable:
-    """The GAN stage's metric: callable(generate) -> {"fid", "fid_mismatched", "fid_n"}.
-
+    """The GAN stage's metric: callable(generate) -> {"fid", "fid_mismatched", "fid_n"}, where
     `generate(sketch, style_image)` -> (AE output, EMA output). On the `held_out` pairs at IM_SIZE_GAN,
     "fid" draws each sketch in its own image's style, "fid_mismatched" in the next one's; the real
     statistics are of TEST_IMAGE_DIR read as training reads it (cached). The Inception loads now, so
-    missing weights stop the run before training. Only rank 0 measures; the others return {}.
-    """
+    missing weights stop the run before training. Only rank 0 measures; the others return {}."""
     if not runtime.is_main:
         return lambda generate: {}
     model = (InceptionFeatures() if model is None else model).to(runtime.device)

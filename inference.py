@@ -149,11 +149,8 @@ class SeededNoise:
 # --- The model ---
 
 class SketchToImage:
-    """A trained model in eval mode on one device: the AE and the EMA refine generator.
-
-    image_size: output size G; ae_size: size S at which inputs are read; sample_bn: the generator's
-    BatchNorm statistics, "running" or "batch" (the run's SAMPLE_BN unless given).
-    """
+    """A trained model in eval mode on one device: the AE and the EMA refine generator. image_size: output
+    size G; ae_size: size S at which inputs are read; sample_bn: "running" or "batch" BatchNorm statistics."""
 
     def __init__(self, trained: Trained, device="cpu", sample_bn: str | None = None):
         self.device = resolve_device(device)
@@ -184,7 +181,6 @@ class SketchToImage:
         return (f"SketchToImage(preset={self.preset!r}, nfc={self.nfc}, ae_size={self.ae_size}, "
                 f"image_size={self.image_size}, device={self.device}, source={self.source})")
 
-    # --- inputs ------------------------------------------------------------------------------
     def prepare_sketch(self, sketch: ImageInput, size: int | None = None, invert: str = "auto",
                        fit: str = "stretch") -> torch.Tensor:
         """A sketch (path or PIL) -> (1, 1, size, size) in [-1, 1] on the device (size: ae_size);
@@ -202,7 +198,6 @@ class SketchToImage:
         rgb = fit_square(open_image(style, "RGB"), size or self.ae_size, fit)
         return to_float(to_uint8_tensor(rgb))[None].to(self.device)
 
-    # --- networks ----------------------------------------------------------------------------
     @torch.no_grad()
     def style_vectors(self, styles: torch.Tensor) -> StyleVectors:
         """(B, 3, S, S) style images -> StyleVectors: fine (B, 2nfc), mid (B, 4nfc), coarse (B, 8nfc)."""
@@ -223,10 +218,8 @@ class SketchToImage:
                  style_vectors: Sequence[torch.Tensor] | None = None, seed: int | None = None,
                  return_ae: bool = False):
         """(B, 1, S, S) sketches + (B, 3, S, S) styles (or their `style_vectors`) -> (B, 3, G, G) in [-1, 1].
-
         A batch of 1 on either side is repeated to the other's size; `seed`: see the module docstring;
-        return_ae=True also returns the AE output (B, 3, S, S).
-        """
+        return_ae=True also returns the AE output (B, 3, S, S)."""
         if (styles is None) == (style_vectors is None):
             raise ValueError("give either styles or style_vectors")
         sketches = sketches.to(self.device, torch.float32)
@@ -268,7 +261,6 @@ class SketchToImage:
                             self.prepare_style(style, fit=fit), seed=seed)
         return to_pil(out[0])
 
-    # --- folders -----------------------------------------------------------------------------
     def run(self, jobs: Sequence["Job"], batch_size: int = 16, seed: int | None = 0, invert: str = "auto",
             fit: str = "stretch", progress: bool = True) -> "RunReport":
         """Write every job's image (PNG, atomically); unreadable inputs are skipped and counted."""
@@ -386,20 +378,18 @@ def plan_jobs(sketch, style, out, cross: bool = False) -> Plan:
     sketches, styles = _inputs(sketch, "sketch"), _inputs(style, "style")
     if sketch.is_dir() and style.is_dir() and not cross:
         common = [s for s in sketches if s in styles]
+        if not common:
+            raise InferenceError(f"no sketch in {sketch} has a style image of the same file name in {style}; "
+                                 f"use --cross for every sketch with every style")
         plan = Plan([Job(sketches[s], styles[s], out / f"{s}.png") for s in common])
-        check_outputs(plan.jobs, [sketch, style])
-        lonely_sketches = len(sketches) - len(common)
-        lonely_styles = len(styles) - len(common)
+        lonely_sketches, lonely_styles = len(sketches) - len(common), len(styles) - len(common)
         if lonely_sketches or lonely_styles:
             plan.notes.append(f"paired {len(common)} by file name; {lonely_sketches} sketch(es) without a style "
                               f"image of the same name, {lonely_styles} style image(s) without a sketch "
                               f"(--cross: every sketch with every style)")
-        if not common:
-            raise InferenceError(f"no sketch in {sketch} has a style image of the same file name in {style}; "
-                                 f"use --cross for every sketch with every style")
-        return plan
-    plan = Plan([Job(sk, st, out / f"{output_stem(a)}__{output_stem(b)}.png")
-                 for a, sk in sketches.items() for b, st in styles.items()])
+    else:
+        plan = Plan([Job(sk, st, out / f"{output_stem(a)}__{output_stem(b)}.png")
+                     for a, sk in sketches.items() for b, st in styles.items()])
     check_outputs(plan.jobs, [sketch, style])
     return plan
 

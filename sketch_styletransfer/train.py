@@ -102,7 +102,6 @@ class TOMTrainer:
     def step(self, it: int, guard: NanGuard) -> dict[str, torch.Tensor]:
         return self.update(self.photos.batch(it), self.sketches.batch(it), it, guard)
 
-    # --- one iteration -------------------------------------------------------------------------
     def update(self, photos: torch.Tensor, sketches: torch.Tensor, it: int, guard: NanGuard) -> dict[str, torch.Tensor]:
         """One iteration on photos and unpaired real sketches (both (B, 3, H, W) in [-1, 1]); detached losses."""
         n = min(photos.shape[0], sketches.shape[0])  # an unreadable file shrinks one batch: no silent broadcast
@@ -120,7 +119,6 @@ class TOMTrainer:
         optimizer_step(loss, [self.opt_g], self.rt, guard, it, g_parts)
         return {**d_parts, **g_parts}
 
-    # --- sample grid ---------------------------------------------------------------------------
     @cached_property
     def grid_photos(self) -> torch.Tensor:
         """Read at the first grid: a trainer that only holds weights (e.g. a test's) reads no folder."""

@@ -1,26 +1,10 @@
 """Draw it in the browser: a local web page that turns a drawing into an image in an exemplar's style.
 
-    python app.py                                   # the newest demo run under train_results/
-    python app.py --checkpoint RUN_OR_FILE          # a run folder, a GAN checkpoint or an exported file
-    python app.py --styles photos/ --device cuda --port 7860 --tom TOM_RUN
-    make app ARGS="--checkpoint model.safetensors"
-
-The page: a canvas (pen with a width slider, eraser, undo, clear) on white paper; a sketch upload,
-or a photo upload that becomes a sketch (XDoG, or a TOM checkpoint given with --tom) to draw
-over; a gallery of exemplars (the model's held-out images, or --styles DIR) and an exemplar
-upload; style mixing of exemplars A and B per scale (SketchToImage.mix_styles); the output at
-the model's size with its download button, the AE-stage output beside it on request, a seed.
-Models up to LIVE_MAX_SIZE px regenerate after every stroke (strokes drawn while one image is
-being made are coalesced into one more run); bigger ones on the Generate button.
-
-It listens on 127.0.0.1 (this machine only) unless --host says otherwise. Every image the page
-receives is bounded (MAX_UPLOAD_MB per file, MAX_PIXELS per image judged from its header before
-decoding: uploads, the canvas and the exemplars of every event, see `bound_decoding`). A user's
-mistake (an empty canvas, a file that is not an image, a checkpoint of the wrong kind) is one line
-in the page, never a traceback, and the server keeps serving.
-
-`App` holds the model and the callbacks as plain methods (arrays and PIL images in, PIL images
-out), so tests call them without a browser; `build_ui` wires them to gradio components.
+The page: a canvas, sketch or photo uploads (a photo becomes a sketch by XDoG or --tom), a gallery of
+exemplars, style mixing of exemplars A and B per scale, a seed. Models up to LIVE_MAX_SIZE px regenerate
+after every stroke. It listens on 127.0.0.1 unless --host says otherwise; every image it decodes is
+bounded (MAX_UPLOAD_MB, MAX_PIXELS). `App` holds the callbacks as plain methods (tested without a
+browser); `build_ui` wires them to gradio.
 """
 from __future__ import annotations
 
@@ -67,13 +51,11 @@ NO_MODEL = ("no trained demo model under {root}/: make one with `make demo` (abo
             "or pass --checkpoint RUN_OR_FILE")
 
 
-# ----------------------------------------------------------------------------------------------
-# Inputs
-# ----------------------------------------------------------------------------------------------
+# --- Inputs ---
 
 def open_upload(path, mode: str) -> Image.Image:
-    """An uploaded file -> 8-bit PIL image in `mode`; InferenceError (one line, the file's own
-    name) for a non-image or an image over MAX_PIXELS, judged from its header before decoding."""
+    """An uploaded file -> 8-bit PIL image in `mode`; InferenceError for a non-image or one over
+    MAX_PIXELS (judged from its header, before decoding)."""
     if not path:
         raise InferenceError("no file arrived: upload it again")
     name = Path(path).name
@@ -93,16 +75,14 @@ def open_upload(path, mode: str) -> Image.Image:
 
 
 def bound_decoding() -> None:
-    """Make PIL refuse, from its header, every image over MAX_PIXELS in this process. gradio decodes the
-    images of every event (the canvas, the exemplars) before any callback runs, and a 0.45 MB PNG may
-    claim 12000 x 12000 pixels (2.3 GB once decoded); open_upload's check covers the upload buttons' files only."""
+    """Make PIL refuse, from its header, every image over MAX_PIXELS in this process: gradio decodes every
+    event's images before any callback runs, and a 0.45 MB PNG may claim 12000 x 12000 pixels (2.3 GB)."""
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2  # PIL raises DecompressionBombError above twice this...
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # ...and only warns below
 
 
 def as_image(value, mode: str) -> Image.Image | None:
-    """A numpy array, PIL image or gradio ImageEditor value ({"composite": ...}) -> PIL in `mode`;
-    InferenceError for an image over MAX_PIXELS."""
+    """A numpy array, PIL image or gradio ImageEditor value ({"composite": ...}) -> PIL in `mode` (or None)."""
     if isinstance(value, dict):
         value = value.get("composite")
     if value is None:
@@ -123,7 +103,6 @@ def as_image(value, mode: str) -> Image.Image | None:
 
 
 def is_blank(drawing: Image.Image | None) -> bool:
-    """No drawing: no image, or grey levels that span less than EMPTY_RANGE."""
     return drawing is None or int(np.ptp(np.asarray(drawing.convert("L")))) < EMPTY_RANGE
 
 
@@ -142,7 +121,7 @@ def blank_canvas() -> dict:
 
 
 def exemplar(image: Image.Image, side: int) -> Image.Image:
-    """An exemplar kept at most `side` px on its long side (the model reads it smaller still)."""
+    """An exemplar shrunk to at most `side` px on its long side."""
     image = image.convert("RGB")
     if max(image.size) > side:
         image = image.copy()
@@ -150,9 +129,7 @@ def exemplar(image: Image.Image, side: int) -> Image.Image:
     return image
 
 
-# ----------------------------------------------------------------------------------------------
-# The app: model + callbacks
-# ----------------------------------------------------------------------------------------------
+# --- The app: model + callbacks ---
 
 class App:
     """A loaded model and what the page does with it. One lock: one image at a time (the model's
@@ -168,8 +145,7 @@ class App:
         self.use(model)
 
     def load(self, path) -> SketchToImage:
-        """Switch to another model (run folder, GAN checkpoint or exported file) on the same device;
-        a wrong one raises CheckpointError and the current model stays."""
+        """Switch to another model on the same device; a wrong one raises CheckpointError and the current stays."""
         if not str(path or "").strip():
             raise InferenceError("give a run folder, a GAN checkpoint or an exported .safetensors file")
         model = SketchToImage.from_pretrained(str(path).strip(), self.model.device)
@@ -190,7 +166,6 @@ class App:
                 continue
             self.gallery_files.append(path)
 
-    # --- exemplars ---------------------------------------------------------------------------
     def _gallery_files(self) -> tuple[list[Path], str]:
         if self.styles_dir is not None:
             return list(require_images(self.styles_dir, "--styles").values())[:GALLERY_MAX], ""
@@ -202,7 +177,6 @@ class App:
         return [], f"No exemplar gallery for this model ({where}): upload exemplars, or start with --styles DIR."
 
     def pick(self, index: int) -> Image.Image:
-        """The gallery's index-th exemplar at working size."""
         if not 0 <= index < len(self.gallery_files):
             raise InferenceError(f"no exemplar number {index} in the gallery")
         path = self.gallery_files[index]
@@ -214,7 +188,6 @@ class App:
     def upload_exemplar(self, path) -> Image.Image:
         return exemplar(open_upload(path, "RGB"), self.exemplar_side)
 
-    # --- sketches ----------------------------------------------------------------------------
     def upload_sketch(self, path) -> dict:
         return editor_value(open_upload(path, "L"))
 
@@ -226,11 +199,9 @@ class App:
         with self.lock, torch.no_grad():
             return editor_value(self.sketchers[sketcher](photo))
 
-    # --- images ------------------------------------------------------------------------------
     def generate(self, sketch, style_a, style_b=None, mix: float = 0.0, scales: Sequence[str] = SCALES,
                  seed=0, with_ae: bool = False) -> tuple[Image.Image, Image.Image | None]:
-        """Sketch (array, PIL or canvas value) + exemplar A (+ B mixed in at `mix` on `scales`) ->
-        (output PIL image at the model's size, AE-stage output or None)."""
+        """Sketch + exemplar A (+ B mixed in at `mix` on `scales`) -> (output, AE-stage output or None)."""
         drawing = as_image(sketch, "L")
         if is_blank(drawing):
             raise InferenceError("the canvas is empty: draw a sketch, or upload one")
@@ -254,7 +225,7 @@ class App:
         return to_pil(out[0]), (to_pil(ae[0]) if with_ae else None)
 
     def describe(self) -> str:
-        """The model line of the page; its training iteration in bold, "of N, unfinished" when it stopped early."""
+        """The model line of the page (Markdown)."""
         m = self.model
         when = "regenerates as you draw" if self.live else "press Generate"
         total = m.config.get("ITERATION_GAN")
@@ -266,9 +237,8 @@ class App:
 
 
 def plain(text) -> str:
-    """`text` shown as it is inside a line of a Markdown component: the marks that open HTML, emphasis, code,
-    links, tables or formulas backslash-escaped (CommonMark), so that `<run>` is not dropped as an HTML tag
-    nor `ckpt_*.pt` read as emphasis."""
+    """`text` shown as it is in Markdown: the marks of HTML, emphasis, code, links, tables and formulas
+    backslash-escaped, so that `<run>` is not dropped as a tag nor `ckpt_*.pt` read as emphasis."""
     return re.sub(r"([\\`*_\[\]<>&~|!$])", r"\\\1", str(text))
 
 
@@ -295,7 +265,7 @@ def _seed(seed) -> int:
 
 
 def load_model(checkpoint, device, runs="train_results") -> SketchToImage:
-    """--checkpoint, or the newest demo run under `runs`; InferenceError in one line when there is none."""
+    """--checkpoint, or the newest demo run under `runs`; InferenceError when there is none."""
     if not checkpoint:
         checkpoint = newest_run(runs, "demo")
         if checkpoint is None:
@@ -303,14 +273,11 @@ def load_model(checkpoint, device, runs="train_results") -> SketchToImage:
     return SketchToImage.from_pretrained(checkpoint, device)
 
 
-# ----------------------------------------------------------------------------------------------
-# The page
-# ----------------------------------------------------------------------------------------------
+# --- The page ---
 
 def shielded(fn: Callable, n_outputs: int) -> Callable:
-    """Wrap a callback that returns (outputs, note): it returns the outputs and the note as the
-    message line (None: the line stays). A user's mistake becomes that line and leaves the other
-    outputs as they were; so does anything else, with its traceback in the server's log only."""
+    """Wrap a callback returning (outputs, note) into one returning (*outputs, message line; None: unchanged).
+    An exception becomes the message and leaves the outputs as they were (a traceback: in the log only)."""
 
     @functools.wraps(fn)  # keeps fn's signature: gradio passes gr.SelectData by annotation
     def run(*args, **kwargs):
@@ -399,7 +366,6 @@ def build_ui(app: App) -> gr.Blocks:
             return make(editor, a, b, t, chosen, s, with_ae)
 
         def new_sketch(value, *rest):
-            """The canvas's new paper, and the images made from it when live."""
             images, note = make_live(value, *rest)
             return (value, *images), note if note is not None else ""
 
@@ -441,19 +407,18 @@ def build_ui(app: App) -> gr.Blocks:
 
 
 class AddressError(UserError):
-    """The page cannot listen where --host and --port say: a port out of range or in use, an address not here."""
+    """The page cannot listen where --host and --port say."""
 
 
 def port_number(text: str) -> int:
-    """argparse type of --port: a whole number from 1 to 65535."""
     if not text.strip().isdigit() or not 1 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r}: give a port number from 1 to 65535")
     return int(text)
 
 
 def check_address(host: str, port: int) -> None:
-    """AddressError now, naming the option, unless the page can listen on host:port (gradio would say it
-    in its own words, after the model has loaded, as an empty port it "cannot find")."""
+    """AddressError now, naming the option, unless the page can listen on host:port (gradio would
+    say it only after the model has loaded, as a port it "cannot find")."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except (OSError, UnicodeError):
@@ -469,11 +434,6 @@ def check_address(host: str, port: int) -> None:
                    errno.EACCES: f"--port {port}: needs administrator rights here: choose one above 1023"}
             raise AddressError(why.get(e.errno, f"--host {host} --port {port}: cannot listen there "
                                                 f"({e.strerror or e})")) from None
-
-
-def launch(page, host: str, port: int, **kwargs):
-    return page.launch(server_name=host, server_port=port, max_file_size=f"{MAX_UPLOAD_MB}mb", css=CSS,
-                       footer_links=[], show_error=False, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -511,7 +471,8 @@ def main(argv: list[str] | None = None) -> int:
           f"({model.source}, iteration {model.iteration}) on {model.device}")
     if app.gallery_note:
         print(app.gallery_note)
-    launch(build_ui(app), args.host, args.port)
+    build_ui(app).launch(server_name=args.host, server_port=args.port, max_file_size=f"{MAX_UPLOAD_MB}mb", css=CSS,
+                         footer_links=[], show_error=False)
     return 0
 
 

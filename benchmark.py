@@ -9,13 +9,9 @@ Examples:
     python benchmark.py fid --real DIR_OR_NPZ --checkpoint RUN --sketch DIR --style DIR [--pairing shifted]
     python benchmark.py stats --folder DIR --out stats.npz [--features]
 
-Protocol (pytorch-fid): files read as pytorch-fid reads them (`--reading pytorch-fid`, see
-`read_image`), RGB in [-1, 1], bilinear resize to 299x299 without antialiasing, pytorch-fid's FID
-Inception (weights through weights.py), 2048-d pool3 features, float64 statistics. `--size N`
-first resizes every image to NxN (PIL bilinear, antialiased), e.g. real images to the
-generator's resolution; `--reading training` reads files as training does. Statistics are saved as .npz and read without pickle
-(pytorch-fid's own .npz files load too). Folder statistics are cached in `fid_stats/`, keyed by
-the folder's content, the resolution, the resize mode, the extractor and the sample count.
+Protocol (pytorch-fid): files read as pytorch-fid reads them, RGB in [-1, 1], bilinear resize to 299x299
+without antialiasing, pytorch-fid's FID Inception, 2048-d pool3 features, float64 statistics. `--size N`
+first resizes to NxN (PIL bilinear, antialiased). .npz files are read without pickle (pytorch-fid's too).
 """
 from __future__ import annotations
 
@@ -71,14 +67,9 @@ def _checked(mu1, sigma1, mu2, sigma2):
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2)), the last trace from eigenvalues, in float64.
-
-    S1 S2 is similar to S1^(1/2) S2 S1^(1/2), which is symmetric positive semi-definite, so the
-    eigenvalues of S1 S2 are real and >= 0 and tr((S1 S2)^(1/2)) is the sum of their square
-    roots: no matrix square root needed. S1 S2 itself is not symmetric (eigvalsh would read one
-    triangle only and be wrong), so rounding leaves tiny imaginary parts, which are dropped, and
-    tiny negative real parts on the near-zero eigenvalues of singular covariances, clipped to 0.
-    """
+    """||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2)), in float64. S1 S2 is similar to the PSD
+    S1^(1/2) S2 S1^(1/2): the trace is the sum of the square roots of its eigenvalues. It is not symmetric
+    (no eigvalsh): rounding's imaginary parts are dropped, tiny negative eigenvalues clipped to 0."""
     mu1, sigma1, mu2, sigma2 = _checked(mu1, sigma1, mu2, sigma2)
     eigenvalues = np.linalg.eigvals(sigma1 @ sigma2)
     tr_covmean = np.sqrt(np.clip(eigenvalues.real, 0.0, None)).sum()
@@ -97,7 +88,6 @@ def frechet_distance_sqrtm(mu1, sigma1, mu2, sigma2) -> float:
 
 
 def warn_if_few(n: int) -> None:
-    """Warn that fewer than 2048 samples give a singular covariance and a biased, size-dependent FID."""
     if n < MIN_SAMPLES:
         warnings.warn(f"FID statistics from only {n} samples (fewer than {MIN_SAMPLES}): the 2048x2048 Inception "
                       f"covariance is singular and the FID is biased upwards and depends on the sample count; compare "
@@ -143,10 +133,7 @@ def kid(feats_a, feats_b, n_subsets: int = 100, subset_size: int = 1000, seed: i
 
 class InceptionFeatures(nn.Module):
     """(B, C, H, W) images in [-1, 1] (or uint8) -> (B, 2048) FID features, pytorch-fid protocol.
-
-    `net` defaults to weights.fid_inception(); an injected network (tests, throughput) must
-    come with its own `extractor_id`, so that its statistics never share a cache entry.
-    """
+    An injected `net` (tests) needs its own `extractor_id`: its statistics never share a cache entry."""
 
     def __init__(self, net: nn.Module | None = None, extractor_id: str | None = None):
         super().__init__()
@@ -173,7 +160,7 @@ def to_inception_size(x: torch.Tensor) -> torch.Tensor:
 
 def extract_features(batches: Iterable[torch.Tensor], model: nn.Module, device, total: int | None = None,
                      desc: str = "features") -> np.ndarray:
-    """Features of every image of every batch, as (N, D) float64; any failure stops the run with its reason."""
+    """Features of every image of every batch, as (N, D) float64."""
     model = model.to(device).eval()
     chunks = []
     with torch.inference_mode():
@@ -191,11 +178,8 @@ def quantize(images: torch.Tensor) -> torch.Tensor:
 
 def generated_features(generate_fn: Callable[[int], torch.Tensor], n: int, batch_size: int, device,
                        save_dir=None, model: nn.Module | None = None) -> np.ndarray:
-    """FID features of n images from generate_fn(k) -> (k, C, H, W) in [-1, 1]; optionally saved as PNGs.
-
-    Images are quantized to 8 bits first, so the features equal those of the saved PNGs read
-    back by the folder commands. PNG files are `000000.png`, ... in `save_dir`, written atomically.
-    """
+    """FID features of n images from generate_fn(k) -> (k, C, H, W) in [-1, 1]; optionally saved as
+    `save_dir`/000000.png, ... Quantized to 8 bits first: the features equal those of the PNGs."""
     model = InceptionFeatures() if model is None else model
     save_dir = Path(save_dir) if save_dir is not None else None
 
@@ -231,14 +215,9 @@ READINGS = ("pytorch-fid", "training")  # how FID reads an image file: the one p
 
 
 def read_image(path, reading: str = "pytorch-fid") -> Image.Image:
-    """An image file as FID reads it, in 8-bit RGB.
-
-    "pytorch-fid": exactly pytorch-fid's `Image.open(path).convert("RGB")`: alpha dropped (the
-    colour under transparent pixels shows), no EXIF rotation, 16-bit values clipped; FIDs then
-    compare with published ones. "training": as the training loader reads it (datasets.load_image:
-    alpha composited on white, EXIF-rotated, 16-bit scaled), what the model learnt from.
-    An unreadable file raises DataError naming it.
-    """
+    """An image file as FID reads it, in 8-bit RGB; DataError if unreadable. "pytorch-fid": pytorch-fid's
+    `Image.open(path).convert("RGB")` (alpha dropped, no EXIF rotation, 16-bit clipped), comparable with
+    published FIDs; "training": datasets.load_image, what the model saw."""
     if reading == "training":
         return load_image(path, "RGB")
     if reading != "pytorch-fid":
@@ -251,11 +230,7 @@ def read_image(path, reading: str = "pytorch-fid") -> Image.Image:
 
 
 class ImageFiles(Dataset):
-    """Image files -> (3, 299, 299) float in [-1, 1]; an unreadable file raises DataError naming it.
-
-    Files are read by `read_image(path, reading)`. The 299 resize happens here, per image, so
-    that folders of mixed sizes batch; it is the same F.interpolate call as in InceptionFeatures.
-    """
+    """Image files -> (3, 299, 299) in [-1, 1], resized per image so that mixed sizes batch."""
 
     def __init__(self, paths: list[Path], size: int | None = None, reading: str = "pytorch-fid"):
         self.paths, self.size, self.reading = paths, size, reading
@@ -271,8 +246,7 @@ class ImageFiles(Dataset):
 
 
 def folder_files(folder, max_samples: int | None = None) -> list[Path]:
-    """The folder's images in file-name order, the first `max_samples` of them if given (at least 2:
-    a covariance needs two samples)."""
+    """The folder's images in file-name order, the first `max_samples` if given; DataError below 2."""
     paths = list(require_images(folder).values())
     paths = paths[:max_samples] if max_samples else paths
     if len(paths) < 2:
@@ -351,11 +325,7 @@ def check_gaussian(mu: np.ndarray, sigma: np.ndarray, source) -> None:
 
 
 def content_digest(paths: list[Path]) -> str:
-    """sha256 over the names, sizes and contents of the files.
-
-    Content, not modification times: a copied, re-synced or touched folder keeps its key, an
-    edited image changes it. Reading the files costs far less than running Inception on them.
-    """
+    """sha256 over the files' names, sizes and contents (not times: a copied folder keeps its key)."""
     h = hashlib.sha256()
     for path in tqdm(paths, desc="hashing", unit="file", leave=False):
         with open(path, "rb") as f:
@@ -426,16 +396,11 @@ def held_out_generate(data, generate: Callable, device, shift: int) -> Callable[
 
 
 def training_fid(cfg, runtime, held_out, model: nn.Module | None = None, cache_dir=DEFAULT_CACHE) -> Callable:
-    """The GAN stage's metric: callable(generate) -> {"fid", "fid_mismatched", "fid_n"}.
-
-    `generate(sketch, style_image)` -> (AE output, EMA generator output). FID is measured on the
-    `held_out` pairs (of TEST_IMAGE_DIR/TEST_SKETCH_DIR, resized to IM_SIZE_GAN, never augmented):
-    "fid" draws each sketch in its own image's style, "fid_mismatched" in the next image's
-    style. Real statistics are of the whole held-out image folder at IM_SIZE_GAN, its files read as
-    training reads them (the held-out styles and the training targets are; cached on disk, read
-    once per run). The Inception loads now, so missing weights stop the run before training.
-    Under torchrun rank 0 measures alone; the other ranks return {} and wait at the next collective.
-    """
+    """The GAN stage's metric: callable(generate) -> {"fid", "fid_mismatched", "fid_n"}, where
+    `generate(sketch, style_image)` -> (AE output, EMA output). On the `held_out` pairs at IM_SIZE_GAN,
+    "fid" draws each sketch in its own image's style, "fid_mismatched" in the next one's; the real
+    statistics are of TEST_IMAGE_DIR read as training reads it (cached). The Inception loads now, so
+    missing weights stop the run before training. Only rank 0 measures; the others return {}."""
     if not runtime.is_main:
         return lambda generate: {}
     model = (InceptionFeatures() if model is None else model).to(runtime.device)
@@ -537,7 +502,8 @@ def cmd_fid(args) -> dict:
         model_fn()  # the generated images need the Inception: missing weights stop us before generating them
         stats["fake"] = checkpoint_stats(args, model_fn)
         args.size = args.size or stats["fake"].info["image_size"]  # real images at the model's resolution
-        args.fake = f"{args.checkpoint} ({args.pairing} pairs of {args.sketch} and {args.style}, PNGs in {args.save_dir})"
+        args.fake = (f"{args.checkpoint} ({args.pairing} pairs of {args.sketch} and {args.style}, "
+                     f"PNGs in {args.save_dir})")
     for side in ("real", "fake"):
         if side not in stats:
             stats[side] = _source_stats(getattr(args, side), args, model_fn, args.kid)
@@ -641,17 +607,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 @cli
 def main(argv=None) -> int:
-    """Run one subcommand; the exit code (errors.py: 1 on a data, statistics or weights problem, with its reason)."""
     args = parse_args(argv)
-    command = {"fid": cmd_fid, "stats": cmd_stats}[args.command]
-    if getattr(args, "out", None):  # outputs are checked first: a bad one costs no measurement
-        check_writable(args.out)
-    if getattr(args, "checkpoint", None):
-        check_writable(args.save_dir, folder=True)
-    check_apart([getattr(args, "out", None), args.save_dir if getattr(args, "checkpoint", None) else None],
-                [getattr(args, name, None) for name in ("real", "fake", "sketch", "style", "folder")])
-    result = command(args)
-    if getattr(args, "out", None) and args.command != "stats":
+    out, save_dir = getattr(args, "out", None), args.save_dir if getattr(args, "checkpoint", None) else None
+    if out:  # outputs are checked first: a bad one costs no measurement
+        check_writable(out)
+    if save_dir:
+        check_writable(save_dir, folder=True)
+    check_apart([out, save_dir], [getattr(args, name, None) for name in ("real", "fake", "sketch", "style", "folder")])
+    result = {"fid": cmd_fid, "stats": cmd_stats}[args.command](args)
+    if out and args.command != "stats":
         write_json(args.out, {"argv": list(sys.argv[1:] if argv is None else argv), **result})
         print(f"results written to {args.out}")
     return 0

@@ -1,21 +1,9 @@
 """Export a trained model as one slim safetensors file: only what inference needs.
 
-    python export.py train_results/demo-20250101-120000 --out demo.safetensors
-    python export.py RUN_OR_CKPT --out model.safetensors --overwrite
-    python export.py GAN_run/models/0.pth --reference --out ref.safetensors   # a reference code checkpoint
-
-The file holds the AE networks (style encoder, content encoder, decoder) and the EMA refine
-generator as tensors, and the architecture, the training config and the iteration as JSON
-metadata; no pickle, so loading it cannot run code. It leaves out what only training needs (the
-discriminator, the live generator, the optimizers, RNG states), so it is a fraction of a GAN
-checkpoint's size. Load it with `SketchToImage.from_pretrained(path)`; inference.py, evaluate/,
-benchmark.py and app.py take it wherever they take a run folder or a checkpoint. With --reference the
-source is a GAN checkpoint of the reference code (its train_step_2_gan.py's <run>/models/<epoch>.pth):
-its keys are renamed to ours (REFERENCE_KEYS), its EMA weights taken, and the generator (art, shoe or
-face), NFC and output size read from its tensors. Its model card,
-<name>.md beside it, says what it learnt from (data and sketch folders, the data's licence when a
-source.json or prepare.json above the training images records one), its sizes and iterations, and
-how to use it.
+The file holds the AE networks and the EMA refine generator, with the architecture, config and iteration
+as JSON metadata (no pickle); it leaves out the discriminator, live generator, optimizers and RNG states.
+A model card, <name>.md, goes beside it. --reference converts a GAN checkpoint of the reference code
+(<run>/models/<epoch>.pth): keys renamed (REFERENCE_KEYS), EMA weights taken, sizes read from the tensors.
 """
 from __future__ import annotations
 
@@ -35,8 +23,7 @@ from models import AE_NETWORKS
 
 
 def export(source, out, overwrite: bool = False, reference: bool = False) -> tuple[SketchToImage, Path]:
-    """Load `source` (run folder, GAN checkpoint or exported file; with `reference`, a reference GAN
-    checkpoint: from_reference) and write it to `out`, its card beside it."""
+    """Load `source` (with `reference`: a reference GAN checkpoint) and write it to `out`, its card beside it."""
     out = Path(out)
     if out.suffix != ".safetensors":
         raise InferenceError(f"--out {out}: name the file *.safetensors")
@@ -105,8 +92,7 @@ def reference_state_dict(state: dict, net: str) -> dict:
 
 
 def from_reference(path) -> Trained:
-    """The AE and the EMA generator of a reference GAN checkpoint (its train_step_2_gan.py's
-    `<run>/models/<epoch>.pth`: 'ae', 'ig', 'ig_ema'); sizes and generator read from the tensors."""
+    """The AE and the EMA generator of a reference GAN checkpoint ('ae', 'ig', 'ig_ema')."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - missing, not torch, pickled objects: one line
@@ -149,8 +135,7 @@ def model_card(model: SketchToImage, out: Path) -> str:
 
 
 def data_licence(image_dir) -> str:
-    """The licence ("licence" or "license") that a source.json or prepare.json in a parent folder of the
-    training images records, naming that file; else "unknown"."""
+    """The licence a source.json or prepare.json above the training images records (and which); else "unknown"."""
     for folder in Path(image_dir).parents if image_dir else ():
         for record in (folder / "source.json", folder / "prepare.json"):
             try:

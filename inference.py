@@ -1,40 +1,17 @@
 """Use a trained model: a line sketch + a style image -> an image in the style image's style.
 
-    python inference.py --checkpoint RUN_OR_CKPT --sketch sketch.png --style photo.jpg --out results
-    python inference.py --checkpoint RUN_OR_CKPT --sketch sketches/ --style photos/ --out results          # pairs by name
-    python inference.py --checkpoint RUN_OR_CKPT --sketch sketches/ --style photos/ --out results --cross  # all x all
-
-RUN_OR_CKPT is a run folder of train.py (its newest GAN checkpoint is used), a GAN checkpoint
-file (<run>/gan/checkpoints/ckpt_*.pt) or a model file made by export.py (.safetensors). Outputs
-are PNGs at the model's output size, named <sketch>__<style>.png (pairs by name: <name>.png).
-
-From Python:
-
-    from inference import SketchToImage
-    model = SketchToImage.from_pretrained("train_results/demo-20250101-120000")  # or model.safetensors
-    model.translate("sketch.png", "photo.jpg", seed=0).save("out.png")
-
-    sketches = torch.cat([model.prepare_sketch(p) for p in sketch_paths])   # (B, 1, S, S)
-    styles = torch.cat([model.prepare_style(p) for p in style_paths])       # (B, 3, S, S)
-    images = model.generate(sketches, styles, seed=0)                        # (B, 3, G, G) in [-1, 1]
-
-Inputs: any size and mode (RGBA and palette images are composited on white, 16-bit images
-scaled). A sketch is read as one channel; when it is light strokes on a dark background it is
-inverted (see `is_light_on_dark`), since the model was trained on dark strokes on white.
-
-Randomness: the refine generator draws noise. With `seed=<int>` every image gets the noise
-of that seed, so an output depends only on (sketch, style, seed, checkpoint): the same in a
-batch of 1 or of 64, at any position, on any device. `seed=None` draws fresh noise each call.
-(Unless the model was trained with SAMPLE_BN=batch: its generator then normalises with each
-batch's statistics, as the reference, and an output also depends on the rest of its batch.)
+The model is a train.py run folder (its newest GAN checkpoint), a GAN checkpoint or an export.py file;
+`SketchToImage` is the Python API. Sketches of light strokes on a dark background are inverted.
+Noise: with `seed=<int>` an output depends only on (sketch, style, seed, checkpoint), at any batch size,
+position or device (unless SAMPLE_BN=batch, whose BatchNorm uses the batch's statistics); None: fresh noise.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import sys
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence, Union
@@ -54,8 +31,8 @@ from devices import resolve_device
 
 ImageInput = Union[str, Path, Image.Image]
 
-BORDER_FRACTION = 0.05  # the background of a sketch is judged on its outer 5 % on every side
-DARK_BACKGROUND = 128   # a border median below mid-grey means light strokes on a dark background
+BORDER_FRACTION = 0.05  # a sketch's background is judged on its outer 5 % (at least 1 px) on every side
+DARK_BACKGROUND = 128   # a border median below mid-grey: light strokes on a dark background
 FITS = ("stretch", "crop", "pad")  # how a non-square input becomes square
 INVERT_CHOICES = ("auto", "always", "never")
 CACHE_SIZE = 256  # prepared inputs kept in memory during a folder run (a style reused across sketches)
@@ -66,15 +43,9 @@ class InferenceError(UserError):
     """A user's mistake in what to generate: no pairs, a device that is not there, a bad option."""
 
 
-# ----------------------------------------------------------------------------------------------
-# Checkpoints and devices
-# ----------------------------------------------------------------------------------------------
-
 def newest_run(root="train_results", data_name: str = "demo") -> Path | None:
-    """The run folder under `root` whose config.json has DATA_NAME == data_name and whose newest GAN
-    checkpoint was written last (the most recently trained model of that data), or None. A finished
-    run (its GAN stage reached ITERATION_GAN) comes before any unfinished one, e.g. a test run of a
-    few iterations started after it."""
+    """The run under `root` of DATA_NAME `data_name` whose newest GAN checkpoint is newest, or None.
+    A finished run (GAN stage reached ITERATION_GAN) beats any unfinished one, e.g. a later test run."""
     found = []
     for config in Path(root).glob("*/config.json"):
         try:
@@ -90,9 +61,7 @@ def newest_run(root="train_results", data_name: str = "demo") -> Path | None:
     return max(found)[2] if found else None
 
 
-# ----------------------------------------------------------------------------------------------
-# Input preparation
-# ----------------------------------------------------------------------------------------------
+# --- Input preparation ---
 
 def open_image(image: ImageInput, mode: str) -> Image.Image:
     """A path or a PIL image -> 8-bit PIL image in `mode` ("L" or "RGB"), by the training loader's rules."""
@@ -102,12 +71,8 @@ def open_image(image: ImageInput, mode: str) -> Image.Image:
 
 
 def is_light_on_dark(gray: Image.Image) -> bool:
-    """True when a sketch has light strokes on a dark background.
-
-    Rule: the background is the median grey level of the outer 5 % of the picture on every side
-    (at least one pixel); strokes cross that border rarely, so the median is the paper. A median
-    below 128 (darker than mid-grey) means a dark background.
-    """
+    """True when a sketch has light strokes on a dark background: the median of its outer border
+    (strokes rarely cross it, so the median is the paper) is darker than mid-grey."""
     arr = np.asarray(gray.convert("L"))
     h, w = arr.shape
     b = max(1, round(BORDER_FRACTION * min(h, w)))
@@ -134,17 +99,12 @@ def fit_square(img: Image.Image, size: int, fit: str = "stretch") -> Image.Image
     return img if img.size == (size, size) else resize(img, size)
 
 
-# ----------------------------------------------------------------------------------------------
-# Seeded noise
-# ----------------------------------------------------------------------------------------------
+# --- Seeded noise ---
 
 class SeededNoise:
-    """Makes the generator's noise a function of a seed, the same for every item of a batch.
-
-    Hooks replace, while a seed is set, the latent of `from_noise` (art generator) and the noise of
-    every NoiseInjection layer by draws from a CPU generator seeded with (seed, layer): identical on
-    every device and independent of batch size and position. With no seed set the hooks do nothing.
-    """
+    """While a seed is set, hooks replace the latent of `from_noise` (art generator) and every
+    NoiseInjection's noise by CPU draws seeded with (seed, layer): the same on every device, for
+    every item of a batch. With no seed set the hooks do nothing."""
 
     def __init__(self, generator: nn.Module):
         self.seed: int | None = None
@@ -186,18 +146,11 @@ class SeededNoise:
         return hook
 
 
-# ----------------------------------------------------------------------------------------------
-# The model
-# ----------------------------------------------------------------------------------------------
+# --- The model ---
 
 class SketchToImage:
-    """A trained model, loaded once: the AE (the AutoEncoder module the GAN stage runs) and the EMA
-    refine generator, in eval mode on one device.
-
-    image_size: output size G; ae_size: the size S at which sketches and styles are read;
-    preset: the data set it was trained on; sample_bn: the generator's BatchNorm statistics,
-    "running" or "batch" (the run's SAMPLE_BN unless given).
-    """
+    """A trained model in eval mode on one device: the AE and the EMA refine generator. image_size: output
+    size G; ae_size: size S at which inputs are read; sample_bn: "running" or "batch" BatchNorm statistics."""
 
     def __init__(self, trained: Trained, device="cpu", sample_bn: str | None = None):
         self.device = resolve_device(device)
@@ -216,13 +169,11 @@ class SketchToImage:
 
     @classmethod
     def from_pretrained(cls, path, device="auto", sample_bn: str | None = None) -> "SketchToImage":
-        """A run folder (its newest GAN checkpoint), a GAN checkpoint file, or a file written by
-        `save_pretrained` (export.py), through checkpoints.load_trained. Raises fileio.CheckpointError
-        for anything else."""
+        """A run folder, a GAN checkpoint or a `save_pretrained` file; else fileio.CheckpointError."""
         return cls(load_trained(path, kind="gan"), device, sample_bn)
 
     def save_pretrained(self, path) -> Path:
-        """Write what inference needs (AE networks, EMA generator) as one safetensors file (export.py)."""
+        """Write the AE and EMA generator as one safetensors file (export.py)."""
         return save_exported(Trained(self.ae, self.generator, self.arch, self.config, self.iteration, self.source),
                              path)
 
@@ -230,13 +181,10 @@ class SketchToImage:
         return (f"SketchToImage(preset={self.preset!r}, nfc={self.nfc}, ae_size={self.ae_size}, "
                 f"image_size={self.image_size}, device={self.device}, source={self.source})")
 
-    # --- inputs ------------------------------------------------------------------------------
     def prepare_sketch(self, sketch: ImageInput, size: int | None = None, invert: str = "auto",
                        fit: str = "stretch") -> torch.Tensor:
-        """A sketch (path or PIL) -> (1, 1, size, size) in [-1, 1] on the device (size: ae_size).
-
-        One channel; inverted when `invert` is "always", or "auto" and `is_light_on_dark`.
-        """
+        """A sketch (path or PIL) -> (1, 1, size, size) in [-1, 1] on the device (size: ae_size);
+        inverted when `invert` is "always", or "auto" and `is_light_on_dark`."""
         if invert not in INVERT_CHOICES:
             raise InferenceError(f"invert={invert!r}: must be one of {', '.join(INVERT_CHOICES)}")
         gray = open_image(sketch, "L")
@@ -250,7 +198,6 @@ class SketchToImage:
         rgb = fit_square(open_image(style, "RGB"), size or self.ae_size, fit)
         return to_float(to_uint8_tensor(rgb))[None].to(self.device)
 
-    # --- networks ----------------------------------------------------------------------------
     @torch.no_grad()
     def style_vectors(self, styles: torch.Tensor) -> StyleVectors:
         """(B, 3, S, S) style images -> StyleVectors: fine (B, 2nfc), mid (B, 4nfc), coarse (B, 8nfc)."""
@@ -258,9 +205,8 @@ class SketchToImage:
 
     @staticmethod
     def mix_styles(vectors: Sequence[torch.Tensor], weights: dict[str, Sequence[float]]) -> StyleVectors:
-        """K exemplars' style vectors (each (K, dim), in StyleVectors order) -> one style (each (1, dim)): per
-        scale, the mean of the K vectors weighted by weights[scale] (K numbers, not all 0). Weight 1 on one
-        exemplar and 0 on the others gives exactly its vector."""
+        """K exemplars' style vectors (each (K, dim)) -> one style (each (1, dim)): per scale, their
+        mean weighted by weights[scale] (K numbers, not all 0); weight 1 on one alone gives its vector."""
         mixed = []
         for scale, v in zip(StyleVectors._fields, vectors):
             w = v.new_tensor(weights[scale])[:, None]
@@ -272,10 +218,8 @@ class SketchToImage:
                  style_vectors: Sequence[torch.Tensor] | None = None, seed: int | None = None,
                  return_ae: bool = False):
         """(B, 1, S, S) sketches + (B, 3, S, S) styles (or their `style_vectors`) -> (B, 3, G, G) in [-1, 1].
-
-        A batch of 1 on either side is repeated to the other's size. Other input sizes are resized
-        to S. `seed`: see the module docstring. return_ae=True also returns the AE output (B, 3, S, S).
-        """
+        A batch of 1 on either side is repeated to the other's size; `seed`: see the module docstring;
+        return_ae=True also returns the AE output (B, 3, S, S)."""
         if (styles is None) == (style_vectors is None):
             raise ValueError("give either styles or style_vectors")
         sketches = sketches.to(self.device, torch.float32)
@@ -317,35 +261,29 @@ class SketchToImage:
                             self.prepare_style(style, fit=fit), seed=seed)
         return to_pil(out[0])
 
-    # --- folders -----------------------------------------------------------------------------
     def run(self, jobs: Sequence["Job"], batch_size: int = 16, seed: int | None = 0, invert: str = "auto",
             fit: str = "stretch", progress: bool = True) -> "RunReport":
-        """Generate every job's image and write it (PNG, atomically). Unreadable inputs are skipped
-        and counted, never fatal."""
+        """Write every job's image (PNG, atomically); unreadable inputs are skipped and counted."""
         if batch_size < 1:
             raise InferenceError(f"batch size {batch_size}: must be >= 1")
         check_outputs(jobs)
         report = RunReport()
-        sketches = _Cache(lambda p: self.prepare_sketch(p, invert=invert, fit=fit))
-        styles = _Cache(lambda p: self.prepare_style(p, fit=fit))
+        sketches = _cached(lambda p: self.prepare_sketch(p, invert=invert, fit=fit))
+        styles = _cached(lambda p: self.prepare_style(p, fit=fit))
         with tqdm(total=len(jobs), unit="img", desc="generating", disable=not progress, dynamic_ncols=True) as bar:
             for start in range(0, len(jobs), batch_size):
                 batch = jobs[start:start + batch_size]
-                ready, sk, st = [], [], []
+                ready = []
                 for job in batch:
                     try:
-                        s = sketches.get(job.sketch)
-                        t = styles.get(job.style)
+                        ready.append((job, sketches(job.sketch), styles(job.style)))
                     except _Unreadable as e:
                         report.unreadable.setdefault(str(e.path), str(e.error))
                         report.skipped += 1
-                        continue
-                    ready.append(job)
-                    sk.append(s)
-                    st.append(t)
                 if ready:
+                    done, sk, st = zip(*ready)
                     images = self.generate(torch.cat(sk), torch.cat(st), seed=seed).cpu()
-                    for job, image in zip(ready, images):
+                    for job, image in zip(done, images):
                         save_png(image, job.out)
                         report.written.append(job.out)
                 bar.update(len(batch))
@@ -358,32 +296,24 @@ class _Unreadable(Exception):
         self.path, self.error = path, error
 
 
-class _Cache:
-    """Prepared inputs by path (LRU); a file that failed to load keeps failing without a re-read."""
+def _cached(load):
+    """`load` with an LRU cache by path; a file that failed to load keeps failing without a re-read."""
+    @functools.lru_cache(CACHE_SIZE)
+    def attempt(path):
+        try:
+            return load(path)
+        except DataError as e:
+            return e
 
-    def __init__(self, load, size: int = CACHE_SIZE):
-        self.load, self.size = load, size
-        self.items: OrderedDict = OrderedDict()
-
-    def get(self, path):
-        if path in self.items:
-            self.items.move_to_end(path)
-        else:
-            try:
-                self.items[path] = self.load(path)
-            except DataError as e:
-                self.items[path] = e
-            if len(self.items) > self.size:
-                self.items.popitem(last=False)
-        value = self.items[path]
+    def get(path):
+        value = attempt(path)
         if isinstance(value, DataError):
             raise _Unreadable(path, value)
         return value
+    return get
 
 
-# ----------------------------------------------------------------------------------------------
-# Jobs: what to generate from which files
-# ----------------------------------------------------------------------------------------------
+# --- Jobs: what to generate from which files ---
 
 @dataclass(frozen=True)
 class Job:
@@ -399,11 +329,10 @@ class RunReport:
     unreadable: dict[str, str] = field(default_factory=dict)  # file -> why
 
     def summary(self) -> str:
-        lines = []
-        if self.unreadable:
-            shown = "; ".join(list(self.unreadable.values())[:5]) + ("; ..." if len(self.unreadable) > 5 else "")
-            lines.append(f"skipped {self.skipped} output(s): {len(self.unreadable)} unreadable input file(s): {shown}")
-        return "\n".join(lines)
+        if not self.unreadable:
+            return ""
+        shown = "; ".join(list(self.unreadable.values())[:5]) + ("; ..." if len(self.unreadable) > 5 else "")
+        return f"skipped {self.skipped} output(s): {len(self.unreadable)} unreadable input file(s): {shown}"
 
 
 @dataclass
@@ -422,8 +351,8 @@ def _inputs(path: Path, what: str) -> dict[str, Path]:
 
 
 def check_outputs(jobs: Sequence[Job], inputs: Sequence[Path] = ()) -> None:
-    """A UserError unless every output is a new name: never an input file nor inside an input folder (the
-    `inputs` given and the jobs' files: fileio.check_apart), never twice in one run."""
+    """A UserError unless every output is new: not an input (`inputs` and the jobs' files) nor inside
+    one, and not written twice."""
     files = dict.fromkeys(p for job in jobs for p in (job.sketch, job.style))
     check_apart([job.out for job in jobs], [*inputs, *files])
     seen = set()
@@ -435,43 +364,37 @@ def check_outputs(jobs: Sequence[Job], inputs: Sequence[Path] = ()) -> None:
 
 
 def output_stem(stem: str) -> str:
-    """A file stem as one part of a `<sketch>__<style>` output name, escaped so that every name splits
-    back into one (sketch, style) pair: a stem holding "__" or "%", or starting or ending with "_",
-    is written with "%" -> "%25" and "_" -> "%5F" (other stems stay as they are)."""
+    """A stem as one half of a `<sketch>__<style>` name, escaped ("%" -> "%25", "_" -> "%5F") when it
+    holds "__" or "%" or starts or ends with "_", so that every name splits back into one pair."""
     if "__" in stem or "%" in stem or stem.startswith("_") or stem.endswith("_"):
         return stem.replace("%", "%25").replace("_", "%5F")
     return stem
 
 
 def plan_jobs(sketch, style, out, cross: bool = False) -> Plan:
-    """What to generate: file + file -> one image; one side a file -> it with every file of the other;
-    folder + folder -> pairs by file name (<name>.png), or every sketch x every style with `cross`
-    (<sketch>__<style>.png, see `output_stem`). Outputs never overwrite an input (`check_outputs`)."""
+    """file + file -> one image; a file and a folder -> it with every file of the other; folder + folder:
+    pairs by file name (<name>.png), or with `cross` every sketch x every style (<sketch>__<style>.png)."""
     sketch, style, out = Path(sketch), Path(style), Path(out)
     sketches, styles = _inputs(sketch, "sketch"), _inputs(style, "style")
     if sketch.is_dir() and style.is_dir() and not cross:
         common = [s for s in sketches if s in styles]
+        if not common:
+            raise InferenceError(f"no sketch in {sketch} has a style image of the same file name in {style}; "
+                                 f"use --cross for every sketch with every style")
         plan = Plan([Job(sketches[s], styles[s], out / f"{s}.png") for s in common])
-        check_outputs(plan.jobs, [sketch, style])
-        lonely_sketches = len(sketches) - len(common)
-        lonely_styles = len(styles) - len(common)
+        lonely_sketches, lonely_styles = len(sketches) - len(common), len(styles) - len(common)
         if lonely_sketches or lonely_styles:
             plan.notes.append(f"paired {len(common)} by file name; {lonely_sketches} sketch(es) without a style "
                               f"image of the same name, {lonely_styles} style image(s) without a sketch "
                               f"(--cross: every sketch with every style)")
-        if not common:
-            raise InferenceError(f"no sketch in {sketch} has a style image of the same file name in {style}; "
-                                 f"use --cross for every sketch with every style")
-        return plan
-    plan = Plan([Job(sk, st, out / f"{output_stem(a)}__{output_stem(b)}.png")
-                 for a, sk in sketches.items() for b, st in styles.items()])
+    else:
+        plan = Plan([Job(sk, st, out / f"{output_stem(a)}__{output_stem(b)}.png")
+                     for a, sk in sketches.items() for b, st in styles.items()])
     check_outputs(plan.jobs, [sketch, style])
     return plan
 
 
-# ----------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------
+# --- Command line ---
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -500,7 +423,6 @@ Example:
 
 @cli
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry: returns the exit code; a user's mistake is one `error: ...` line."""
     args = build_parser().parse_args(argv)
     plan = plan_jobs(args.sketch, args.style, args.out, args.cross)
     model = SketchToImage.from_pretrained(args.checkpoint, args.device)

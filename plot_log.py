@@ -1,19 +1,13 @@
-"""Loss curves of a training run, drawn from its JSON-lines log: one panel per loss, FID when measured;
-and what a person watches while a stage trains (StageMonitor: the curves, TensorBoard if asked).
+"""Loss curves of a training run from its JSON-lines log (one panel per loss, FIDs in one), and what
+a person watches while a stage trains (StageMonitor: these curves, TensorBoard if asked).
 
-Inputs: a run folder of train.py (each stage folder in it that holds a log.jsonl: ae/, gan/) or
-of TOM (sketch_styletransfer/train.py: log.jsonl at its top), a stage folder, or a log.jsonl.
-Outputs: loss_curves.png beside each log.jsonl (or the --out file, for a single log). train.py
-draws the same picture in each stage folder while it trains (StageMonitor); this script redraws
-it on demand, e.g. for a run copied from another machine.
+Inputs: a run folder of train.py or of TOM, a stage folder, or a log.jsonl.
+Outputs: loss_curves.png beside each log.jsonl (or --out, for a single log); train.py draws the same
+while it trains, this script redraws it on demand (e.g. for a run copied from another machine).
 
 Examples:
     python plot_log.py train_results/demo-20250101-120000
     python plot_log.py train_results/demo-20250101-120000/gan/log.jsonl --out gan_curves.png
-
-Every key of a record is a panel except the bookkeeping keys (BOOKKEEPING: the iteration, the
-speed, the subset, the learning rate, skip counters); FID values (records from the held-out FID
-during the GAN stage) share one panel. docs/training.md documents every key.
 """
 from __future__ import annotations
 
@@ -65,7 +59,7 @@ def panels(records: list[dict]) -> dict[str, dict[str, tuple[list[int], list[flo
 
 
 def figure(records: list[dict], title: str = ""):
-    """The matplotlib Figure of `records`' curves: one visible panel per group, on a grid of up to 4 columns."""
+    """The matplotlib Figure of `records`' curves, on a grid of up to 4 columns."""
     import matplotlib  # only when drawing: slow to import, and training imports this module
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
@@ -121,13 +115,13 @@ CURVE_BUDGET = 0.02   # share of training time the loss-curve drawings may take
 
 
 def require_tensorboard() -> type:
-    """torch's SummaryWriter class, or a one-line LogError (before any training) when LOGGER=tensorboard
-    cannot work. Imported only here: tensorboard is optional and slow to import."""
+    """torch's SummaryWriter class, or a LogError (before any training) without the tensorboard package.
+    Imported only here: tensorboard is optional and slow to import."""
     try:
-        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+        from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise LogError("LOGGER=tensorboard needs the tensorboard package: pip install tensorboard "
-                          "(or LOGGER=none)") from None
+                       "(or LOGGER=none)") from None
     return SummaryWriter
 
 
@@ -141,9 +135,8 @@ class StageMonitor:
         self.pending = False        # records logged since the last drawing
         self.writer = None
         if enabled and logger == "tensorboard":
-            summary_writer = require_tensorboard()
             # purge_step: a resumed stage drops the events logged after its checkpoint
-            self.writer = summary_writer(str(self.stage_dir / "tensorboard"), purge_step=start or None)
+            self.writer = require_tensorboard()(str(self.stage_dir / "tensorboard"), purge_step=start or None)
 
     def log(self, record: dict) -> None:
         """A record just written to log.jsonl."""
@@ -173,8 +166,7 @@ class StageMonitor:
         t0 = time.perf_counter()
         records = read_log(self.stage_dir / "log.jsonl")
         if records:
-            draw(records, self.stage_dir / CURVES_FILE,
-                          title=f"{self.stage_dir.parent.name}/{self.stage_dir.name}")
+            draw(records, self.stage_dir / CURVES_FILE, title=f"{self.stage_dir.parent.name}/{self.stage_dir.name}")
         self.pending = False
         now = time.perf_counter()
         self.next_draw = now + (now - t0) / self.budget

@@ -11,18 +11,12 @@ and, printed, the exact train.py command (absolute paths: it works from any fold
 
 Examples:
     python prepare_data.py ~/photos data/mine                            # XDoG thin, medium, bold; 10 % held out
-    python prepare_data.py ~/photos data/mine --size 512 --test-ratio 0.05 --xdog thin,bold
     python prepare_data.py ~/photos data/mine --tom train_results/tom-<time> --threshold 0.6 0.7 0.8
     python prepare_data.py celeba/rgb data/celeba --sketch-dirs celeba/sketch_1 celeba/sketch_2 celeba/sketch_3
 
-Names: a photo's path below PHOTOS with '__' for '/' (cats/01.jpg -> cats__01), so a tree becomes
-one flat folder whose sketches pair by name. The split is deterministic and depends on the names
-only: the photos are ordered by the SHA-1 of their name and the first round(ratio * N) are held
-out, so the same photos always give the same split, on any machine, and adding photos moves no
-existing one from train to test. Unreadable files are skipped and counted; files already in OUT
-are kept unless --overwrite: every file is written atomically (never half a photo or sketch), so
-an interrupted call can simply be re-run, and it removes the temporary files a killed call left.
-OUT holding another split (another ratio or photo set) is refused rather than mixed.
+Names: cats/01.jpg -> cats__01. The split depends on the names only (SHA-1 order): adding photos moves
+no existing one into the held-out set. Files already in OUT are kept unless --overwrite (an interrupted
+call just resumes); an OUT holding another split is refused rather than mixed.
 """
 from __future__ import annotations
 
@@ -169,7 +163,8 @@ def train_command(n_train: int, folders: dict[str, list[str]], out: Path, preset
     values = [f"DATA_NAME={preset}", f"IMAGE_DIR={os.path.abspath(out / 'train' / 'images')}",
               "SKETCH_DIRS=" + ",".join(folders["train"])]
     if folders.get("test"):
-        values += [f"TEST_IMAGE_DIR={os.path.abspath(out / 'test' / 'images')}", f"TEST_SKETCH_DIR={folders['test'][0]}"]
+        values += [f"TEST_IMAGE_DIR={os.path.abspath(out / 'test' / 'images')}",
+                   f"TEST_SKETCH_DIR={folders['test'][0]}"]
     else:
         values.append("FID_INTERVAL=0")  # FID needs held-out images
     if n_train < 500:  # the presets' NBR_CLS: one self-supervised subset cannot be larger than the data
@@ -184,7 +179,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("out", help="where train/ and test/ go")
     p.add_argument("--test-ratio", type=float, default=0.1, help="share of photos held out (default 0.1; 0: none)")
     p.add_argument("--size", type=int, default=None,
-                   help="write the photos as SIZE x SIZE PNGs (sketches are made at that size); default: copy as they are")
+                   help="write the photos as SIZE x SIZE PNGs (sketches are made at that size); "
+                        "default: copy as they are")
     p.add_argument("--xdog", default="thin,medium,bold",
                    help=f"XDoG sketch sets, comma-separated, from {','.join(BUILTIN_SETTINGS)} (default: all three)")
     p.add_argument("--tom", nargs="+", metavar="CHECKPOINT",
@@ -221,8 +217,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def prepare(photos: dict[str, Path], args: argparse.Namespace, vgg_features=None) -> str:
-    """Split `photos` ({name: file}) into args.out, sketch both splits, write prepare.json, print the
-    train.py command (returned)."""
+    """Split `photos` ({name: file}) into args.out, sketch both splits, write prepare.json; returns (and
+    prints) the train.py command."""
     out = Path(args.out)
     split = split_names(photos, args.test_ratio)
     if out.is_dir() and (stale := remove_stale_temporaries(out)):  # a killed run's half files: nothing else writes here
@@ -253,7 +249,7 @@ def prepare(photos: dict[str, Path], args: argparse.Namespace, vgg_features=None
 
 @cli
 def main(argv: list[str] | None = None, vgg_features=None) -> int:
-    """Command-line entry; returns the exit code. Tests pass `vgg_features` (a random VGG16) for --tom."""
+    """Tests pass `vgg_features` (a random VGG16) for --tom."""
     args = parse_args(argv)
     out = Path(args.out)
     photos = require_images(args.photos, nested=True)

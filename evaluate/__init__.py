@@ -1,14 +1,6 @@
-"""Scripts that use a trained model (thin layers over inference.py) and the quality benchmark.
-
-    python evaluate/style_transfer.py ...        # photo -> sketch -> image in another photo's style
-    python evaluate/generate_mix.py ...          # style mixing per scale
-    python evaluate/generate_image_matrix.py ... # sketches x styles
-    python evaluate/quality.py ...               # ground-truth scores on the demo data, with baselines
-    python evaluate/quality_curve.py ...         # training time -> quality: every checkpoint of a run scored
-
-Each runs from the repository root as a file or as a module (python -m evaluate.style_transfer).
-This package also holds their shared helpers: seeded choice of input files and picture tiles.
-"""
+"""Scripts that use a trained model (thin layers over inference.py) and the quality benchmark; each runs
+from the repository root as a file or a module. Here: their shared helpers (seeded choice of input files,
+picture tiles)."""
 from __future__ import annotations
 
 import argparse
@@ -17,15 +9,15 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import ImageDraw, ImageFont
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from datasets import DataError, require_images, to_float, to_uint8_tensor  # noqa: E402
+from datasets import DataError, to_float, to_uint8_tensor  # noqa: E402
 from fileio import to_pil  # noqa: E402
-from inference import InferenceError  # noqa: E402
+from inference import InferenceError, _inputs  # noqa: E402
 
 
 def model_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,20 +31,12 @@ def model_arguments(p: argparse.ArgumentParser) -> None:
 
 def image_files(path, what: str) -> list[Path]:
     """A file -> [file]; a folder -> its images sorted by name. DataError if there are none."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if not path.exists():
-        raise DataError(f"{what} not found: {path}")
-    return list(require_images(path, what).values())
+    return list(_inputs(Path(path), what).values())
 
 
 def choose(files: list[Path], n: int, seed: int, load: Callable, what: str = "image") -> list[tuple[Path, object]]:
-    """Up to n readable files with what `load(file)` made of them, in file-name order.
-
-    All of them when there are at most n (n <= 0: all); otherwise a sample drawn with `seed`.
-    Unreadable files (load raises DataError) are skipped with a warning and replaced by others.
-    """
+    """Up to n readable files (n <= 0: all; more than n: a sample drawn with `seed`) with what `load(file)`
+    made of them, in file-name order. Unreadable files (DataError) are skipped with a warning and replaced."""
     files = sorted(files, key=lambda p: p.name)
     if 0 < n < len(files):
         order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).tolist()
@@ -77,12 +61,6 @@ def blank(size: int, channels: int = 3) -> torch.Tensor:
     return torch.ones(1, channels, size, size)
 
 
-def pil_tile(img: Image.Image) -> torch.Tensor:
-    """A PIL "RGB" or "L" picture -> (1, 3, H, W) in [-1, 1]."""
-    t = to_float(to_uint8_tensor(img.convert("RGB")))
-    return t[None]
-
-
 def as_rgb(x: torch.Tensor) -> torch.Tensor:
     """(B, 1 or 3, H, W) -> (B, 3, H, W), on the CPU."""
     x = x.detach().float().cpu()
@@ -97,10 +75,9 @@ def label(tile: torch.Tensor, text: str, top: int = 0) -> torch.Tensor:
     box = draw.textbbox((2, top + 1), text, font=font)
     draw.rectangle((box[0] - 2, box[1] - 1, box[2] + 2, box[3] + 1), fill=(255, 255, 255))
     draw.text((2, top + 1), text, fill=(0, 0, 0), font=font)
-    return pil_tile(img)
+    return to_float(to_uint8_tensor(img.convert("RGB")))[None]
 
 
 def slug(text: str) -> str:
-    """A file-name-safe version of a label."""
     out = "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
     return "_".join(part for part in out.split("_") if part) or "x"

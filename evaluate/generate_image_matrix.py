@@ -1,11 +1,5 @@
 """A sketch x style matrix: sketches down the left side, style images across the top, results inside.
-
-    python evaluate/generate_image_matrix.py --checkpoint RUN --sketches SKETCHES --styles STYLES --out matrix.png
-    python evaluate/generate_image_matrix.py ... --n-sketches 6 --n-styles 5 --seed 3
-
---n-sketches and --n-styles files are chosen with --seed when a folder has more (0: all); the
-same seed gives the same picture. Cell (i, j) is sketch i drawn in style j.
-"""
+Files are chosen with --seed when a folder has more than asked: the same seed gives the same picture."""
 from __future__ import annotations
 
 import argparse

@@ -1,17 +1,8 @@
 """Style mixing: style vectors of two to four exemplars (A, B, C, D) combined per scale.
 
-    python evaluate/generate_mix.py --checkpoint RUN --sketch SKETCH_OR_DIR --styles A.jpg B.jpg [C.jpg D.jpg]
-    python evaluate/generate_mix.py ... --recipe coarse=A,mid=B,fine=C+D --recipe mean=A+B
-
-The style encoder gives three vectors per image (models.StyleVectors): coarse (from its 8 px maps),
-mid (16 px) and fine (32 px). A recipe says where each comes from: one exemplar, or the mean of
-several ("C+D"; SketchToImage.mix_styles). Built-in recipes: each exemplar alone, coarse from one
-and mid + fine from another, coarse A / mid B / fine C (or D, or C+D), the mean of all, and with
-four exemplars "collage": the style of the 2x2 collage of A, B, C, D (the reference's mixing).
-
-Writes <out>/mix_grid.png (top row: the sketches; then one row per recipe: a tile showing the
-recipe (stripes: coarse source on top, mid in the middle, fine at the bottom), then the
-outputs) and <out>/images/<sketch>__<recipe>.png. Deterministic given --seed.
+A recipe says where each scale's vector (coarse: 8 px maps, mid: 16, fine: 32) comes from: one exemplar
+or the mean of several ("C+D"); "collage" is the style of the 2x2 collage of the exemplars (the reference's
+mixing). In the grid each recipe's row starts with a tile of its sources: coarse, mid, fine as stripes.
 """
 from __future__ import annotations
 
@@ -154,7 +145,8 @@ Inputs: a train.py run folder, GAN checkpoint or exported model; a sketch (or a 
 Outputs: <out>/mix_grid.png (one row per recipe) and <out>/images/<sketch>__<recipe>.png.
 Example:
     python evaluate/generate_mix.py --checkpoint train_results/<run> --sketch s.png --styles a.jpg b.jpg --out mix""")
-    p.add_argument("--checkpoint", required=True, help="run folder of train.py, a GAN checkpoint file, or a .safetensors file from export.py")
+    p.add_argument("--checkpoint", required=True,
+                   help="run folder of train.py, a GAN checkpoint file, or a .safetensors file from export.py")
     p.add_argument("--sketch", required=True, help="a sketch, or a folder of sketches")
     p.add_argument("--styles", required=True, nargs="+", help="2 to 4 style images: A B [C [D]]")
     p.add_argument("--recipe", action="append", default=[],

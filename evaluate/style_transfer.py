@@ -1,15 +1,6 @@
 """Style transfer: a content photo -> its line sketch (XDoG or a TOM checkpoint) -> an image in the
-style of other photos.
-
-    python evaluate/style_transfer.py --checkpoint RUN --photos PHOTOS --styles STYLES --out style_transfer
-    python evaluate/style_transfer.py ... --sketcher xdog:bold          # XDoG setting: thin, medium, bold
-    python evaluate/style_transfer.py ... --sketcher tom:TOM_CKPT       # TOM (needs VGG16 weights)
-
-Writes, per content photo P: <out>/sketches/P.png (its sketch), <out>/images/P__S.png (one image
-per style S) and <out>/P_grid.png: top row the style images, bottom row the photo, its sketch
-and the outputs under their styles. --n photos and --n-styles styles, chosen with --seed when a
-folder has more; the same seed gives the same files.
-"""
+style of other photos. Each photo's grid: the styles on top; the photo, its sketch and the outputs below.
+Files are chosen with --seed when a folder has more than asked: the same seed gives the same files."""
 from __future__ import annotations
 
 import argparse
@@ -59,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 Inputs: a train.py run folder, GAN checkpoint or exported model; content photos; style photos; XDoG or a TOM checkpoint.
 Outputs: per content photo P: <out>/sketches/P.png, <out>/images/P__<style>.png and <out>/P_grid.png.
 Example:
-    python evaluate/style_transfer.py --checkpoint train_results/<run> --photos A/ --styles B/ --out st --sketcher xdog:bold""")
+    python evaluate/style_transfer.py --checkpoint train_results/<run> --photos A/ --styles B/ --out st \
+        --sketcher xdog:bold""")
     model_arguments(p)
     p.add_argument("--photos", required=True, help="content photo, or a folder of them")
     p.add_argument("--styles", required=True, help="style image, or a folder of them")

@@ -1,9 +1,7 @@
 """LPIPS v0.1 (Zhang et al., CVPR 2018) with VGG16 or AlexNet backbones: a training loss and a metric.
 
-The same computation as the `lpips` package on PyPI (tests/test_lpips.py checks parity to 1e-5):
-shift/scale the input, take the backbone's activations at five ReLUs, unit-normalise each
-position's channel vector, square the differences, weight the channels with the learned 1x1
-"lin" layers, average over space, sum over layers. The metric command is `python -m lpips`.
+The same computation as the `lpips` package on PyPI (tests/test_lpips.py checks parity to 1e-5).
+The metric over folders is `python -m lpips` (lpips/metric.py).
 """
 from __future__ import annotations
 
@@ -19,13 +17,8 @@ EPS = 1e-10  # the package's normalize_tensor eps
 
 
 class LPIPS(nn.Module):
-    """LPIPS distance: forward(x, y) with (B, 3, H, W) inputs in [-1, 1] -> (B,) distances.
-
-    Differentiable with respect to the inputs; every parameter is frozen. `backbone` (the
-    torchvision `features` Sequential) and `linear_state_dict` (official layout,
-    `lin{k}.model.1.weight`) default to the pretrained weights from weights.py. The backbones
-    have no dropout or batch norm, so train/eval mode does not change the result.
-    """
+    """LPIPS distance, differentiable in its inputs, every parameter frozen. `backbone` (torchvision
+    `features`) and `linear_state_dict` (official layout, `lin{k}.model.1.weight`) default to weights.py's."""
 
     def __init__(self, net: str = "vgg", backbone: nn.Module | None = None, linear_state_dict: dict | None = None):
         super().__init__()

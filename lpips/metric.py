@@ -5,8 +5,7 @@ Outputs: the mean distance (and counts) on stdout and, with --out, as JSON.
 Examples:
     python -m lpips --dir0 A --dir1 B [--net vgg|alex] [--size 256] [--out result.json]
     python -m lpips --dir0 A [--max-pairs 2000] [--seed 0]       # mean pairwise distance
-
-Unreadable images are skipped and counted (with every pair they are in), never a crash.
+Unreadable images are skipped and counted (with every pair they are in).
 """
 from __future__ import annotations
 
@@ -75,16 +74,11 @@ class PairImages(Dataset):
         return {"images": images, "bad": bad}
 
 
-def _keep_items(items: list[dict]) -> list[dict]:
-    """Collate as a plain list: pairs with an unreadable image are dropped later, not stacked."""
-    return items
-
-
 def pair_distances(model: torch.nn.Module, pairs: list[tuple[Path, Path]], size: int, batch_size: int,
                    device, workers: int = 0) -> tuple[list[float], set[str]]:
     """LPIPS of every readable pair, and the set of unreadable files."""
-    loader = DataLoader(PairImages(pairs, size), batch_size=batch_size, num_workers=workers,
-                        collate_fn=_keep_items)
+    # collated as a plain list: pairs with an unreadable image are dropped below, not stacked
+    loader = DataLoader(PairImages(pairs, size), batch_size=batch_size, num_workers=workers, collate_fn=list)
     model = model.to(device)
     distances, bad = [], set()
     with torch.inference_mode():
@@ -135,18 +129,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 @cli
 def main(argv=None) -> int:
-    """Run the metric command; the exit code (errors.py: 1 on a data or weights problem, with its reason)."""
     args = parse_args(argv)
     if args.out:  # before the work: an unwritable --out costs no measurement
         check_writable(args.out)
         check_apart([args.out], [args.dir0, args.dir1])
+    mode = "paired" if args.dir1 else "diversity"
     if args.dir1:
         pairs, only0, only1 = matched_pairs(args.dir0, args.dir1)
-        mode = "paired"
     else:
-        files = list(list_images(args.dir0).values())
-        pairs, only0, only1 = sampled_pairs(files, args.max_pairs, args.seed), [], []
-        mode = "diversity"
+        pairs, only0, only1 = sampled_pairs(list(list_images(args.dir0).values()), args.max_pairs, args.seed), [], []
     if not pairs:
         raise DataError(f"no pairs to compare in {args.dir0}" + (f" and {args.dir1}" if args.dir1 else ""))
     model = LPIPS(args.net)

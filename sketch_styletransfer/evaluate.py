@@ -1,13 +1,7 @@
 """Make TOM sketches of a photo folder, named like the photos, so they pair with them for training.
 
-    python sketch_styletransfer/evaluate.py --path_content PHOTOS --path_result SKETCHES \
-        --checkpoint train_results/tom-<time>/checkpoints/ckpt_*.pt --threshold 0.7
-
-Every (checkpoint, threshold) combination writes `<path_result>/<checkpoint>_t<threshold>/<stem>.png`
-(`_soft` for `--threshold none`: grey, not thresholded), one sketch per readable photo, at the
-checkpoint's training size or --size. Ten checkpoints (a run keeps its last ten by default) give
-the paper's ten sketches per photo; the folders printed at the end go into SKETCH_DIRS= as they
-are. Existing sketches are kept unless --overwrite, so an interrupted call can simply be re-run.
+One folder per (checkpoint, threshold); ten checkpoints (a run keeps its last ten) give the paper's ten
+sketches per photo. Existing sketches are kept unless --overwrite: an interrupted call just resumes.
 """
 from __future__ import annotations
 
@@ -32,7 +26,7 @@ from devices import resolve_device
 
 @cli
 def main(argv: list[str] | None = None, vgg_features: nn.Module | None = None) -> int:
-    """Command-line entry; returns the exit code. Tests pass `vgg_features` (a random VGG16) to skip the download."""
+    """Tests pass `vgg_features` (a random VGG16) to skip the download."""
     p = argparse.ArgumentParser(description="Make TOM sketches of a photo folder, one sub-folder per "
                                             "(checkpoint, threshold), files named like the photos.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""\

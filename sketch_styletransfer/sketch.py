@@ -50,8 +50,7 @@ def make_sketcher(spec: str, size: int | None = None, device="cpu") -> Sketcher:
 
 def xdog_sketcher(spec: str = XDOG_DEFAULT, size: int | None = None) -> Sketcher:
     """Binary XDoG lines of the photo resized to `size` (a model's output size: the scale its training
-    sketches were drawn at). spec: a built-in setting (thin, medium, bold), or name:key=value,... as
-    xdog.py's --setting (e.g. thin:sigma=0.5,width=2; keys not given come from the built-in `name`)."""
+    sketches were drawn at). spec: thin, medium, bold, or name:key=value,... as xdog.py's --setting."""
     name, _, body = spec.partition(":")
     if not body and name not in BUILTIN_SETTINGS:  # parse_setting would take it for a new name of medium
         keys = ", ".join(f.name for f in dataclasses.fields(BUILTIN_SETTINGS[XDOG_DEFAULT]))
@@ -70,7 +69,7 @@ def xdog_sketcher(spec: str = XDOG_DEFAULT, size: int | None = None) -> Sketcher
 
 def tom_sketcher(checkpoint, device, vgg_features: nn.Module | None = None) -> Sketcher:
     """A TOM checkpoint (file or run folder): photo -> binary sketch at the size TOM was trained at.
-    vgg_features: VGG16's features (None: the pretrained weights)."""
+    vgg_features: None for the pretrained VGG16."""
     generator, size = _tom(checkpoint, device)
     vgg = _vgg(vgg_features, device)
 
@@ -81,7 +80,6 @@ def tom_sketcher(checkpoint, device, vgg_features: nn.Module | None = None) -> S
 
 
 def _tom(checkpoint, device) -> tuple[TOMGenerator, int]:
-    """A TOM checkpoint's generator on `device`, and the side it was trained at."""
     generator, ckpt = load_tom(checkpoint)
     return generator.to(device), int(ckpt["config"].get("im_size", TOM_SIZE))
 
@@ -121,8 +119,8 @@ def make_sketches(vgg_features: nn.Module | None, checkpoints: list, path_conten
                   size: int | None = None, batch_size: int = 8, device="cpu", overwrite: bool = False,
                   workers: int = 0, progress: bool = True) -> dict:
     """Write `<path_result>/<checkpoint>_t<threshold>/<name>.png` (`_soft`: grey) for every photo of `path_content`
-    and its sub-folders (cats/01.jpg -> cats__01.png), at the checkpoint's training size or `size`; sketches already
-    there are kept unless `overwrite`. Returns {folders, written, kept, unreadable}."""
+    and its sub-folders (cats/01.jpg -> cats__01.png); existing ones are kept unless `overwrite`.
+    Returns {folders, written, kept, unreadable}."""
     device = torch.device(device)
     vgg = _vgg(vgg_features, device)
     paths = list(dict.fromkeys(find_checkpoint(c, "tom") for c in checkpoints))  # same file twice: once
@@ -133,11 +131,10 @@ def make_sketches(vgg_features: nn.Module | None, checkpoints: list, path_conten
         side = size or side
         check_size(side)
         data = by_size.setdefault(side, FolderDataset(path_content, side, "RGB", nested=True))
-        stems = data.names
         outs = [Path(path_result) / (f"{label}_soft" if t is None else f"{label}_t{t:g}") for t in thresholds]
         folders += outs
-        todo = [i for i, s in enumerate(stems) if overwrite or not all((f / f"{s}.png").is_file() for f in outs)]
-        kept += 0 if overwrite else sum((f / f"{s}.png").is_file() for f in outs for s in stems)
+        todo = [i for i, s in enumerate(data.names) if overwrite or not all((f / f"{s}.png").is_file() for f in outs)]
+        kept += 0 if overwrite else sum((f / f"{s}.png").is_file() for f in outs for s in data.names)
         loader = DataLoader(Subset(data, todo), batch_size=batch_size, num_workers=workers)
         for batch in tqdm(loader, desc=label, unit="batch", disable=not progress or not todo, dynamic_ncols=True):
             ok = batch["ok"]

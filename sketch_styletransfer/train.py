@@ -1,21 +1,8 @@
 """Train TOM, the sketch synthesizer, on a folder of photos and an unpaired folder of real sketches.
 
-    python sketch_styletransfer/train.py --path_a PHOTOS --path_b SKETCHES          # or, inside this folder:
-    cd sketch_styletransfer && python train.py --path_a ../PHOTOS --path_b ../SKETCHES
-    python sketch_styletransfer/train.py --checkpoint train_results/tom-<time>      # continue a run
-    torchrun --nproc_per_node 4 sketch_styletransfer/train.py --path_a PHOTOS --path_b SKETCHES  # 4 GPUs
-
-Both folders are read with their sub-folders (flat folders or ImageFolder-style trees of .jpg .jpeg
-.png .webp .bmp; hidden files and folders are left out). A run folder
-(--out, default train_results/tom-<time>) holds args.json, log.jsonl (JSON lines), images/
-(PNG grids: photos, their grey sketches, their binary sketches) and checkpoints/ (the newest
---keep, last.txt points at the newest). --checkpoint takes a checkpoint file or a run folder and
-restores weights, optimizers and the iteration count; unspecified options keep the run's values.
-The loop is training.run_stage, the one of train.py (TOMTrainer is its stage): a NaN/Inf loss stops
-the run (or, with --nan_policy skip, skips that step), and Ctrl-C (or SIGTERM) finishes the current
-step, saves a checkpoint and stops with exit code 130 (143). Then make sketches with evaluate.py.
-Under torchrun --batch_size is per process, every rank reads its own share of the photos and
-sketches, gradients are averaged (identical weights), and rank 0 alone writes.
+The loop is training.run_stage, train.py's (TOMTrainer is its stage): the same run folder layout,
+--checkpoint resume (options not given keep the run's values), NaN policy, Ctrl-C/SIGTERM stop and
+torchrun support (--batch_size per process, rank 0 alone writes). Then make sketches with evaluate.py.
 """
 from __future__ import annotations
 
@@ -66,8 +53,8 @@ class RunError(UserError):
 # --------------------------------------------------------------------------- the stage
 
 class TOMTrainer:
-    """TOM's networks, optimizers and data, and one training iteration (D step, then G step): a
-    training.Stage, run by training.run_stage. `args` are the run's (DEFAULTS fill the missing ones)."""
+    """TOM's networks, optimizers and data, and one iteration (D step, then G step): a training.Stage.
+    `args` are the run's (DEFAULTS fill the missing ones)."""
 
     kind = KIND
 
@@ -115,7 +102,6 @@ class TOMTrainer:
     def step(self, it: int, guard: NanGuard) -> dict[str, torch.Tensor]:
         return self.update(self.photos.batch(it), self.sketches.batch(it), it, guard)
 
-    # --- one iteration -------------------------------------------------------------------------
     def update(self, photos: torch.Tensor, sketches: torch.Tensor, it: int, guard: NanGuard) -> dict[str, torch.Tensor]:
         """One iteration on photos and unpaired real sketches (both (B, 3, H, W) in [-1, 1]); detached losses."""
         n = min(photos.shape[0], sketches.shape[0])  # an unreadable file shrinks one batch: no silent broadcast
@@ -133,7 +119,6 @@ class TOMTrainer:
         optimizer_step(loss, [self.opt_g], self.rt, guard, it, g_parts)
         return {**d_parts, **g_parts}
 
-    # --- sample grid ---------------------------------------------------------------------------
     @cached_property
     def grid_photos(self) -> torch.Tensor:
         """Read at the first grid: a trainer that only holds weights (e.g. a test's) reads no folder."""
@@ -258,7 +243,7 @@ def plan_run(options: dict) -> Plan:
 
 
 def loop_options(args: dict) -> LoopOptions:
-    """The training loop's knobs from TOM's arguments; checkpoints store the arguments (resume reads them)."""
+    """The training loop's knobs from TOM's arguments (stored in checkpoints: resume reads them)."""
     return LoopOptions(total=args["total_iter"], log_interval=args["log_interval"],
                        image_interval=args["image_interval"], save_interval=args["save_interval"], keep=args["keep"],
                        seed=args["seed"], nan_policy=args["nan_policy"], nan_skip_limit=args["nan_skip_limit"],
@@ -268,9 +253,8 @@ def loop_options(args: dict) -> LoopOptions:
 # --------------------------------------------------------------------------- the run
 
 def train(plan: Plan, vgg_features: nn.Sequential, runtime: Runtime | None = None) -> StageResult:
-    """Train (or resume) the run `plan_run` planned in training.run_stage. Under torchrun (`runtime`
-    from join_torchrun) every rank trains on its share of the data and rank 0 alone writes, holding the
-    run folder (fileio.locked_folder) so that a second process on it stops before writing."""
+    """Train (or resume) the run `plan_run` planned. Rank 0 alone writes, holding the run folder
+    (fileio.locked_folder) so that a second process on it stops before writing."""
     args, out = plan.args, plan.out
     rt = runtime or Runtime(device=torch.device("cpu"))
     seed_everything(args["seed"])  # the same on every rank: identical initial weights
@@ -339,7 +323,7 @@ Example:
 
 @cli
 def main(argv: list[str] | None = None, vgg_features: nn.Module | None = None) -> int:
-    """Command-line entry; returns the exit code. Tests pass `vgg_features` (a random VGG16) to skip the download."""
+    """Tests pass `vgg_features` (a random VGG16) to skip the download."""
     args = parse_args(argv)
     options = {k: v for k, v in vars(args).items() if k != "device"}
     runtime = join_torchrun(resolve_device(args.device))

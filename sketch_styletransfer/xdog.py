@@ -1,19 +1,9 @@
 """XDoG line sketches: turn an image folder into K sketch folders that pair with it by file name.
 
-    python sketch_styletransfer/xdog.py --input data/photos --output data/sketches --settings thin,medium,bold
-    python sketch_styletransfer/xdog.py --input IMGS --output OUT --setting fine:sigma=0.5,width=1 --soft
-
-Each setting writes `<output>/xdog_<name>/<stem>.png` (grey PNG, white background, dark strokes),
-so K settings give K different sketches of every image. Files already there are kept unless
---overwrite; unreadable inputs are skipped and counted.
-
-XDoG (Winnemoeller, Kyprianidis, Olsen 2012, "XDoG: an eXtended difference-of-Gaussians
-compendium"): u = (1 + p) G_sigma(I) - p G_{k sigma}(I), a sharpened image that equals the grey
-level on flat areas and dips below it on the dark side of every edge; then the soft threshold
-T(u) = 1 if u >= eps else 1 + tanh(phi (u - eps)). With the classic small p and eps > 0, dark
-areas turn black (a tone drawing). The built-in settings use a large p with eps < 0 instead: a
-pixel turns dark where the DoG falls below about (eps - I) / p, which hardly depends on the grey
-level I, so flat areas stay white whatever their tone and only outlines are drawn.
+XDoG (Winnemoeller et al. 2012): u = (1 + p) G_sigma(I) - p G_{k sigma}(I), then T(u) = 1 if u >= eps
+else 1 + tanh(phi (u - eps)). The built-in settings use a large p with eps < 0 (not the classic small p,
+eps > 0, a tone drawing): a pixel turns dark where the DoG falls below about (eps - I) / p, nearly
+independent of the grey level I, so flat areas stay white whatever their tone and only outlines are drawn.
 """
 from __future__ import annotations
 
@@ -53,8 +43,6 @@ class Setting:
     width: int = 1
 
     def __post_init__(self):
-        """Every value finite (NaN gave all-white or all-black sketches, Inf a crash); sigma, k, phi > 0;
-        the wider Gaussian (k * sigma) at most MAX_SIGMA px; width a whole number >= 1."""
         if not all(math.isfinite(v) for v in asdict(self).values()):
             raise ValueError(f"setting values must be finite numbers ({self})")
         if self.sigma <= 0 or self.k <= 0 or self.phi <= 0 or self.width < 1 or int(self.width) != self.width:
@@ -140,11 +128,8 @@ def _sketch_one(task: tuple) -> tuple[int, str | None]:
 def make_sketch_folders(input_dir, output_dir, settings: dict[str, Setting], size: int | None = None,
                         binary: bool = True, overwrite: bool = False, workers: int = 1,
                         progress: bool = True) -> dict:
-    """Write `<output_dir>/xdog_<name>/<stem>.png` for every image and setting; returns a summary dict.
-
-    Summary keys: folders (name -> path), images, written, kept (outputs already there),
-    unreadable (list of error lines).
-    """
+    """Write `<output_dir>/xdog_<name>/<stem>.png` for every image and setting (existing ones kept unless
+    `overwrite`); returns {folders (name -> path), images, written, kept, unreadable (error lines)}."""
     images = require_images(input_dir)
     output_dir = Path(output_dir)
     folders = {name: output_dir / f"xdog_{name}" for name in settings}
@@ -185,10 +170,9 @@ def _collect(results, bar) -> tuple[int, list[str]]:
 
 @cli
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry; returns the exit code."""
     p = argparse.ArgumentParser(description="Make XDoG sketch folders (one per setting) that pair with an image "
-                                            "folder by file name.", formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="""\
+                                            "folder by file name.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""\
 Inputs: a folder of images (--input, read flat).
 Outputs: <output>/xdog_<setting>/<stem>.png, one grey PNG per image and setting; the SKETCH_DIRS= line to train with.
 Example:

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 import demo_data as D
-from evaluate.quality import srgb_to_lab
+from skimage.color import rgb2lab
 
 FLAT = {"kind": "flat"}
 SQUARE = {"kind": "rectangle", "cx": 0.5, "cy": 0.5, "r": 0.3, "rotation": 0.0, "fill": 1, "aspect": 1.0}
@@ -70,7 +70,7 @@ def test_palettes_contrast_in_luma():
 def test_backgrounds_name_their_palette():
     """Every background differs from every other by a visible colour distance (CIE76 > 20), so an
     exemplar names its palette even when it shows only some of the fills."""
-    backgrounds = srgb_to_lab(np.array([bg for bg, *_ in D.PALETTES.values()], dtype=np.float64) / 255)
+    backgrounds = rgb2lab(np.array([bg for bg, *_ in D.PALETTES.values()], dtype=np.float64) / 255)
     distances = np.linalg.norm(backgrounds[:, None] - backgrounds[None], axis=-1)
     assert distances[~np.eye(len(D.PALETTES), dtype=bool)].min() > 20
 

@@ -29,8 +29,10 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
+import config as C
 import weights
 from checkpoints import find_checkpoint
 from datasets import DataError, list_images, load_image, require_images, resize
@@ -157,17 +159,22 @@ def copy_sketches(sources: list[Path], images: Path, out: Path, overwrite: bool)
 
 
 def train_command(n_train: int, folders: dict[str, list[str]], out: Path, preset: str) -> str:
-    """The exact train.py command for the prepared folders (absolute paths)."""
+    """The train.py command for the prepared folders (absolute paths) that runs on this machine: "auto" is
+    the paper's shoe (below SMALL_DATA photos) or art preset on a GPU, the portraits CPU recipe without one;
+    FID only where held-out images and the FID Inception weights are present."""
     if preset == "auto":
-        preset = "shoe" if n_train < SMALL_DATA else "art"
+        preset = ("shoe" if n_train < SMALL_DATA else "art") if torch.cuda.is_available() else "portraits"
+    cfg = C.preset(preset)
     values = [f"DATA_NAME={preset}", f"IMAGE_DIR={os.path.abspath(out / 'train' / 'images')}",
               "SKETCH_DIRS=" + ",".join(folders["train"])]
     if folders.get("test"):
         values += [f"TEST_IMAGE_DIR={os.path.abspath(out / 'test' / 'images')}",
                    f"TEST_SKETCH_DIR={folders['test'][0]}"]
-    else:
-        values.append("FID_INTERVAL=0")  # FID needs held-out images
-    if n_train < 500:  # the presets' NBR_CLS: one self-supervised subset cannot be larger than the data
+    elif cfg.TEST_IMAGE_DIR:  # the preset's own held-out folders are not these photos'
+        values += ["TEST_IMAGE_DIR=none", "TEST_SKETCH_DIR=none"]
+    if cfg.FID_INTERVAL and not (folders.get("test") and weights.available("fid_inception")):
+        values.append("FID_INTERVAL=0")
+    if n_train < cfg.NBR_CLS:  # one self-supervised subset cannot be larger than the data
         values.append(f"NBR_CLS={n_train}")
     return " ".join(shlex.quote(w) for w in (sys.executable, str(ROOT / "train.py"), *values))
 
@@ -190,7 +197,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="instead of making sketches: your sketch folders, files named like the photos (e.g. the "
                         "original CelebA/WikiArt data's sketch folders); split with the photos")
     p.add_argument("--preset", default="auto", choices=("auto", "art", "face", "shoe", "portraits"),
-                   help=f"DATA_NAME of the printed command (auto: shoe below {SMALL_DATA:,} training photos, else art)")
+                   help=f"DATA_NAME of the printed command (auto: on a GPU shoe below {SMALL_DATA:,} training photos, "
+                        "else art; on a CPU portraits, the 128 px CPU recipe)")
     p.add_argument("--overwrite", action="store_true", help="remake photos and sketches that already exist")
     p.add_argument("--workers", type=int, default=1, help="processes for copying and XDoG (default 1)")
     p.add_argument("--device", default="auto", help="with --tom: auto, cpu, cuda, ...")
@@ -244,6 +252,8 @@ def prepare(photos: dict[str, Path], args: argparse.Namespace, vgg_features=None
         for line in copied["unreadable"].values():
             print(f"  {line}", file=sys.stderr)
     print(f"train with:\n  {command}")
+    if "DATA_NAME=portraits" not in command and not torch.cuda.is_available():
+        print("note: this is a 512/1024 px recipe for GPUs (days of training); on this CPU use --preset portraits")
     return command
 
 

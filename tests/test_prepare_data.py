@@ -84,7 +84,8 @@ def test_nested_photos_to_folders_that_train_with_the_printed_command(demo_root,
     words = shlex.split(command)
     assert words[:2] == [sys.executable, str(ROOT / "train.py")]
     values = dict(w.split("=", 1) for w in words[2:])
-    assert values["DATA_NAME"] == "shoe" and values["NBR_CLS"] == str(len(train_names))   # < 500 photos
+    assert values["DATA_NAME"] == ("shoe" if torch.cuda.is_available() else "portraits")   # the CPU recipe here
+    assert values["NBR_CLS"] == str(len(train_names)) and "note:" not in printed.out  # fewer photos than classes
     for key in ("IMAGE_DIR", "TEST_IMAGE_DIR", "TEST_SKETCH_DIR", *values["SKETCH_DIRS"].split(",")):
         path = values.get(key, key)
         assert os.path.isabs(path) and Path(path).is_dir(), path
@@ -108,7 +109,7 @@ def test_no_held_out_set_copies_as_is_and_turns_fid_off(demo_root, tmp_path, cap
     out = tmp_path / "photos" / "prepared"                     # OUT inside PHOTOS: not read back as photos
     assert P.main([str(tmp_path / "photos"), str(out), "--test-ratio", "0", "--xdog", "medium"]) == 0
     command = capsys.readouterr().out.split("train with:\n")[1].strip()
-    assert "FID_INTERVAL=0" in command and "TEST_IMAGE_DIR" not in command
+    assert "TEST_IMAGE_DIR=none TEST_SKETCH_DIR=none" in command  # not the preset's own held-out folders
     assert not (out / "test").exists() and len(list((out / "train" / "images").iterdir())) == 12
     assert (out / "train" / "images" / "cats__00.png").read_bytes() == \
         (tmp_path / "photos" / "cats" / "00.png").read_bytes()      # no --size: copied byte for byte
@@ -248,3 +249,16 @@ def test_your_own_sketch_folders_are_split_with_the_photos(demo_root, tmp_path, 
         assert sketches[0].read_bytes() == (demo_root / "train" / "sketches" / f"{image.stem}.png").read_bytes()
     with pytest.raises(SystemExit):
         P.main(argv + ["--tom", "x.pt"])
+
+
+@pytest.mark.parametrize("weights_present", [False, True])
+def test_a_gpu_preset_printed_on_a_cpu_says_so_and_measures_fid_only_with_the_weights(
+        demo_root, tmp_path, capsys, monkeypatch, weights_present):
+    _photo_tree(tmp_path / "photos", demo_root)
+    monkeypatch.setattr(P.weights, "available", lambda name: weights_present)
+    monkeypatch.setattr(P.torch.cuda, "is_available", lambda: False)
+    assert P.main([str(tmp_path / "photos"), str(tmp_path / "out"), "--xdog", "thin", "--preset", "shoe"]) == 0
+    printed = capsys.readouterr().out
+    command = printed.split("train with:\n")[1].splitlines()[0]
+    assert ("FID_INTERVAL=0" in command) is not weights_present and "DATA_NAME=shoe" in command
+    assert "note: this is a 512/1024 px recipe for GPUs" in printed

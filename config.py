@@ -280,13 +280,12 @@ PRESETS: dict[str, dict] = {
         SKETCH_DIRS=("data/demo/train/xdog_thin", "data/demo/train/xdog_bold", "data/demo/train/sketches"),
         TEST_IMAGE_DIR="data/demo/test/images",
         TEST_SKETCH_DIR="data/demo/test/sketches",
-        DATALOADER_WORKERS=0,  # loading in the main process is fastest on 2 cores (bench_demo.py)
+        DATALOADER_WORKERS=0,  # a loader process competes with the 2 torch threads of a 2-core machine
         NFC=8, NBR_CLS=64, IM_SIZE_AE=64, IM_SIZE_GAN=128, IM_SIZE_D=128,
-        # small batches at a high learning rate: more steps per CPU minute (issue 13's sweep);
-        # 600 + 300 iterations: `make demo` in about 10 minutes on 2 cores (README: the quality it buys)
-        BATCH_SIZE_AE=8, ITERATION_AE=600, LR_AE=1e-3, LR_AE_AFTER_SWITCH=1e-3,
-        BATCH_SIZE_GAN=8, ITERATION_GAN=300,
-        LR_GAN=1e-3,  # 300 GAN steps: 5x the reference's rate colours better (README: LR_GAN sweep)
+        # chosen by the quality benchmark at the old preset's CPU time (docs/results.md): the AE at batch 16
+        # (20 % cheaper per image on a CPU), high rates falling to 0 over each stage's second half
+        BATCH_SIZE_AE=16, ITERATION_AE=450, LR_AE=1e-3, LR_AE_AFTER_SWITCH=1e-3,
+        BATCH_SIZE_GAN=8, ITERATION_GAN=370, LR_GAN=1e-3, LR_DECAY_FROM=0.5,
         SUBSET_PASSES=50, W_MI=0.0, MI_HIDDEN=64,
         LOG_INTERVAL=10, SAVE_IMAGE_INTERVAL=100, SAVE_MODEL_INTERVAL=100, FID_INTERVAL=0,
         FID_N_SAMPLES=200, EMA_DECAY=0.99),

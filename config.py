@@ -125,9 +125,6 @@ class Config:
                                         '"running" statistics or each batch\'s (the reference: "batch")')
 
     group("sampling and augmentation of the paired data (defaults are the reference's)")  # ---------
-    HUE_JITTER: float = setting(0.0, "colour augmentation: each training image and its style view turn their hues "
-                                     "by one random angle up to this share of a turn, so a sketch's colours can only "
-                                     "come from its exemplar (0: none, the reference)")
     PAIRED_FLIP: bool = setting(False, "random horizontal flip in AE step B and the GAN stage (reference: none; "
                                        "the self-supervised step A always flips, as the reference)")
     SKETCH_SET_WEIGHTS: tuple[float, ...] = setting((), "odds of the K sketch sets in AE step B and the GAN stage; "
@@ -197,8 +194,6 @@ class Config:
                               "sketches): set both, or neither")
         if self.TRAIN_AE_ONLY and self.TRAIN_GAN_ONLY:
             raise ConfigError("TRAIN_AE_ONLY and TRAIN_GAN_ONLY are both set: choose one")
-        if not 0.0 <= self.HUE_JITTER <= 0.5:
-            raise ConfigError(f"HUE_JITTER={self.HUE_JITTER}: must be in [0, 0.5] (a share of a turn)")
         if not 0.0 <= self.LR_DECAY_FROM <= 1.0:
             raise ConfigError(f"LR_DECAY_FROM={self.LR_DECAY_FROM}: must be in [0, 1]")
         if not 0.0 <= self.EMA_DECAY < 1.0:

@@ -421,17 +421,6 @@ def _like(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def hue_rotate(tensors: list[torch.Tensor], g: torch.Generator, max_turn: float) -> list[torch.Tensor]:
-    """Turn each item's colours about the grey axis by one random angle in [-max_turn, max_turn] turns, the
-    same for every tensor of the list (an image and its style view): greys and each pixel's mean stay."""
-    angle = _uniform(g, tensors[0].shape[0], -max_turn, max_turn) * 2 * math.pi
-    k = torch.full((3,), 3 ** -0.5)
-    cross = torch.tensor([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
-    cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
-    turn = async_to(cos * torch.eye(3) + sin * cross + (1 - cos) * torch.outer(k, k), tensors[0].device)  # Rodrigues
-    return [torch.einsum("bij,bjhw->bihw", turn.to(t.dtype), t).clamp(-1, 1) for t in tensors]
-
-
 def style_view_params(g: torch.Generator, b: int, source: int, size: int):
     """`style_view`'s draws for b items: crop (top, left), angle in degrees, mirror."""
     top = torch.randint(source - size + 1, (b,), generator=g)

@@ -11,9 +11,9 @@ import torch
 
 import losses as L
 from config import Config
-from datasets import (Pairs, PairedDataset, RandomStream, SelfSupervisedDataset, fixed_batch, hue_rotate,
-                      iteration_generator, mix_seed, only_last_set, paired_crop_flip, sketch_set_weights,
-                      sketch_variants, style_view, to_float)
+from datasets import (Pairs, PairedDataset, RandomStream, SelfSupervisedDataset, fixed_batch, iteration_generator,
+                      mix_seed, only_last_set, paired_crop_flip, sketch_set_weights, sketch_variants, style_view,
+                      to_float)
 from fileio import CheckpointError
 from models import (AE_NETWORKS, AutoEncoder, ContentEncoder, Decoder, Discriminator, InstanceClassifier,
                     StyleEncoder, batch_norm_mode, build_generator)
@@ -144,8 +144,6 @@ class AEStage:
         g = iteration_generator(cfg.SEED, RandomStream.AE_AUG_A, it, self.rt.rank)
         x, sketch, thick = paired_crop_flip([batch["image"], batch["sketch"], batch["sketch_bold"]], size, g)
         x_aug = style_view(batch["style_src"], size, g)
-        if cfg.HUE_JITTER:
-            x, x_aug = hue_rotate([x, x_aug], g, cfg.HUE_JITTER)
         variants = sketch_variants(sketch, thick, g)
         n, scales = x.shape[0], 3
         style_perms = [L.derangement(n, g, self.rt.device) for _ in range(scales)]
@@ -172,8 +170,6 @@ class AEStage:
         batch = self._batch(self.paired_batches)
         g = iteration_generator(cfg.SEED, RandomStream.AE_AUG_B, it, self.rt.rank)
         x, sketch = paired_crop_flip([batch["image"], batch["sketch"]], cfg.IM_SIZE_AE, g, flip=cfg.PAIRED_FLIP)
-        if cfg.HUE_JITTER:
-            (x,) = hue_rotate([x], g, cfg.HUE_JITTER)
         with self.rt.autocast():
             v = self.style_encoder(x)
             c = self.content_encoder(sketch)
@@ -303,8 +299,6 @@ class GANStage:
         g = iteration_generator(cfg.SEED, RandomStream.GAN_AUG, it, self.rt.rank)
         image, sketch = (to_float(self.rt.to_device(batch[k])) for k in ("image", "sketch"))
         x, sketch = paired_crop_flip([image, sketch], cfg.IM_SIZE_GAN, g, flip=cfg.PAIRED_FLIP)
-        if cfg.HUE_JITTER:
-            (x,) = hue_rotate([x], g, cfg.HUE_JITTER)
 
         with torch.no_grad(), self.rt.autocast():
             ae_image, style = self.ae(sketch, x)

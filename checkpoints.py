@@ -67,8 +67,7 @@ def find_checkpoint(path, kind: str | None = "gan") -> Path:
     if path.is_file():
         return path
     if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path} (give a run folder of train.py, a checkpoint file "
-                              f"<run>/{kind or 'gan'}/checkpoints/ckpt_*.pt or an exported .safetensors file)")
+        raise CheckpointError(f"checkpoint not found: {path} ({_expected(kind)})")
     stages = [kind] if kind else ["gan", "ae"]
     found = newest_checkpoint(path, (*(f"{stage}/checkpoints" for stage in stages), "checkpoints"))
     if found is not None:
@@ -77,8 +76,14 @@ def find_checkpoint(path, kind: str | None = "gan") -> Path:
         raise CheckpointError(f"{path}: this run has an AE-stage checkpoint but no GAN-stage one; it needs "
                               f"the GAN stage: train it (python train.py SAVE_FOLDER={path.parent} "
                               f"TRIAL_NAME={path.name} RESUME=true)")
-    raise CheckpointError(f"{path}: no checkpoint in this folder (expected a run folder of train.py with "
-                          f"{kind or 'gan'}/checkpoints/, or a checkpoint file)")
+    raise CheckpointError(f"{path}: no checkpoint in this folder ({_expected(kind)})")
+
+
+def _expected(kind: str | None) -> str:
+    if kind == "tom":  # a TOM run (sketch_styletransfer/train.py --out) keeps its own checkpoints/
+        return "give a TOM run folder with checkpoints/, or a checkpoint file <run>/checkpoints/ckpt_*.pt"
+    return (f"give a run folder of train.py, a checkpoint file <run>/{kind or 'gan'}/checkpoints/ckpt_*.pt "
+            f"or an exported .safetensors file")
 
 
 def run_folder(checkpoint: Path) -> Path:

@@ -283,3 +283,13 @@ def test_a_locked_folder_refuses_a_second_holder_until_released(tmp_path):
     with fileio.locked_folder(run):  # and held against another process
         assert subprocess.run([sys.executable, "-c", script], capture_output=True).returncode == 1
     assert subprocess.run([sys.executable, "-c", script], capture_output=True).returncode == 0
+
+
+def test_a_missing_checkpoint_names_where_its_kind_lives(tmp_path):
+    from checkpoints import find_checkpoint
+    with pytest.raises(CheckpointError, match=r"TOM run folder with checkpoints/.*<run>/checkpoints/ckpt_\*\.pt"):
+        find_checkpoint(tmp_path / "nowhere", "tom")
+    with pytest.raises(CheckpointError, match=r"<run>/gan/checkpoints/ckpt_\*\.pt"):
+        find_checkpoint(tmp_path / "nowhere")
+    with pytest.raises(CheckpointError, match="no checkpoint in this folder .*TOM run folder"):
+        find_checkpoint(tmp_path, "tom")

@@ -47,7 +47,7 @@ GALLERY_MAX = 24       # exemplars shown in the gallery (the first by file name)
 THUMB = 96             # gallery thumbnail side, px
 SEED_MAX = 2 ** 31 - 1
 EMPTY_RANGE = 32       # a canvas whose grey levels span less than this holds no drawing
-NO_MODEL = ("no trained demo model under {root}/: make one with `make demo` (about 8 minutes on 2 CPU cores), "
+NO_MODEL = ("no trained demo model under {root}/: make one with `make demo` (minutes on a CPU: README, Results), "
             "or pass --checkpoint RUN_OR_FILE")
 
 

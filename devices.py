@@ -1,6 +1,9 @@
 """The one device resolver of every command, and whether bf16 pays on a device."""
 from __future__ import annotations
 
+import math
+import os
+import time
 from pathlib import Path
 
 import torch
@@ -42,3 +45,37 @@ def native_bf16(device: torch.device, cpu_flags: str | None = None) -> bool:
         except OSError:
             return False
     return bool(set(cpu_flags.split()) & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def busy_cores(before: list[int], after: list[int], cores: int) -> float:
+    """Cores' worth of work done between two samples of /proc/stat's "cpu" line (jiffies per state:
+    user nice system idle iowait irq softirq steal)."""
+    delta = [b - a for a, b in zip(before[:8], after[:8])]
+    total = sum(delta)
+    return cores * (1 - (delta[3] + delta[4]) / total) if total > 0 else 0.0
+
+
+def _cpu_jiffies() -> list[int] | None:
+    try:
+        return [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None  # no /proc (macOS, Windows): keep torch's thread count
+
+
+def fit_threads_to_free_cores(interval: float = 0.3) -> str | None:
+    """Without OMP_NUM_THREADS, lower torch's CPU threads to the cores other processes leave free, sampled
+    over `interval` s at start: on 2 cores beside one busy process a step is 2-3x faster on 1 thread than
+    on 2, whose threads wait on each other (README, Results). Returns the line to print when it lowers them."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return None  # the user's choice
+    before = _cpu_jiffies()
+    if before is None:
+        return None
+    time.sleep(interval)
+    after, cores = _cpu_jiffies(), os.cpu_count() or 1
+    free = max(1, math.floor(cores - busy_cores(before, after, cores) + 0.5))
+    if free >= torch.get_num_threads():
+        return None
+    torch.set_num_threads(free)
+    return (f"CPU: other processes keep {cores - free} of {cores} cores busy: training on {free} thread(s), "
+            f"which is faster than waiting for the busy cores (OMP_NUM_THREADS=N chooses)")

@@ -202,7 +202,7 @@ class AEStage:
     # --- sample grid -------------------------------------------------------------------------
     @torch.no_grad()
     def sample_grid(self) -> tuple[torch.Tensor, int]:
-        """Rows: style images, sketches, reconstructions, the sketches in the next image's style."""
+        """Rows: style images, sketches, reconstructions, the sketches in the previous column's style (roll 1)."""
         nets = [self.style_encoder, self.content_encoder, self.decoder]
         for net in nets:
             net.eval()
@@ -337,7 +337,7 @@ class GANStage:
 
     @torch.no_grad()
     def sample_grid(self) -> tuple[torch.Tensor, int]:
-        """Rows: sketches, style images, AE outputs, final outputs, outputs in the next image's style."""
+        """Rows: sketches, style images, AE outputs, final outputs, outputs in the previous column's style (roll 1)."""
         x, sketch = self.rt.to_device(self.grid["image"]), self.rt.to_device(self.grid["sketch"])
         ae_image, final = self.generate(sketch, x)
         _, mismatched = self.generate(sketch, x.roll(1, dims=0))

@@ -38,6 +38,7 @@ import config as C
 from config import Config, ConfigError
 from datasets import Pairs, pair_folders, require_readable
 from demo_data import ensure_demo_data
+from devices import fit_threads_to_free_cores
 from fileio import (LOCK_FILE, CheckpointDir, CheckpointError, OutputError, load_checkpoint, locked_folder,
                     newest_checkpoint, remove_stale_temporaries, write_json, write_text)
 from plot_log import require_tensorboard
@@ -81,6 +82,8 @@ def help_text(cfg: Config, origins: dict[str, str]) -> str:
 def train(cfg: Config, settings: str = "") -> int:
     """Train `cfg`; `settings` (the report of changed settings) goes to <run>/settings.txt."""
     runtime = runtime_for(cfg)
+    if runtime.device.type == "cpu" and runtime.world_size == 1 and (line := fit_threads_to_free_cores()):
+        print(line)
     if cfg.LOGGER == "tensorboard":
         require_tensorboard()  # before any run folder exists
     if cfg.IMAGE_DIR == C.PRESETS["demo"]["IMAGE_DIR"] and runtime.is_main:

@@ -100,8 +100,13 @@ def test_generate_uses_the_ema_generator(demo_root, demo_pairs, tmp_path, ae_fil
         ae_image, style = stage.ae(sketch, image)
         expected = stage.ema.net(ae_image, style).float()
     assert torch.allclose(out, expected, atol=1e-6)
+    torch.manual_seed(1)
     rows, nrow = stage.sample_grid()
     assert rows.shape == (5 * nrow, 3, 64, 64)
+    torch.manual_seed(1)  # the grid's last row: each sketch in the previous column's exemplar's style
+    stage.generate(sketch, image)
+    _, previous = stage.generate(sketch, torch.cat([image[-1:], image[:-1]]))
+    assert torch.allclose(rows[4 * nrow:], previous, atol=1e-6)
 
 
 def test_gan_resume_continues_exactly(demo_root, demo_pairs, tmp_path, ae_file):

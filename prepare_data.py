@@ -158,12 +158,17 @@ def copy_sketches(sources: list[Path], images: Path, out: Path, overwrite: bool)
     return folders
 
 
+def resolve_preset(preset: str, n_train: int) -> str:
+    """The printed command's preset: for "auto" the paper's shoe (below SMALL_DATA photos) or art preset on a
+    GPU, the portraits CPU recipe without one."""
+    if preset != "auto":
+        return preset
+    return ("shoe" if n_train < SMALL_DATA else "art") if torch.cuda.is_available() else "portraits"
+
+
 def train_command(n_train: int, folders: dict[str, list[str]], out: Path, preset: str) -> str:
-    """The train.py command for the prepared folders (absolute paths) that runs on this machine: "auto" is
-    the paper's shoe (below SMALL_DATA photos) or art preset on a GPU, the portraits CPU recipe without one;
-    FID only where held-out images and the FID Inception weights are present."""
-    if preset == "auto":
-        preset = ("shoe" if n_train < SMALL_DATA else "art") if torch.cuda.is_available() else "portraits"
+    """The train.py command for the prepared folders (absolute paths) under `preset`; FID only where held-out
+    images and the FID Inception weights are present."""
     cfg = C.preset(preset)
     values = [f"DATA_NAME={preset}", f"IMAGE_DIR={os.path.abspath(out / 'train' / 'images')}",
               "SKETCH_DIRS=" + ",".join(folders["train"])]
@@ -237,7 +242,8 @@ def prepare(photos: dict[str, Path], args: argparse.Namespace, vgg_features=None
         raise DataError(f"only {n['train']} readable training photo(s) in {args.photos}: train.py needs at least 2")
     folders = make_sketches(out, args, vgg_features)
     os.sync()  # every copy and sketch is on disk before prepare.json says the folders are ready
-    command = train_command(n["train"], folders, out, args.preset)
+    preset = resolve_preset(args.preset, n["train"])
+    command = train_command(n["train"], folders, out, preset)
     source = os.path.abspath(args.photos) if Path(args.photos).exists() else args.photos  # a folder, or a package
     write_json(out / "prepare.json", {"photos": source, "test_ratio": args.test_ratio,
                                       "size": args.size, "split": split, "unreadable": sorted(copied["unreadable"]),
@@ -252,7 +258,7 @@ def prepare(photos: dict[str, Path], args: argparse.Namespace, vgg_features=None
         for line in copied["unreadable"].values():
             print(f"  {line}", file=sys.stderr)
     print(f"train with:\n  {command}")
-    if "DATA_NAME=portraits" not in command and not torch.cuda.is_available():
+    if preset != "portraits" and not torch.cuda.is_available():
         print("note: this is a 512/1024 px recipe for GPUs (days of training); on this CPU use --preset portraits")
     return command
 

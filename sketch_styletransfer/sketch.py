@@ -133,8 +133,9 @@ def make_sketches(vgg_features: nn.Module | None, checkpoints: list, path_conten
         data = by_size.setdefault(side, FolderDataset(path_content, side, "RGB", nested=True))
         outs = [Path(path_result) / (f"{label}_soft" if t is None else f"{label}_t{t:g}") for t in thresholds]
         folders += outs
-        todo = [i for i, s in enumerate(data.names) if overwrite or not all((f / f"{s}.png").is_file() for f in outs)]
-        kept += 0 if overwrite else sum((f / f"{s}.png").is_file() for f in outs for s in data.names)
+        exists = {} if overwrite else {s: [(f / f"{s}.png").is_file() for f in outs] for s in data.names}
+        todo = [i for i, s in enumerate(data.names) if not all(exists.get(s, [False]))]
+        kept += sum(map(sum, exists.values()))
         loader = DataLoader(Subset(data, todo), batch_size=batch_size, num_workers=workers)
         for batch in tqdm(loader, desc=label, unit="batch", disable=not progress or not todo, dynamic_ncols=True):
             ok = batch["ok"]

@@ -8,7 +8,6 @@ position or device (unless SAMPLE_BN=batch, whose BatchNorm uses the batch's sta
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import sys
@@ -18,7 +17,6 @@ from typing import Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn as nn
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
@@ -26,7 +24,7 @@ from datasets import DataError, _to_mode, load_image, mix_seed, require_images, 
 from errors import UserError, cli
 from fileio import CheckpointDir, check_apart, newest_checkpoint, save_png, to_pil
 from checkpoints import Trained, load_trained, save_exported
-from models import BN_MODES, NoiseInjection, StyleVectors, batch_norm_mode
+from models import BN_MODES, Noise, StyleVectors, batch_norm_mode
 from devices import resolve_device
 
 ImageInput = Union[str, Path, Image.Image]
@@ -101,49 +99,13 @@ def fit_square(img: Image.Image, size: int, fit: str = "stretch") -> Image.Image
 
 # --- Seeded noise ---
 
-class SeededNoise:
-    """While a seed is set, hooks replace the latent of `from_noise` (art generator) and every
-    NoiseInjection's noise by CPU draws seeded with (seed, layer): the same on every device, for
-    every item of a batch. With no seed set the hooks do nothing."""
-
-    def __init__(self, generator: nn.Module):
-        self.seed: int | None = None
-        self._cache: dict = {}
-        for index, module in enumerate(m for m in generator.modules() if isinstance(m, NoiseInjection)):
-            module.register_forward_hook(self._injection_hook(index + 1))
-        if isinstance(getattr(generator, "from_noise", None), nn.Module):
-            generator.from_noise.register_forward_pre_hook(self._latent_hook)
-
-    @contextlib.contextmanager
-    def seeded(self, seed: int | None):
-        if seed is not None and seed != self.seed:
-            self._cache.clear()
-        previous, self.seed = self.seed, seed
-        try:
-            yield
-        finally:
-            self.seed = previous
-
-    def draw(self, key: int, shape: tuple, like: torch.Tensor) -> torch.Tensor:
-        cache_key = (key, shape, like.device, like.dtype)
-        if cache_key not in self._cache:
-            g = torch.Generator().manual_seed(mix_seed(self.seed, key))
-            self._cache[cache_key] = torch.randn(shape, generator=g).to(like.device, like.dtype)
-        return self._cache[cache_key]
-
-    def _latent_hook(self, module, args):
-        if self.seed is None:
-            return None
-        z = args[0]
-        return (self.draw(0, (1, z.shape[1]), z).expand_as(z).contiguous(), *args[1:])
-
-    def _injection_hook(self, key: int):
-        def hook(module, args, output):
-            if self.seed is None:
-                return None
-            x = args[0]
-            return x + module.weight * self.draw(key, (1, 1, *x.shape[-2:]), x)
-        return hook
+def seeded_noise(seed: int) -> Noise:
+    """The generator's noise as a function of (seed, layer key) alone: drawn on the CPU (the same on every
+    device) and shared by every item of a batch."""
+    def noise(key: int, shape: tuple, like: torch.Tensor) -> torch.Tensor:
+        g = torch.Generator().manual_seed(mix_seed(seed, key))
+        return torch.randn(shape, generator=g).to(like.device, like.dtype)
+    return noise
 
 
 # --- The model ---
@@ -156,7 +118,6 @@ class SketchToImage:
         self.device = resolve_device(device)
         self.ae = trained.ae.to(self.device).eval().requires_grad_(False)
         self.generator = trained.generator.to(self.device).eval().requires_grad_(False)
-        self.noise = SeededNoise(self.generator)
         self.arch, self.config = dict(trained.arch), dict(trained.config)  # config: held-out folders, ...
         self.preset = trained.arch["preset"]
         self.nfc, self.ae_size = self.ae.nfc, self.ae.im_size
@@ -237,8 +198,8 @@ class SketchToImage:
         if sketches.shape[0] != vectors[0].shape[0]:
             raise ValueError(f"batch sizes differ: {sketches.shape[0]} sketches, {vectors[0].shape[0]} styles")
         ae_image = self.ae.draw(sketches, vectors)
-        with self.noise.seeded(seed), batch_norm_mode(self.generator, self.sample_bn):
-            out = self.generator(ae_image, vectors)
+        with batch_norm_mode(self.generator, self.sample_bn):
+            out = self.generator(ae_image, vectors, None if seed is None else seeded_noise(seed))
         return (out, ae_image) if return_ae else out
 
     def generate_batched(self, sketches: torch.Tensor, styles: torch.Tensor | None = None, *,

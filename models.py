@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -28,6 +28,7 @@ LRELU = 0.1  # slope everywhere else in the AE
 LRELU_GAN = 0.2  # slope in the refine generators' down blocks and in the discriminator
 INIT_STD = 0.02  # the discriminator's DCGAN-style init: conv N(0, 0.02), BN gain N(1, 0.02)
 CLS_BIAS_SCALE = 0.1  # classifier bias is drawn 10x narrower than its weights (reference)
+Noise = Callable[[int, tuple, torch.Tensor], torch.Tensor]  # (key, shape, like) -> a noise map (NoiseInjection)
 
 
 def _check_choice(name: str, value: int, allowed) -> None:
@@ -169,15 +170,35 @@ class DMI(nn.Module):
 
 
 class NoiseInjection(nn.Module):
-    """Adds per-pixel Gaussian noise (shared over channels) with a learned per-channel scale."""
+    """Adds per-pixel Gaussian noise (shared over channels) with a learned per-channel scale. `noise`, when
+    given, supplies the map instead of a fresh draw: noise(key, (1, 1, H, W), like=x), where `key` numbers
+    the generator's noise sources (0: its latent, 1...: these layers in module order; `number_noise_layers`)."""
 
     def __init__(self, ch: int):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(1, ch, 1, 1))  # starts silent
+        self.key = 0  # set by number_noise_layers
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, noise: Noise | None = None) -> torch.Tensor:
         b, _, h, w = x.shape
-        return x + self.weight * torch.randn(b, 1, h, w, device=x.device, dtype=x.dtype)
+        if noise is None:
+            return x + self.weight * torch.randn(b, 1, h, w, device=x.device, dtype=x.dtype)
+        return x + self.weight * noise(self.key, (1, 1, h, w), x)
+
+
+class NoisySequential(nn.Sequential):
+    """nn.Sequential (same state-dict keys) that hands `noise` to the children that take it."""
+
+    def forward(self, x: torch.Tensor, noise: Noise | None = None) -> torch.Tensor:
+        for module in self:
+            x = module(x, noise) if isinstance(module, (NoiseInjection, NoisySequential)) else module(x)
+        return x
+
+
+def number_noise_layers(generator: nn.Module) -> None:
+    """Key each NoiseInjection 1, 2, ... in module order (0 is the latent): what seeded noise is drawn for."""
+    for key, module in enumerate((m for m in generator.modules() if isinstance(m, NoiseInjection)), start=1):
+        module.key = key
 
 
 class StyleGate(nn.Module):
@@ -208,9 +229,9 @@ def down_gan(ch_in: int, ch_out: int) -> nn.Sequential:
         nn.BatchNorm2d(ch_out), nn.LeakyReLU(LRELU_GAN))
 
 
-def up_gan(ch_in: int, ch_out: int) -> nn.Sequential:
+def up_gan(ch_in: int, ch_out: int) -> NoisySequential:
     """Refine-generator up block: nearest x2, SN 3x3 conv, BatchNorm, noise, GLU."""
-    return nn.Sequential(
+    return NoisySequential(
         nn.Upsample(scale_factor=2, mode="nearest"),
         spectral_norm(nn.Conv2d(ch_in, ch_out * 2, 3, 1, 1, bias=False)),
         nn.BatchNorm2d(ch_out * 2), NoiseInjection(ch_out * 2), nn.GLU(dim=1))
@@ -449,13 +470,13 @@ class RefineGeneratorArt(nn.Module):
         dims = vector_dims(nfc)
 
         # noise (B, 8nfc) -> (B, nfc, 32, 32)
-        self.from_noise = nn.Sequential(
+        self.from_noise = NoisySequential(
             from_vector(nfc * 8, nfc * 8), up_gan(nfc * 4, nfc * 2),
             up_gan(nfc * 2, nfc * 2), up_gan(nfc * 2, nfc))
         self.style_ch = nfc * 4  # channels of the 16 px style map (zeros without use_style)
         if use_style:
             # the three style vectors (B, 14nfc) -> (B, 4nfc, 8, 8); forward tiles it to 16 px
-            self.from_style = nn.Sequential(from_vector(sum(dims), nfc * 16),
+            self.from_style = NoisySequential(from_vector(sum(dims), nfc * 16),
                                             up_gan(nfc * 8, self.style_ch))
 
         encoder = {str(im_size_in // 2): nn.Sequential(
@@ -482,22 +503,27 @@ class RefineGeneratorArt(nn.Module):
                 str(res): StyleGate(getattr(dims, src), width(res), spectral=True)
                 for res, src in self.GATE_SOURCES.items() if res <= im_size_in})
         self.to_rgb = to_rgb(width(im_size_out))
+        number_noise_layers(self)
 
     def width(self, res: int) -> int:
         """Channels at resolution res: 4nfc at 64 px, halving per octave, at most 8nfc."""
         return min(8 * self.nfc, self.nfc * 256 // res)
 
-    def forward(self, ae_image: torch.Tensor, style_vectors) -> torch.Tensor:
+    def forward(self, ae_image: torch.Tensor, style_vectors, noise: Noise | None = None) -> torch.Tensor:
+        """noise: None draws fresh noise for every item; else the noise source of every layer (NoiseInjection)."""
         style_vectors = StyleVectors(*style_vectors)  # callers may pass a plain sequence in the same order
         b = ae_image.shape[0]
-        noise = torch.randn(b, self.nfc * 8, device=ae_image.device, dtype=ae_image.dtype)
-        noise_32 = self.from_noise(noise)  # (B, nfc, 32, 32)
+        if noise is None:
+            z = torch.randn(b, self.nfc * 8, device=ae_image.device, dtype=ae_image.dtype)
+        else:
+            z = noise(0, (1, self.nfc * 8), ae_image).expand(b, -1).contiguous()
+        noise_32 = self.from_noise(z, noise)  # (B, nfc, 32, 32)
 
         skips, x = {}, ae_image
         for res, block in self.encoder.items():
             x = skips[int(res)] = block(x)  # down to (B, 8nfc, 16, 16)
         if self.use_style:
-            s_8 = self.from_style(torch.cat(list(style_vectors), dim=1))  # (B, 4nfc, 8, 8)
+            s_8 = self.from_style(torch.cat(list(style_vectors), dim=1), noise)  # (B, 4nfc, 8, 8)
             s_16 = s_8.repeat(1, 1, 2, 2)  # tiled (not upsampled) to 16 px
         else:
             s_16 = x.new_zeros(b, self.style_ch, *x.shape[-2:])
@@ -509,7 +535,7 @@ class RefineGeneratorArt(nn.Module):
                 x = torch.cat([x, noise_32], dim=1)
             elif 128 <= res <= self.im_size_in:
                 x = x + skips[res // 2]  # U-Net skip (add, not concat)
-            x = block(x)
+            x = block(x, noise)
             if key in self.gates:
                 x = x * self.gates[key](getattr(style_vectors, self.GATE_SOURCES[res]))
         return self.to_rgb(x)
@@ -538,7 +564,7 @@ class RefineGeneratorFace(nn.Module):
 
         self.style = nn.Sequential(nn.Linear(nfc * 14, code_dim), nn.LeakyReLU(LRELU))
         # code (B, 32ngf) -> (B, 4ngf, 32, 32)
-        self.from_style_32 = nn.Sequential(
+        self.from_style_32 = NoisySequential(
             from_vector(code_dim, ngf * 16), up_gan(ngf * 8, ngf * 8),
             up_gan(ngf * 8, ngf * 8), up_gan(ngf * 8, ngf * 4))
 
@@ -549,6 +575,7 @@ class RefineGeneratorFace(nn.Module):
         self.decoder = nn.ModuleDict(decoder)
         self.gates = nn.ModuleDict({key: StyleGate(code_dim, dec(int(key))) for key in decoder})
         self.to_rgb = to_rgb(dec(im_size_out), spectral=True)
+        number_noise_layers(self)
 
     def encoder_width(self, res: int) -> int:
         """ngf at 256 px, doubling per octave down (8ngf at 32 px)."""
@@ -566,13 +593,14 @@ class RefineGeneratorFace(nn.Module):
             s = s.flip(3)
         return s
 
-    def forward(self, ae_image: torch.Tensor, style_vectors) -> torch.Tensor:
+    def forward(self, ae_image: torch.Tensor, style_vectors, noise: Noise | None = None) -> torch.Tensor:
+        """noise: as RefineGeneratorArt's."""
         skips, x = {}, ae_image
         for res, block in self.encoder.items():
             x = skips[int(res)] = block(x)  # down to (B, 8ngf, 32, 32)
 
         code = self.style(torch.cat(list(style_vectors), dim=1))  # (B, 32ngf)
-        s_32 = self.from_style_32(code)                           # (B, 4ngf, 32, 32)
+        s_32 = self.from_style_32(code, noise)                    # (B, 4ngf, 32, 32)
         if self.training:  # the reference also flips at inference, making outputs random
             s_32 = self._random_flip(s_32)
 
@@ -581,7 +609,7 @@ class RefineGeneratorFace(nn.Module):
             res = int(key)
             if 128 <= res <= self.im_size_in:
                 x = torch.cat([skips[res // 2], x], dim=1)
-            x = block(x) * self.gates[key](code)
+            x = block(x, noise) * self.gates[key](code)
         return self.to_rgb(x)
 
 

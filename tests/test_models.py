@@ -13,7 +13,7 @@ import torch.nn as nn
 from fileio import CheckpointError, save_checkpoint
 from models import (
     AE_NETWORKS, AutoEncoder, ContentEncoder, DMI, Decoder, Discriminator, GENERATORS, InstanceClassifier,
-    RefineGeneratorArt, RefineGeneratorFace, ResBlkE, ResBlkG, SELayer, StyleEncoder,
+    NoiseInjection, RefineGeneratorArt, RefineGeneratorFace, ResBlkE, ResBlkG, SELayer, StyleEncoder,
     build_generator, count_parameters)
 from checkpoints import load_trained
 
@@ -84,7 +84,7 @@ def test_shoe_generator_is_the_art_generator_with_a_zero_style_map_and_no_gates(
                 m.running_mean.uniform_(-0.5, 0.5), m.bias.uniform_(-0.5, 0.5)
     shoe.load_state_dict(art.state_dict(), strict=False)
     image, vectors = torch.randn(BATCH, 3, 64, 64), _style_vectors(NARROW)
-    art.from_style.forward = lambda v: torch.zeros(v.shape[0], 4 * NARROW, 8, 8)
+    art.from_style.forward = lambda v, noise=None: torch.zeros(v.shape[0], 4 * NARROW, 8, 8)
     for gate in art.gates.values():
         gate.forward = lambda v: torch.ones(())
     with torch.no_grad():
@@ -222,6 +222,32 @@ def test_face_generator_flips_style_map_only_in_training():
     train_outs = _face_outputs(gen.train(), image, vectors, seeds)
     assert 2 <= _distinct(train_outs) <= 4  # at most 4 flip combinations
     assert torch.equal(train_outs[3], _face_outputs(gen, image, vectors, [3])[0])  # seeded
+
+
+@pytest.mark.parametrize("name", ["art", "shoe", "face"])
+def test_an_explicit_noise_source_feeds_every_noise_layer(name):
+    """generator(..., noise): each NoiseInjection asks it for its own key (1, 2, ...; the art generator's
+    latent is key 0) and uses what it returns; without it every call draws fresh noise."""
+    gen = build_generator(name, NARROW, 64, 128).eval()
+    layers = [m for m in gen.modules() if isinstance(m, NoiseInjection)]
+    for m in layers:
+        nn.init.ones_(m.weight)
+    asked = []
+
+    def noise(key, shape, like):
+        asked.append(key)
+        return torch.full(shape, 0.1 * key, dtype=like.dtype)
+
+    image, vectors = torch.randn(BATCH, 3, 64, 64), _style_vectors(NARROW)
+    with torch.no_grad():
+        first, again = gen(image, vectors, noise), gen(image, vectors, noise)
+        fresh = [gen(image, vectors) for _ in range(2)]
+    has_latent = name != "face"
+    assert asked == 2 * list(range(0 if has_latent else 1, len(layers) + 1))  # in module order, each once
+    assert torch.equal(first, again) and not torch.equal(*fresh)
+    layers[-1].weight.data.zero_()  # the last layer's noise no longer counts: its key's value did
+    with torch.no_grad():
+        assert not torch.equal(gen(image, vectors, noise), first)
 
 
 # --- 5. registry -----------------------------------------------------------------------------

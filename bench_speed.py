@@ -42,11 +42,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import config as C
-from benchmark import markdown_table
 from datasets import pair_folders
 from demo_data import ensure_demo_data
 from errors import UserError, cli
-from fileio import check_writable, write_json
+from fileio import check_writable, markdown_table, write_json
 from models import AutoEncoder
 from stages import AEStage, GANStage, runtime_for
 from training import NanGuard, adam, seed_everything

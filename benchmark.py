@@ -40,7 +40,7 @@ import weights
 from datasets import (READ_ERRORS, DataError, PairedDataset, load_image, require_images, resize, to_float,
                       to_uint8_tensor)
 from errors import UserError, cli
-from fileio import OutputError, atomic_path, check_apart, check_writable, save_png, write_json
+from fileio import OutputError, atomic_path, check_apart, check_writable, format_table, save_png, write_json
 from devices import DeviceError, resolve_device
 
 INCEPTION_SIZE = 299
@@ -455,19 +455,6 @@ def checkpoint_stats(args, model_fn) -> Stats:
 
 
 # --------------------------------------------------------------------------- command line
-
-def format_table(rows: list[tuple[str, object]]) -> str:
-    """Two aligned columns."""
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v:.6g}" if isinstance(v, float) else f"{k:<{width}}  {v}" for k, v in rows)
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table with aligned columns (also readable as plain text)."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
-    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
-
 
 def _source_stats(source: str, args, model_fn, keep_features: bool) -> Stats:
     """Statistics of a --real/--fake argument: an .npz file or an image folder."""

@@ -1,4 +1,4 @@
-"""Files that survive crashes: atomic writes, safe checkpoint loading, PNG grids, JSON lines."""
+"""Files that survive crashes: atomic writes, safe checkpoint loading, PNG grids, JSON lines; text tables."""
 from __future__ import annotations
 
 import contextlib
@@ -177,6 +177,19 @@ def save_grid(images: torch.Tensor, path, nrow: int) -> None:
         images = images.expand(-1, 3, -1, -1)
     grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=2, pad_value=1.0)
     save_png(grid, path)
+
+
+def format_table(rows: list[tuple[str, object]]) -> str:
+    """Two aligned columns."""
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v:.6g}" if isinstance(v, float) else f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table with aligned columns (also readable as plain text)."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
 
 
 def state_checksum(obj) -> str:

@@ -59,11 +59,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import demo_data  # noqa: E402
 import weights  # noqa: E402
-from benchmark import fid_kid_of_arrays, markdown_table  # noqa: E402
+from benchmark import fid_kid_of_arrays  # noqa: E402
 from datasets import DataError, load_image, pair_folders, resize, to_float, to_uint8_tensor  # noqa: E402
 from errors import cli  # noqa: E402
 from evaluate import label  # noqa: E402
-from fileio import check_writable, save_grid, write_json  # noqa: E402
+from fileio import check_writable, markdown_table, save_grid, write_json  # noqa: E402
 from inference import SketchToImage  # noqa: E402
 from checkpoints import load_trained  # noqa: E402
 from sketch_styletransfer.xdog import BUILTIN_SETTINGS, xdog  # noqa: E402
@@ -412,7 +412,7 @@ def own_picture(method: Method, data: HeldOut, out: Path, row: str, n: int = OWN
 class _Passthrough(nn.Module):
     """Stands in for the refine generator when only an AE is scored: returns the AE output."""
 
-    def forward(self, ae_image: torch.Tensor, style_vectors) -> torch.Tensor:
+    def forward(self, ae_image: torch.Tensor, style_vectors, noise=None) -> torch.Tensor:
         return ae_image
 
 

@@ -16,11 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmark import markdown_table  # noqa: E402
 from errors import cli  # noqa: E402
 from evaluate import quality as Q  # noqa: E402
 from checkpoints import stage_checkpoints  # noqa: E402
-from fileio import CheckpointError, JsonlLog, check_writable, write_json  # noqa: E402
+from fileio import CheckpointError, JsonlLog, check_writable, markdown_table, write_json  # noqa: E402
 
 STAGES = ("ae", "gan")
 

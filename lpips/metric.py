@@ -21,9 +21,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from datasets import DataError, list_images, load_image, resize, to_float, to_uint8_tensor
-from benchmark import format_table
 from errors import cli
-from fileio import check_apart, check_writable, write_json
+from fileio import check_apart, check_writable, format_table, write_json
 from lpips import LPIPS
 from devices import DeviceError, resolve_device
 

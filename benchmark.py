@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
-import scipy.linalg
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -75,16 +74,6 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     tr_covmean = np.sqrt(np.clip(eigenvalues.real, 0.0, None)).sum()
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
-
-
-def frechet_distance_sqrtm(mu1, sigma1, mu2, sigma2) -> float:
-    """The same distance through scipy's matrix square root (pytorch-fid's form): the slow cross-check."""
-    mu1, sigma1, mu2, sigma2 = _checked(mu1, sigma1, mu2, sigma2)
-    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
-        raise ValueError("the matrix square root of S1 S2 is not finite (singular covariances?)")
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean).real)
 
 
 def warn_if_few(n: int) -> None:

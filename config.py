@@ -237,9 +237,6 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
     @classmethod
     def from_dict(cls, values: dict) -> "Config":
         """Rebuild from `to_dict()` output (e.g. a run's config.json), type-checked."""
@@ -329,11 +326,6 @@ def parse_overrides(args: list[str]) -> dict:
             raise ConfigError(f"'{arg}': expected KEY=value (e.g. BATCH_SIZE_AE=8)")
         out[key.strip()] = _typed(key.strip(), text.strip(), cli=True)
     return out
-
-
-def from_args(args: list[str]) -> Config:
-    """The config of a command line (`from_command_line`)."""
-    return from_command_line(args)[0]
 
 
 def from_command_line(args: list[str]) -> tuple[Config, dict[str, str]]:

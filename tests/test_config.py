@@ -16,8 +16,13 @@ from conftest import tiny_train_args
 ROOT = Path(__file__).resolve().parents[1]
 
 
+
+def _from_args(args):
+    return C.from_command_line(args)[0]
+
+
 def test_default_is_demo_and_presets_apply():
-    cfg = C.from_args([])
+    cfg = _from_args([])
     assert cfg.DATA_NAME == "demo" == C.DEFAULT_PRESET
     assert cfg.IM_SIZE_AE <= 128 and cfg.NFC < 64 and cfg.W_REC_LPIPS == 0  # CPU-friendly, no downloads
     art = C.preset("art")
@@ -29,7 +34,7 @@ def test_default_is_demo_and_presets_apply():
 
 
 def test_overrides_are_typed():
-    cfg = C.from_args(["DATA_NAME=face", "BATCH_SIZE_AE=8", "SKETCH_DIRS=a, b", "BETAS=0.9,0.99",
+    cfg = _from_args(["DATA_NAME=face", "BATCH_SIZE_AE=8", "SKETCH_DIRS=a, b", "BETAS=0.9,0.99",
                        "TRIAL_NAME=none", "RESUME=no", "LR_AE=1e-4"])
     assert cfg.DATA_NAME == "face" and cfg.BATCH_SIZE_AE == 8
     assert cfg.SKETCH_DIRS == ("a", "b") and cfg.BETAS == (0.9, 0.99)
@@ -37,7 +42,7 @@ def test_overrides_are_typed():
     assert cfg.IM_SIZE_AE == 512  # the face preset underneath
     assert C.parse_overrides(["RESUME=yes"]) == {"RESUME": True}
     with pytest.raises(C.ConfigError, match="RESUME=true needs TRIAL_NAME of an existing run"):
-        C.from_args(["RESUME=yes"])  # the command line of a resume starts from the run's config.json
+        _from_args(["RESUME=yes"])  # the command line of a resume starts from the run's config.json
 
 
 @pytest.mark.parametrize("args, message", [
@@ -66,7 +71,7 @@ def test_overrides_are_typed():
 ])
 def test_bad_overrides_name_the_problem(args, message):
     with pytest.raises(C.ConfigError) as err:
-        C.from_args(args)
+        _from_args(args)
     assert message in str(err.value)
 
 
@@ -93,23 +98,23 @@ def test_python_and_json_values_are_type_checked():
 
 
 def test_a_stage_that_does_not_run_needs_no_reconstruction_term():
-    assert C.from_args(["DATA_NAME=face", "W_GAN_LPIPS=0", "TRAIN_AE_ONLY=true"]).W_GAN_LPIPS == 0
-    assert C.from_args(["W_REC_MSE=0", "W_REC_L1_A=0", "TRAIN_GAN_ONLY=true"]).W_REC_MSE == 0
-    assert C.from_args(["TRIAL_NAME=group/run"]).TRIAL_NAME == "group/run"  # a sub-folder stays inside
+    assert _from_args(["DATA_NAME=face", "W_GAN_LPIPS=0", "TRAIN_AE_ONLY=true"]).W_GAN_LPIPS == 0
+    assert _from_args(["W_REC_MSE=0", "W_REC_L1_A=0", "TRAIN_GAN_ONLY=true"]).W_REC_MSE == 0
+    assert _from_args(["TRIAL_NAME=group/run"]).TRIAL_NAME == "group/run"  # a sub-folder stays inside
 
 
 def test_im_size_d_follows_a_smaller_im_size_gan_unless_set():
     cfg, origins = C.resolve(C.parse_overrides(["DATA_NAME=art", "IM_SIZE_AE=64", "IM_SIZE_GAN=128"]))
     assert cfg.IM_SIZE_D == 128 and origins["IM_SIZE_D"] == "follows IM_SIZE_GAN"
     assert "IM_SIZE_D    follows IM_SIZE_GAN  128" in C.settings_report(cfg, origins)
-    assert C.from_args(["DATA_NAME=art", "IM_SIZE_AE=512", "IM_SIZE_GAN=1024"]).IM_SIZE_D == 512  # never above
-    assert C.from_args(["DATA_NAME=art", "IM_SIZE_AE=64", "IM_SIZE_GAN=128", "IM_SIZE_D=64"]).IM_SIZE_D == 64
+    assert _from_args(["DATA_NAME=art", "IM_SIZE_AE=512", "IM_SIZE_GAN=1024"]).IM_SIZE_D == 512  # never above
+    assert _from_args(["DATA_NAME=art", "IM_SIZE_AE=64", "IM_SIZE_GAN=128", "IM_SIZE_D=64"]).IM_SIZE_D == 64
     assert C.preset("art", IM_SIZE_AE=128, IM_SIZE_GAN=256).IM_SIZE_D == 256
 
 
 def test_json_round_trip_and_type_check():
-    cfg = C.from_args(["DATA_NAME=shoe", "SKETCH_DIRS=x,y"])
-    again = C.Config.from_dict(json.loads(cfg.to_json()))
+    cfg = _from_args(["DATA_NAME=shoe", "SKETCH_DIRS=x,y"])
+    again = C.Config.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg
     bad = cfg.to_dict() | {"NFC": "sixty-four"}
     with pytest.raises(C.ConfigError, match="NFC"):
@@ -131,7 +136,7 @@ def test_every_preset_names_its_generator_and_an_older_config_is_refused(tmp_pat
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "config.json").write_text(json.dumps(old))
     with pytest.raises(C.ConfigError) as err:  # on resume: one line naming the file
-        C.from_args([f"SAVE_FOLDER={tmp_path}", "TRIAL_NAME=r", "RESUME=true"])
+        _from_args([f"SAVE_FOLDER={tmp_path}", "TRIAL_NAME=r", "RESUME=true"])
     assert str(err.value).startswith(f"{tmp_path / 'r' / 'config.json'}: settings without GENERATOR")
 
 
@@ -188,14 +193,14 @@ def test_block_goes_on_top_of_the_preset_and_the_command_line_on_top_of_the_bloc
 
 
 def test_the_shipped_block_sets_nothing_and_a_bad_block_is_one_line():
-    assert C._USER_BLOCK == {} and C.from_args([]).DATA_NAME == C.DEFAULT_PRESET
+    assert C._USER_BLOCK == {} and _from_args([]).DATA_NAME == C.DEFAULT_PRESET
     for block, message in [({"BATCH_SIZE": 8}, "config.py (EDIT HERE block): unknown setting 'BATCH_SIZE' "
                                                 "(did you mean BATCH_SIZE_AE?)"),
                            ({"BATCH_SIZE_AE": "eight"}, "config.py (EDIT HERE block): BATCH_SIZE_AE='eight'")]:
         saved, C._USER_BLOCK = C._USER_BLOCK, block
         try:
             with pytest.raises(C.ConfigError) as err:
-                C.from_args([])
+                _from_args([])
         finally:
             C._USER_BLOCK = saved
         assert str(err.value).startswith(message)

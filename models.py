@@ -177,12 +177,13 @@ class NoiseInjection(nn.Module):
     def __init__(self, ch: int):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(1, ch, 1, 1))  # starts silent
-        self.key = 0  # set by number_noise_layers
+        self.key: int | None = None  # set by number_noise_layers (the generator's constructor)
 
     def forward(self, x: torch.Tensor, noise: Noise | None = None) -> torch.Tensor:
         b, _, h, w = x.shape
         if noise is None:
             return x + self.weight * torch.randn(b, 1, h, w, device=x.device, dtype=x.dtype)
+        assert self.key is not None, "a generator numbers its noise layers (number_noise_layers) before noise is given"
         return x + self.weight * noise(self.key, (1, 1, h, w), x)
 
 

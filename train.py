@@ -40,7 +40,7 @@ from datasets import Pairs, pair_folders, require_readable
 from demo_data import ensure_demo_data
 from devices import fit_threads_to_free_cores
 from fileio import (LOCK_FILE, CheckpointDir, CheckpointError, OutputError, load_checkpoint, locked_folder,
-                    newest_checkpoint, remove_stale_temporaries, write_json, write_text)
+                    remove_stale_temporaries, write_json, write_text)
 from plot_log import require_tensorboard
 from losses import build_lpips
 from checkpoints import load_trained
@@ -215,30 +215,19 @@ def _holds_no_run(run_dir: Path) -> bool:
             and not any(run_dir.glob("*/checkpoints/ckpt_*.pt")))
 
 
-def find_ae_checkpoint(cfg: Config, run_dir: Path | None, just_trained: Path | None) -> Path:
-    """This run's AE checkpoint, or PRETRAINED_AE_PATH's (file or run folder)."""
-    if just_trained is not None:
-        return just_trained
-    if cfg.PRETRAINED_AE_PATH:
-        path = Path(cfg.PRETRAINED_AE_PATH)
-        if path.is_dir():
-            found = newest_checkpoint(path, ("ae/checkpoints",))
-            if found is None:
-                raise CheckpointError(f"PRETRAINED_AE_PATH={path}: no AE checkpoint in this folder")
-            return found
-        if not path.is_file():
-            raise CheckpointError(f"PRETRAINED_AE_PATH={path}: no such file or folder")
-        return path
-    found = newest_checkpoint(run_dir / "ae" / "checkpoints") if run_dir is not None else None
-    if found is None:
+def load_ae(cfg: Config, run_dir: Path | None, just_trained: Path | None) -> AutoEncoder:
+    """The AE the GAN stage starts from: the one just trained, else PRETRAINED_AE_PATH's (a checkpoint or run
+    folder), else that of the run RESUME continues; checked against this run's preset and sizes."""
+    if just_trained is None and cfg.PRETRAINED_AE_PATH:
+        try:
+            trained = load_trained(cfg.PRETRAINED_AE_PATH, kind="ae")
+        except CheckpointError as e:
+            raise CheckpointError(f"PRETRAINED_AE_PATH: {e}") from None
+    elif just_trained is None and run_dir is None:
         raise CheckpointError("TRAIN_GAN_ONLY needs an AE: set PRETRAINED_AE_PATH to an AE checkpoint or run "
                               "folder, or resume a run that trained its AE")
-    return found
-
-
-def load_ae(cfg: Config, run_dir: Path | None, just_trained: Path | None) -> AutoEncoder:
-    """The trained AE of find_ae_checkpoint, checked against this run's preset and sizes."""
-    trained = load_trained(find_ae_checkpoint(cfg, run_dir, just_trained), kind="ae")
+    else:
+        trained = load_trained(just_trained or run_dir, kind="ae")
     preset = trained.config["DATA_NAME"]
     if preset != cfg.DATA_NAME:
         raise CheckpointError(f"the AE checkpoint belongs to preset '{preset}', this run is '{cfg.DATA_NAME}'")

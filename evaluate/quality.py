@@ -30,9 +30,11 @@ Baselines, scored the same way in the same run:
 KID (and FID, with at least 2 images a side) of the swapped outputs against the held-out images are
 added when the FID Inception weights are present, and skipped with the reason when not.
 
-Writes <out>/quality.json (the summary and every case's numbers), <out>/matrix.png (sketches down
-the side, exemplars across the top, the diagonal in its own style) and <out>/own.png (sketch,
-original, AE output, output), and prints the table.
+Inputs: a train.py run folder, a GAN or an AE checkpoint (or an exported model); held-out images and their
+sketches (default: the run's TEST_IMAGE_DIR and TEST_SKETCH_DIR) and training images (the mean image).
+Outputs: the table on stdout; <out>/quality.json (the summary and every case's numbers), <out>/matrix.png
+(sketches down the side, exemplars across the top, the diagonal in its own style) and <out>/own.png
+(sketch, original, AE output, output).
 """
 from __future__ import annotations
 
@@ -458,16 +460,7 @@ def run(checkpoint, out="results/quality", images=None, sketches=None, train_ima
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description="Score a model on a held-out folder: own-style PSNR/SSIM, structure (edge F-score against "
-                    "the sketch), style (colour distance to the exemplar), with trivial baselines in the same run.",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""\
-Inputs: a train.py run folder, a GAN or an AE checkpoint (or an exported model); held-out images and their
-        sketches (default: the run's TEST_IMAGE_DIR and TEST_SKETCH_DIR) and training images (for the mean image).
-Outputs: the table on stdout; <out>/quality.json (summary and every case); <out>/matrix.png (sketch x exemplar);
-         <out>/own.png (sketch, original, AE output, output).
-Example:
-    python evaluate/quality.py --checkpoint train_results/portraits-20261206-120000 --out results/quality""")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="run folder of train.py, or a GAN or AE checkpoint file")
     p.add_argument("--images", help="held-out images (default: the run's TEST_IMAGE_DIR)")
     p.add_argument("--sketches", help="their sketches, same file names (default: the run's TEST_SKETCH_DIR)")

@@ -162,7 +162,7 @@ def test_gan_only_with_pretrained_ae_and_its_errors(demo_root, tmp_path, capsys)
     assert ok == 0 and CheckpointDir(tmp_path / "runs" / "gan" / "gan" / "checkpoints").last()
 
     cases = [
-        (["TRIAL_NAME=e1", "TRAIN_GAN_ONLY=true", f"PRETRAINED_AE_PATH={tmp_path / 'missing.pt'}"], "no such file"),
+        (["TRIAL_NAME=e1", "TRAIN_GAN_ONLY=true", f"PRETRAINED_AE_PATH={tmp_path / 'missing.pt'}"], "PRETRAINED_AE_PATH: checkpoint not found"),
         (["TRIAL_NAME=e2", "TRAIN_GAN_ONLY=true"], "TRAIN_GAN_ONLY needs an AE"),
         (["TRIAL_NAME=e3", "TRAIN_GAN_ONLY=true", f"PRETRAINED_AE_PATH={ae_run}", "NFC=16"],
          "trained with NFC=8, IM_SIZE_AE=64; this run has NFC=16"),

@@ -24,7 +24,7 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
-CHECKPOINT_FORMAT = 3  # bump when the checkpoint dict's layout changes; 3: with a checksum
+CHECKPOINT_FORMAT = 4  # bump when the checkpoint dict's layout changes; 4: optimizers keyed as their networks
 CHECKSUM_KEY = "checksum"  # "sha256:<hex>" of the rest of the checkpoint dict (state_checksum)
 LOCK_FILE = ".lock"
 TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # atomic_path's temporary names: .<name>.<8 random>.tmp

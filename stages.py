@@ -45,9 +45,8 @@ class AEStage:
         self.decoder = runtime.compiled(runtime.prepare(Decoder(nfc, size)))
         self.head = runtime.prepare(InstanceClassifier(nfc * 8, self.nbr_cls))
         self.club = runtime.prepare(L.CLUB(nfc * 14, nfc * 14, cfg.MI_HIDDEN)) if cfg.W_MI > 0 else None
-        trained = {"style": self.style_encoder, "content": self.content_encoder, "decoder": self.decoder,
-                   "head": self.head} | ({"club": self.club} if self.club is not None else {})
-        self.opt = {k: adam(net.parameters(), cfg.LR_AE, cfg.BETAS, runtime.device) for k, net in trained.items()}
+        self.opt = {k: adam(net.parameters(), cfg.LR_AE, cfg.BETAS, runtime.device)
+                    for k, net in self.networks().items()}
         self.reconstruction = L.Reconstruction(cfg.W_REC_MSE, cfg.W_REC_L1_A, cfg.W_REC_LPIPS, lpips, cfg.LPIPS_SIZE)
         self.reconstruction_b = L.Reconstruction(cfg.W_REC_MSE, cfg.W_REC_L1_B, cfg.W_REC_LPIPS, lpips, cfg.LPIPS_SIZE)
         self.ss_data = SelfSupervisedDataset(pairs, size, self.nbr_cls, seed=cfg.SEED)
@@ -107,7 +106,7 @@ class AEStage:
         return 2 * self.cfg.BATCH_SIZE_AE * self.rt.world_size  # steps A and B each see one batch
 
     def log_extras(self) -> dict:
-        return {"subset": self.ss_data.subset, "lr_style": self.opt["style"].param_groups[0]["lr"],
+        return {"subset": self.ss_data.subset, "lr_style": self.opt["style_encoder"].param_groups[0]["lr"],
                 "skipped_files": self.skipped_files}
 
     def evaluate(self, it: int) -> dict:
@@ -119,7 +118,7 @@ class AEStage:
             self._switch_subset()
         cfg, factor = self.cfg, lr_factor(it, self.cfg.ITERATION_AE, self.cfg.LR_DECAY_FROM)
         for name, opt in self.opt.items():  # style encoder and decoder slow down after the first switch (reference)
-            switched = self.ss_data.subset > 0 and name in ("style", "decoder")
+            switched = self.ss_data.subset > 0 and name in ("style_encoder", "decoder")
             set_lr(opt, factor * (cfg.LR_AE_AFTER_SWITCH if switched else cfg.LR_AE))
         logs = self._step_a(it, guard)
         logs.update(self._step_b(it, guard))
@@ -161,8 +160,8 @@ class AEStage:
                  "content": cfg.W_CONTENT * L.content_consistency(c_variants, c, content_perms, cfg.CONTENT_MARGIN)}
         rec = self.reconstruction(fake, x)
         parts["rec_a"] = rec["total"]
-        optimizer_step(sum(parts.values()), self._optimizers("style", "content", "decoder", "head"), self.rt, guard,
-                       it, parts)
+        optimizers = self._optimizers("style_encoder", "content_encoder", "decoder", "head")
+        optimizer_step(sum(parts.values()), optimizers, self.rt, guard, it, parts)
         return parts
 
     def _step_b(self, it: int, guard: NanGuard) -> dict[str, torch.Tensor]:
@@ -183,8 +182,8 @@ class AEStage:
         content_vec, style_vec = L.pooled_content(c), torch.cat(v, dim=1)
         if self.club is not None:  # the paper's term is on the content encoder: the style side is a fixed target
             parts["mi"] = cfg.W_MI * self.club(content_vec, style_vec.detach())
-        optimizer_step(sum(parts.values()), self._optimizers("style", "content", "decoder"), self.rt, guard, it,
-                       parts)
+        optimizers = self._optimizers("style_encoder", "content_encoder", "decoder")
+        optimizer_step(sum(parts.values()), optimizers, self.rt, guard, it, parts)
         if self.club is not None:
             parts["club_nll"] = self._fit_club(content_vec, style_vec, it, guard)
         return parts

@@ -60,7 +60,7 @@ def test_subset_switch_resets_head_and_lowers_lr(demo_root, demo_pairs, tmp_path
     stage.step(2, guard)  # switches before stepping
     assert stage.ss_data.subset == 1 and not torch.equal(stage.ss_data.members, first_members)
     lrs = {k: o.param_groups[0]["lr"] for k, o in stage.opt.items()}
-    assert lrs == {"style": 5e-5, "decoder": 5e-5, "content": cfg.LR_AE, "head": cfg.LR_AE}
+    assert lrs == {"style_encoder": 5e-5, "decoder": 5e-5, "content_encoder": cfg.LR_AE, "head": cfg.LR_AE}
     assert len(stage.opt["head"].state) == len(list(stage.head.parameters()))  # one fresh step of state
     assert all(s["step"].item() == 1 for s in stage.opt["head"].state.values())
     assert _changed(head_before, stage.head)
@@ -102,9 +102,9 @@ def test_the_stages_follow_the_schedule(demo_root, demo_pairs, tmp_path):
         stage.step(it, guard)
         lrs = {k: o.param_groups[0]["lr"] for k, o in stage.opt.items()}
         factor = lr_factor(it, 4, 0.5)
-        assert lrs["content"] == cfg.LR_AE * factor and lrs["head"] == cfg.LR_AE * factor
-        assert lrs["style"] == (5e-5 if stage.ss_data.subset else cfg.LR_AE) * factor
-    assert lrs["content"] == cfg.LR_AE * 0.5  # the last iteration of 4, decaying from 2
+        assert lrs["content_encoder"] == cfg.LR_AE * factor and lrs["head"] == cfg.LR_AE * factor
+        assert lrs["style_encoder"] == (5e-5 if stage.ss_data.subset else cfg.LR_AE) * factor
+    assert lrs["content_encoder"] == cfg.LR_AE * 0.5  # the last iteration of 4, decaying from 2
 
 
 def test_checkpoint_round_trip(demo_root, demo_pairs, tmp_path):
@@ -116,7 +116,7 @@ def test_checkpoint_round_trip(demo_root, demo_pairs, tmp_path):
     for name, net in stage.networks().items():
         for (k, a), b in zip(net.state_dict().items(), other.networks()[name].state_dict().values()):
             assert torch.equal(a, b), f"{name}.{k}"
-    assert other.opt["style"].state_dict()["state"].keys() == stage.opt["style"].state_dict()["state"].keys()
+    assert other.opt["style_encoder"].state_dict()["state"].keys() == stage.opt["style_encoder"].state_dict()["state"].keys()
 
 
 def _train(demo_root, demo_pairs, tmp_path, total, resume, **overrides):

@@ -91,9 +91,7 @@ def as_image(value, mode: str) -> Image.Image | None:
     if w * h > MAX_PIXELS:
         raise InferenceError(f"an image of {w} x {h} pixels is too large (at most {MAX_PIXELS / 1e6:.0f} megapixels)")
     if isinstance(value, np.ndarray):
-        array = value
-        if array.dtype != np.uint8:
-            array = np.clip(array, 0, 255).astype(np.uint8)
+        array = np.clip(value, 0, 255).astype(np.uint8)
         if array.ndim == 3 and array.shape[2] == 1:
             array = array[:, :, 0]
         if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
@@ -115,17 +113,10 @@ def editor_value(sketch: Image.Image) -> dict:
     return {"background": paper, "layers": [], "composite": paper}
 
 
-def blank_canvas() -> dict:
-    paper = np.full((CANVAS, CANVAS, 3), 255, np.uint8)
-    return {"background": paper, "layers": [], "composite": paper}
-
-
 def exemplar(image: Image.Image, side: int) -> Image.Image:
     """An exemplar shrunk to at most `side` px on its long side."""
-    image = image.convert("RGB")
-    if max(image.size) > side:
-        image = image.copy()
-        image.thumbnail((side, side), Image.BICUBIC)
+    image = image.convert("RGB")  # a copy, which thumbnail shrinks in place (and leaves alone when small)
+    image.thumbnail((side, side), Image.BICUBIC)
     return image
 
 
@@ -212,8 +203,7 @@ class App:
         mix = float(mix or 0.0)
         if not 0.0 <= mix <= 1.0:
             raise InferenceError(f"mix {mix}: must be between 0 (exemplar A) and 1 (exemplar B)")
-        unknown = [s for s in scales if s not in SCALES]
-        if unknown:
+        if unknown := [s for s in scales if s not in SCALES]:
             raise InferenceError(f"scales {unknown}: choose from {', '.join(SCALES)}")
         with self.lock, torch.no_grad():
             m = self.model
@@ -310,10 +300,10 @@ def build_ui(app: App) -> gr.Blocks:
         with gr.Row():
             with gr.Column(scale=5):
                 sketch = gr.ImageEditor(
-                    value=blank_canvas(), type="numpy", image_mode="RGB", sources=[], layers=False,
-                    transforms=[], canvas_size=(CANVAS, CANVAS), fixed_canvas=True, label="Sketch",
-                    brush=gr.Brush(colors=["#000000"], default_color="#000000", color_mode="fixed",
-                                   default_size=PEN),
+                    value=editor_value(Image.new("L", (CANVAS, CANVAS), 255)), type="numpy", image_mode="RGB",
+                    sources=[], layers=False, transforms=[], canvas_size=(CANVAS, CANVAS), fixed_canvas=True,
+                    label="Sketch", brush=gr.Brush(colors=["#000000"], default_color="#000000", color_mode="fixed",
+                                                   default_size=PEN),
                     eraser=gr.Eraser(default_size=ERASER), elem_id="sketch")
                 with gr.Row():
                     sketch_upload = gr.UploadButton("Upload a sketch", file_types=["image"], size="sm",

@@ -56,9 +56,9 @@ def choose(files: list[Path], n: int, seed: int, load: Callable, what: str = "im
     return sorted(chosen, key=lambda item: item[0].name)
 
 
-def blank(size: int, channels: int = 3) -> torch.Tensor:
-    """A white tile (1, C, size, size) in [-1, 1]."""
-    return torch.ones(1, channels, size, size)
+def blank(size: int) -> torch.Tensor:
+    """A white tile (1, 3, size, size) in [-1, 1]."""
+    return torch.ones(1, 3, size, size)
 
 
 def as_rgb(x: torch.Tensor) -> torch.Tensor:

@@ -34,12 +34,9 @@ class Recipe:
     fine: tuple[str, ...] = ()
     collage: bool = False  # the style of the 2x2 collage of all exemplars instead
 
-    def sources(self, scale: str) -> tuple[str, ...]:
-        return getattr(self, scale)
-
     def weights(self, n_styles: int) -> dict[str, list[int]]:
         """SketchToImage.mix_styles's weights: per scale, how often each exemplar is named."""
-        return {scale: [self.sources(scale).count(x) for x in LETTERS[:n_styles]] for scale in SCALES}
+        return {scale: [getattr(self, scale).count(x) for x in LETTERS[:n_styles]] for scale in SCALES}
 
 
 def parse_recipe(spec: str, n_styles: int) -> Recipe:
@@ -72,12 +69,10 @@ def builtin_recipes(n_styles: int) -> list[Recipe]:
     recipes = [_pure(x) for x in letters]
     recipes += [Recipe("coarse A, mid+fine B", ("A",), ("B",), ("B",)),
                 Recipe("coarse B, mid+fine A", ("B",), ("A",), ("A",)),
-                Recipe("coarse+mid A, fine B", ("A",), ("A",), ("B",))]
-    for x in letters[2:]:
-        recipes.append(Recipe(f"coarse A, mid B, fine {x}", ("A",), ("B",), (x,)))
+                Recipe("coarse+mid A, fine B", ("A",), ("A",), ("B",)),
+                *(Recipe(f"coarse A, mid B, fine {x}", ("A",), ("B",), (x,)) for x in letters[2:])]
     if n_styles == 4:
-        recipes.append(Recipe("coarse A, mid B, fine C+D", ("A",), ("B",), ("C", "D")))
-        recipes.append(Recipe("collage", collage=True))
+        recipes += [Recipe("coarse A, mid B, fine C+D", ("A",), ("B",), ("C", "D")), Recipe("collage", collage=True)]
     everything = tuple(letters)
     recipes.append(Recipe("mean " + "+".join(letters), everything, everything, everything))
     return recipes
@@ -100,11 +95,11 @@ def recipe_tile(recipe: Recipe, tiles: torch.Tensor) -> torch.Tensor:
     if recipe.collage:
         return label(collage(tiles), "collage")
     if len({recipe.coarse, recipe.mid, recipe.fine}) == 1 and len(recipe.coarse) == 1:
-        return label(tiles[LETTERS.index(recipe.coarse[0])][None].clone(), recipe.coarse[0])
-    tile = blank(g).clone()
+        return label(tiles[LETTERS.index(recipe.coarse[0])][None], recipe.coarse[0])
+    tile = blank(g)
     bounds = [round(i * g / 3) for i in range(4)]
     for i, scale in enumerate(SCALES):
-        sources = recipe.sources(scale)
+        sources = getattr(recipe, scale)
         top, bottom = bounds[i], bounds[i + 1]
         cuts = [round(j * g / len(sources)) for j in range(len(sources) + 1)]
         for j, x in enumerate(sources):  # several sources side by side within the stripe

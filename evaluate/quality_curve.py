@@ -43,9 +43,8 @@ def curve(run, out, swaps: int, n: int, device: str) -> list[dict]:
     for stage, it, path in stage_checkpoints(run):
         minutes = training_seconds(run, stage, it) / 60
         result = Q.run(path, out / f"{stage}_{it:08d}", swaps=swaps, n=n, device=device, progress=False)
-        row = Q.AE if stage == "ae" else Q.MODEL
         points.append({"stage": stage, "iteration": it, "checkpoint": str(path), "minutes": round(minutes, 2),
-                       "summary": result["summary"], "scores": result["summary"][row]})
+                       "summary": result["summary"], "scores": result["summary"][Q.AE if stage == "ae" else Q.MODEL]})
         print(f"scored {path}", file=sys.stderr)
     return points
 

@@ -24,9 +24,8 @@ def style_transfer(model: SketchToImage, photos: list[Path], styles: list[Path],
     """Write sketches, single images and one grid per content photo; returns the grid paths."""
     g = model.image_size
     chosen_styles = choose(styles, n_styles, seed + 1, lambda p: model.prepare_style(p), "style image")
-    style_batch = torch.cat([t for _, t in chosen_styles])                        # (M, 3, S, S)
     style_tiles = torch.cat([as_rgb(model.prepare_style(p, size=g)) for p, _ in chosen_styles])
-    vectors = model.style_vectors(style_batch)
+    vectors = model.style_vectors(torch.cat([t for _, t in chosen_styles]))
     grids = []
     for photo_path, photo in choose(photos, n, seed, lambda p: open_image(p, "RGB"), "photo"):
         stem = photo_path.stem

@@ -435,16 +435,15 @@ def erase(sketch: torch.Tensor, g: torch.Generator, passes: int = ERASE_PASSES, 
           area=ERASE_AREA, ratio=ERASE_RATIO) -> torch.Tensor:
     """Random erasing (torchvision's rule), `passes` times, filling with white (+1)."""
     b, _, h, w = sketch.shape
-    boxes = torch.zeros(b, 4, dtype=torch.long)  # top, left, height, width (0: no erase)
     out = sketch
     ys = torch.arange(h, device=sketch.device)[None, :, None]
     xs = torch.arange(w, device=sketch.device)[None, None, :]
     for _ in range(passes):
-        boxes.zero_()
+        boxes = torch.zeros(b, 4, dtype=torch.long)  # top, left, height, width (0: no erase)
         for i in range(b):
             if torch.rand(1, generator=g).item() < p:
                 boxes[i] = _erase_box(h, w, g, area, ratio)
-        top, left, eh, ew = async_to(boxes.clone(), sketch.device)[:, :, None, None].unbind(1)
+        top, left, eh, ew = async_to(boxes, sketch.device)[:, :, None, None].unbind(1)
         mask = (ys >= top) & (ys < top + eh) & (xs >= left) & (xs < left + ew)   # (B, H, W)
         out = torch.where(mask[:, None], torch.ones_like(out), out)
     return out

@@ -25,10 +25,9 @@ REQUIRED_PYTHON = (3, 11)  # hashlib.file_digest (weights, FID cache) and the ty
 
 
 def python_error(version: tuple = tuple(sys.version_info)) -> str | None:
-    if tuple(version[:2]) >= REQUIRED_PYTHON:
-        return None
-    return (f"error: this project needs Python >= {'.'.join(map(str, REQUIRED_PYTHON))} (this is Python "
-            f"{'.'.join(map(str, version[:3]))}); see README 'Quick start'")
+    if tuple(version[:2]) < REQUIRED_PYTHON:
+        return (f"error: this project needs Python >= {'.'.join(map(str, REQUIRED_PYTHON))} (this is Python "
+                f"{'.'.join(map(str, version[:3]))}); see README 'Quick start'")
 
 
 if python_error():  # every command imports this module: a one-line message at start, not a traceback later
@@ -76,9 +75,7 @@ def _to_mode(img: Image.Image, mode: str) -> Image.Image:
 
 def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
     """PIL "RGB"/"L" -> (C, H, W) uint8 tensor."""
-    arr = np.asarray(img, dtype=np.uint8)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
+    arr = np.atleast_3d(np.asarray(img, dtype=np.uint8))  # "L": (H, W) -> (H, W, 1)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
@@ -184,19 +181,6 @@ def require_readable(pairs: Pairs) -> Pairs:
                     f"(first: {first_error})")
 
 
-class _SkipCounter:
-    """Warn once per unreadable file (per process)."""
-
-    def __init__(self):
-        self.seen: set[str] = set()
-
-    def note(self, error: DataError) -> None:
-        key = str(error)
-        if key not in self.seen:
-            self.seen.add(key)
-            print(f"warning: skipping {key}", file=sys.stderr)
-
-
 class PairedDataset(Dataset):
     """Items (index, sketch_set) -> uint8 image and sketch at int(1.1 * size); `style_view`: also `style_src` at
     int(1.3 * size); `bold`: also `sketch_bold`, thickened at the file's resolution before resizing (reference).
@@ -206,7 +190,7 @@ class PairedDataset(Dataset):
         self.pairs, self.size, self.style_view, self.bold = pairs, size, style_view, bold
         self.load_size = int(size * CROP_SCALE) if crop else size
         self.style_size = int(size * STYLE_SCALE)
-        self.skips = _SkipCounter()
+        self.skips: set[str] = set()  # the errors already warned of: once per unreadable file (per process)
 
     def __len__(self):
         return len(self.pairs)
@@ -218,7 +202,9 @@ class PairedDataset(Dataset):
             try:
                 out = self._load(i, sketch_set)
             except DataError as e:
-                self.skips.note(e)
+                if str(e) not in self.skips:
+                    self.skips.add(str(e))
+                    print(f"warning: skipping {e}", file=sys.stderr)
                 continue
             out["skipped"] = attempt
             return out
@@ -449,16 +435,15 @@ def erase(sketch: torch.Tensor, g: torch.Generator, passes: int = ERASE_PASSES, 
           area=ERASE_AREA, ratio=ERASE_RATIO) -> torch.Tensor:
     """Random erasing (torchvision's rule), `passes` times, filling with white (+1)."""
     b, _, h, w = sketch.shape
-    boxes = torch.zeros(b, 4, dtype=torch.long)  # top, left, height, width (0: no erase)
     out = sketch
     ys = torch.arange(h, device=sketch.device)[None, :, None]
     xs = torch.arange(w, device=sketch.device)[None, None, :]
     for _ in range(passes):
-        boxes.zero_()
+        boxes = torch.zeros(b, 4, dtype=torch.long)  # top, left, height, width (0: no erase)
         for i in range(b):
             if torch.rand(1, generator=g).item() < p:
                 boxes[i] = _erase_box(h, w, g, area, ratio)
-        top, left, eh, ew = async_to(boxes.clone(), sketch.device)[:, :, None, None].unbind(1)
+        top, left, eh, ew = async_to(boxes, sketch.device)[:, :, None, None].unbind(1)
         mask = (ys >= top) & (ys < top + eh) & (xs >= left) & (xs < left + ew)   # (B, H, W)
         out = torch.where(mask[:, None], torch.ones_like(out), out)
     return out

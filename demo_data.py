@@ -269,10 +269,9 @@ def make_demo_data(root="data/demo", n_train: int = 2000, n_test: int = 200, siz
     """Write the demo images, their exact line drawings and manifest.json (written last: the "done" mark)."""
     root = Path(root)
     (root / "manifest.json").unlink(missing_ok=True)  # until it is rewritten, the set counts as incomplete
-    counts = {"train": n_train, "test": n_test}
     labels: dict[str, dict[str, dict]] = {}
     bar = tqdm(total=n_train + n_test, desc="demo data", disable=not progress, dynamic_ncols=True)
-    for split, n in counts.items():
+    for split, n in {"train": n_train, "test": n_test}.items():
         split_dir = root / split
         _remove_stale(split_dir, n)
         labels[split] = {}
@@ -344,17 +343,13 @@ def ensure_demo_data(root="data/demo", n_train: int = 2000, n_test: int = 200, s
         print(f"demo data: making {n_train} train + {n_test} test images ({size} px) and their sketches in {root}")
         make_demo_data(root, n_train, n_test, size, seed, progress)
         manifest = _read_manifest(root)
-    xdog_folders = [f"xdog_{name}" for name in XDOG_SETS]
-    todo = _missing(root, manifest, xdog_folders)
-    if todo and not remake:
-        print(f"demo data: adding missing XDoG sketches ({', '.join(todo)}) in {root}")
-    elif not todo and not remake:
-        print(f"demo data: complete in {root}")
-    written = 0
-    for split in sorted({key.split("/")[0] for key in todo}):
-        summary = make_sketch_folders(root / split / "images", root / split,
-                                      {name: BUILTIN_SETTINGS[name] for name in XDOG_SETS}, progress=progress)
-        written += summary["written"]
+    todo = _missing(root, manifest, [f"xdog_{name}" for name in XDOG_SETS])
+    if not remake:
+        print(f"demo data: adding missing XDoG sketches ({', '.join(todo)}) in {root}" if todo
+              else f"demo data: complete in {root}")
+    settings = {name: BUILTIN_SETTINGS[name] for name in XDOG_SETS}
+    written = sum(make_sketch_folders(root / split / "images", root / split, settings, progress=progress)["written"]
+                  for split in sorted({key.split("/")[0] for key in todo}))
     return {"root": str(root), "made_images": remake, "xdog_written": written}
 
 
@@ -376,14 +371,13 @@ Example:
     if not (0 <= args.n_train < 100_000 and 0 <= args.n_test < 100_000) or args.size < 16:
         p.error("counts must lie in 0..99999 (5-digit file names) and --size be at least 16")
     root = Path(args.root)
-    manifest = _read_manifest(root)
     wanted = {"n_train": args.n_train, "n_test": args.n_test, "size": args.size, "seed": args.seed}
-    if manifest is not None and not args.overwrite:
+    if args.overwrite:
+        (root / "manifest.json").unlink(missing_ok=True)  # no finished set: ensure_demo_data makes it anew
+    elif (manifest := _read_manifest(root)) is not None:
         differs = {k: manifest.get(k) for k, v in wanted.items() if manifest.get(k) != v}
         if differs:
             raise DataError(f"{root} holds a demo set made with {differs}; add --overwrite to replace it")
-    if args.overwrite:
-        (root / "manifest.json").unlink(missing_ok=True)  # no finished set: ensure_demo_data makes it anew
     ensure_demo_data(root, **wanted)
     return 0
 

@@ -322,9 +322,7 @@ class CheckpointDir:
     PATTERN = re.compile(r"^ckpt_(\d+)\.pt$")
 
     def __init__(self, folder, keep: int = 3, kind: str | None = None):
-        self.folder = Path(folder)
-        self.keep = max(1, keep)
-        self.kind = kind
+        self.folder, self.keep, self.kind = Path(folder), max(1, keep), kind
 
     def save(self, obj: dict, iteration: int) -> Path:
         """Write, move the pointer, prune: every moment is loadable. NaN/Inf weights: CheckpointError."""

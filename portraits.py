@@ -148,9 +148,7 @@ class _Bounded:
 
 def flatten(png: bytes, size: int) -> Image.Image:
     """A portrait on a flat background, padded to a square (centred, standing on the bottom edge), at `size` px."""
-    image = Image.open(io.BytesIO(png))
-    image.load()
-    image = image.convert("RGBA")
+    image = Image.open(io.BytesIO(png)).convert("RGBA")
     side = max(image.size)
     square = Image.new("RGBA", (side, side), BACKGROUND + (255,))
     square.alpha_composite(image, ((side - image.width) // 2, side - image.height))
@@ -201,17 +199,13 @@ def fetch(out: Path, deb: Path | None, size: int, test_ratio: float) -> dict:
         prepare_data.prepare(list_images(originals), args)
     for target in CREDIT_FILES.values():
         if target in files:
-            write_bytes(out / target, files[target])
+            with atomic_path(out / target) as tmp:
+                tmp.write_bytes(files[target])
     source = {"package": PACKAGE, "version": _version(deb), "sha256": digest, "checked_against_apt": bool(expected),
               "license": LICENSE, "credit": CREDIT, "portraits": counts["written"],
               "unreadable": counts["unreadable"], "size": size, "test_ratio": test_ratio}
     write_json(out / "source.json", source)  # last: its presence means the folder is complete
     return source
-
-
-def write_bytes(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
 
 
 def _version(deb: Path) -> str:

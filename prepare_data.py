@@ -129,17 +129,15 @@ def make_sketches(out: Path, args, vgg_features=None, progress: bool = True) -> 
         if not _existing(images):
             continue
         if args.sketch_dirs:
-            folders[part] = [os.path.abspath(f) for f in copy_sketches(args.sketch_dirs, images, sketches,
-                                                                        args.overwrite)]
+            made = copy_sketches(args.sketch_dirs, images, sketches, args.overwrite)
         elif args.tom:
-            summary = sketch.make_sketches(vgg_features, args.tom, images, sketches, args.thresholds,
-                                           batch_size=args.batch_size, device=args.device, overwrite=args.overwrite,
-                                           workers=0, progress=progress)
-            folders[part] = [os.path.abspath(f) for f in summary["folders"]]
+            made = sketch.make_sketches(vgg_features, args.tom, images, sketches, args.thresholds,
+                                        batch_size=args.batch_size, device=args.device, overwrite=args.overwrite,
+                                        workers=0, progress=progress)["folders"]
         else:
-            summary = make_sketch_folders(images, sketches, args.settings, overwrite=args.overwrite,
-                                          workers=args.workers, progress=progress)
-            folders[part] = [os.path.abspath(f) for f in summary["folders"].values()]
+            made = make_sketch_folders(images, sketches, args.settings, overwrite=args.overwrite,
+                                       workers=args.workers, progress=progress)["folders"].values()
+        folders[part] = [os.path.abspath(f) for f in made]
     return folders
 
 
@@ -214,8 +212,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.size is not None and args.size < 8:
         p.error("--size must be at least 8")
     names = [n.strip() for n in args.xdog.split(",") if n.strip()]
-    unknown = [n for n in names if n not in BUILTIN_SETTINGS]
-    if unknown or not names:
+    if not names or any(n not in BUILTIN_SETTINGS for n in names):
         p.error(f"--xdog: choose from {', '.join(BUILTIN_SETTINGS)} (got {args.xdog!r})")
     args.settings = {n: BUILTIN_SETTINGS[n] for n in names}
     if args.tom and args.sketch_dirs:
@@ -267,9 +264,8 @@ def prepare(photos: dict[str, Path], args: argparse.Namespace, vgg_features=None
 def main(argv: list[str] | None = None, vgg_features=None) -> int:
     """Tests pass `vgg_features` (a random VGG16) for --tom."""
     args = parse_args(argv)
-    out = Path(args.out)
     photos = require_images(args.photos, nested=True)
-    inside = Path(os.path.abspath(out))  # OUT inside PHOTOS: its files are not photos to prepare
+    inside = Path(os.path.abspath(args.out))  # OUT inside PHOTOS: its files are not photos to prepare
     photos = {n: p for n, p in photos.items() if inside not in Path(os.path.abspath(p)).parents}
     for folder in args.sketch_dirs or []:  # checked before any file is written
         require_images(folder, "--sketch-dirs", nested=True)

@@ -135,7 +135,7 @@ def test_pairing_and_the_dataset_count_what_they_leave_out(folders, capsys):
         item = data[i]
         assert item["image"].shape == (3, 35, 35) and item["sketch"].shape == (1, 35, 35)
         assert item["style_src"].shape == (3, 41, 41)
-    assert sorted(Path(e.split(":")[0]).name for e in data.skips.seen) == sorted(
+    assert sorted(Path(e.split(":")[0]).name for e in data.skips) == sorted(
         ["truncated.jpg", "zero_bytes.png", "text.png", "bomb.png"])
     assert capsys.readouterr().err.count("warning: skipping") == 4  # once per file, not per item
 

@@ -87,8 +87,7 @@ def loss_check(first: dict, other: dict, tolerance: dict) -> bool:
 
 def build_stage(kind: str, cfg: C.Config, setting: dict):
     """The stage as train.py builds it, with the setting's execution (forced on any device)."""
-    runtime = runtime_for(cfg)
-    runtime = dataclasses.replace(runtime, bf16=setting["bf16"], channels_last=setting["cl"],
+    runtime = dataclasses.replace(runtime_for(cfg), bf16=setting["bf16"], channels_last=setting["cl"],
                                   compile=setting["compile"])
     pairs = pair_folders(cfg.IMAGE_DIR, cfg.SKETCH_DIRS)
     seed_everything(cfg.SEED)
@@ -125,8 +124,8 @@ def measure(job: dict) -> dict:
     if not setting["data"]:
         for attr in BATCH_STREAMS[job["stage"]]:  # decoded once, cycled: the steps time compute only
             setattr(stage, attr, itertools.cycle([next(getattr(stage, attr)) for _ in range(PRELOAD)]))
-    guard, sync = NanGuard("stop", runtime.device), lambda: torch.cuda.synchronize() if runtime.device.type == "cuda" \
-        else None
+    guard = NanGuard("stop", runtime.device)
+    sync = torch.cuda.synchronize if runtime.device.type == "cuda" else lambda: None
     seed_everything(cfg.SEED)
     t0 = time.perf_counter()
     step1 = {k: float(v) for k, v in first_step(stage, guard).items()}  # compiles, when compiling

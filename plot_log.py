@@ -154,9 +154,7 @@ class StageMonitor:
 
     def grid(self, images: torch.Tensor, nrow: int, it: int) -> None:
         """A sample grid (N, C, H, W) in [-1, 1] just saved as PNG."""
-        if self.writer is not None:
-            if images.shape[1] == 1:
-                images = images.expand(-1, 3, -1, -1)
+        if self.writer is not None:  # make_grid repeats a single channel to RGB
             grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=2, pad_value=1.0)
             self.writer.add_image("samples", grid.add(1).div(2).clamp(0, 1), it)
             self.writer.flush()

@@ -35,9 +35,7 @@ class LPIPS(nn.Module):
         self.lins = nn.ModuleList(nn.Conv2d(c, 1, kernel_size=1, bias=False) for c in weights.LPIPS_CHANNELS[net])
         for k, lin in enumerate(self.lins):
             lin.weight.data.copy_(linear_state_dict[f"lin{k}.model.1.weight"])
-        self.eval()
-        for p in self.parameters():
-            p.requires_grad_(False)
+        self.eval().requires_grad_(False)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) pairs in [-1, 1] -> (B,) distances."""

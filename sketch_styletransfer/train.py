@@ -121,26 +121,27 @@ class TOMTrainer:
 
     @cached_property
     def grid_photos(self) -> torch.Tensor:
-        """Read at the first grid: a trainer that only holds weights (e.g. a test's) reads no folder."""
-        return fixed_photos(self.args["path_a"], self.args["im_size"], self.args["grid_n"]).to(self.rt.device)
+        """The first grid_n readable photos (file-name order), resized. Read at the first grid: a trainer that
+        only holds weights (e.g. a test's) reads no folder."""
+        data = FolderDataset(self.args["path_a"], self.args["im_size"], "RGB", nested=True)
+        items = [data[i] for i in range(min(len(data), 4 * self.args["grid_n"]))]
+        images = [item["image"] for item in items if item["ok"]][:self.args["grid_n"]]
+        if not images:
+            raise DataError(f"no readable image among the first files of {self.args['path_a']}")
+        return to_float(torch.stack(images)).to(self.rt.device)
 
     @torch.no_grad()
     def sample_grid(self) -> tuple[torch.Tensor, int]:
-        """Three rows: the photos, their grey sketches, their binary sketches (threshold 0.7)."""
+        """Three rows: the photos, their grey sketches, their binary sketches (threshold 0.7). The generator
+        runs in eval mode (BatchNorm running statistics)."""
         photos = self.grid_photos
-        raw = self.sketch(photos)
-        grey = to_sketch(raw, None).mul(2).sub(1).expand(-1, 3, -1, -1)
-        binary = to_sketch(raw, THRESHOLD).mul(2).sub(1).expand(-1, 3, -1, -1)
-        return torch.cat([photos, grey, binary]), photos.shape[0]
-
-    @torch.no_grad()
-    def sketch(self, photos: torch.Tensor) -> torch.Tensor:
-        """Raw generator output for photos, in eval mode (BatchNorm running statistics)."""
         self.g.eval()
         try:
-            return sketch_photos(self.g, self.vgg, photos)
+            raw = sketch_photos(self.g, self.vgg, photos)
         finally:
             self.g.train()
+        grey, binary = (to_sketch(raw, t).mul(2).sub(1).expand(-1, 3, -1, -1) for t in (None, THRESHOLD))
+        return torch.cat([photos, grey, binary]), photos.shape[0]
 
 
 # --------------------------------------------------------------------------- data
@@ -186,21 +187,7 @@ class Stream:
         return paired_crop_flip([images], self.size, g)[0]
 
 
-def fixed_photos(folder, size: int, n: int) -> torch.Tensor:
-    """The first n readable photos (file-name order), resized, for the sample grids."""
-    data = FolderDataset(folder, size, "RGB", nested=True)
-    items = [data[i] for i in range(min(len(data), 4 * n))]
-    images = [item["image"] for item in items if item["ok"]][:n]
-    if not images:
-        raise DataError(f"no readable image among the first files of {folder}")
-    return to_float(torch.stack(images))
-
-
 # --------------------------------------------------------------------------- run folder, checkpoints
-
-def _holds_run(folder: Path) -> bool:
-    return any((folder / name).exists() for name in ("checkpoints", "log.jsonl", "args.json", "images"))
-
 
 @dataclass
 class Plan:
@@ -236,18 +223,11 @@ def plan_run(options: dict) -> Plan:
         out = run_folder(path)
     else:
         out = Path("train_results") / f"tom-{time.strftime('%Y%m%d-%H%M%S')}"
-    if _holds_run(out) and (path is None or out.resolve() != run_folder(path).resolve()):
+    holds_run = any((out / name).exists() for name in ("checkpoints", "log.jsonl", "args.json", "images"))
+    if holds_run and (path is None or out.resolve() != run_folder(path).resolve()):
         hint = f"continue it with --checkpoint {out}" if path is None else "its own checkpoint resumes into it"
         raise RunError(f"run folder {out} already holds a run: {hint}, or choose another --out")
     return Plan(args, out, tuple(counts), path)
-
-
-def loop_options(args: dict) -> LoopOptions:
-    """The training loop's knobs from TOM's arguments (stored in checkpoints: resume reads them)."""
-    return LoopOptions(total=args["total_iter"], log_interval=args["log_interval"],
-                       image_interval=args["image_interval"], save_interval=args["save_interval"], keep=args["keep"],
-                       seed=args["seed"], nan_policy=args["nan_policy"], nan_skip_limit=args["nan_skip_limit"],
-                       nan_skip_setting="--nan_policy skip", config=dict(args))
 
 
 # --------------------------------------------------------------------------- the run
@@ -264,7 +244,12 @@ def train(plan: Plan, vgg_features: nn.Sequential, runtime: Runtime | None = Non
             write_json(out / "args.json", args)
             print(f"run folder: {out}\n{plan.counts[0]} photos, {plan.counts[1]} sketches, {args['total_iter']} "
                   f"iterations on {rt.device}")
-        result = run_stage(trainer, loop_options(args), out, rt, resume=plan.checkpoint_path or False)
+        options = LoopOptions(total=args["total_iter"], log_interval=args["log_interval"],
+                              image_interval=args["image_interval"], save_interval=args["save_interval"],
+                              keep=args["keep"], seed=args["seed"], nan_policy=args["nan_policy"],
+                              nan_skip_limit=args["nan_skip_limit"], nan_skip_setting="--nan_policy skip",
+                              config=dict(args))  # stored in checkpoints: resume reads them
+        result = run_stage(trainer, options, out, rt, resume=plan.checkpoint_path or False)
     if result.stopped and rt.is_main:
         print(f"stopped at iteration {result.iteration}; resume with:\n  {_command('train.py', '--checkpoint', out)}",
               file=sys.stderr)

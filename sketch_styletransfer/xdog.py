@@ -8,6 +8,7 @@ independent of the grey level I, so flat areas stay white whatever their tone an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import re
@@ -72,10 +73,8 @@ def xdog(gray: np.ndarray, sigma: float = 0.9, k: float = 1.6, p: float = 400.0,
     gray = np.asarray(gray, dtype=np.float64)
     sharpened = (1 + p) * ndimage.gaussian_filter(gray, sigma, mode="nearest") \
         - p * ndimage.gaussian_filter(gray, k * sigma, mode="nearest")
-    if binary:
-        out = (sharpened >= eps).astype(np.float64)
-    else:
-        out = np.where(sharpened >= eps, 1.0, 1.0 + np.tanh(phi * (sharpened - eps)))
+    out = ((sharpened >= eps).astype(np.float64) if binary
+           else np.where(sharpened >= eps, 1.0, 1.0 + np.tanh(phi * (sharpened - eps))))
     if width > 1:
         out = ndimage.minimum_filter(out, size=int(width), mode="nearest")  # dark strokes grow
     return out
@@ -135,37 +134,23 @@ def make_sketch_folders(input_dir, output_dir, settings: dict[str, Setting], siz
     folders = {name: output_dir / f"xdog_{name}" for name in settings}
     tasks, kept = [], 0
     for stem, path in images.items():
-        jobs = []
-        for name, setting in settings.items():
-            out_path = folders[name] / f"{stem}.png"
-            if overwrite or not out_path.is_file():
-                jobs.append((setting, out_path))
-            else:
-                kept += 1
-        if jobs:
-            tasks.append((path, jobs, size, binary))
-    bar = tqdm(total=len(tasks), desc="xdog", unit="img", disable=not progress or not tasks, dynamic_ncols=True)
-    if workers > 1 and len(tasks) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = pool.map(_sketch_one, tasks, chunksize=max(1, min(32, len(tasks) // (4 * workers))))
-            written, unreadable = _collect(results, bar)
-    else:
-        written, unreadable = _collect(map(_sketch_one, tasks), bar)
-    bar.close()
+        jobs = [(setting, folders[name] / f"{stem}.png") for name, setting in settings.items()]
+        todo = [(setting, out_path) for setting, out_path in jobs if overwrite or not out_path.is_file()]
+        kept += len(jobs) - len(todo)
+        if todo:
+            tasks.append((path, todo, size, binary))
+    parallel = workers > 1 and len(tasks) > 1
+    with ProcessPoolExecutor(max_workers=workers) if parallel else contextlib.nullcontext() as pool:
+        results = (pool.map(_sketch_one, tasks, chunksize=max(1, min(32, len(tasks) // (4 * workers)))) if parallel
+                   else map(_sketch_one, tasks))
+        results = list(tqdm(results, total=len(tasks), desc="xdog", unit="img", disable=not progress or not tasks,
+                            dynamic_ncols=True))
+    written = sum(count for count, _ in results)
+    unreadable = [error for _, error in results if error]
     if written:
         os.sync()  # one flush for all files written above (saved without a per-file fsync)
     return {"folders": {k: str(v) for k, v in folders.items()}, "images": len(images), "written": written,
             "kept": kept, "unreadable": unreadable}
-
-
-def _collect(results, bar) -> tuple[int, list[str]]:
-    written, unreadable = 0, []
-    for count, error in results:
-        written += count
-        if error:
-            unreadable.append(error)
-        bar.update()
-    return written, unreadable
 
 
 @cli

@@ -32,19 +32,16 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return device
 
 
-def native_bf16(device: torch.device, cpu_flags: str | None = None) -> bool:
-    """Whether bf16 autocast pays: CUDA, or a CPU with bf16 arithmetic in /proc/cpuinfo (`cpu_flags` in tests).
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 autocast pays: CUDA, or a CPU with bf16 arithmetic in /proc/cpuinfo.
     Elsewhere bf16 is emulated and slower than fp32."""
-    if device.type == "cuda":
-        return True
     if device.type != "cpu":
+        return device.type == "cuda"
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace").split()
+    except OSError:
         return False
-    if cpu_flags is None:
-        try:
-            cpu_flags = Path("/proc/cpuinfo").read_text(errors="replace")
-        except OSError:
-            return False
-    return bool(set(cpu_flags.split()) & {"avx512_bf16", "amx_bf16", "bf16"})
+    return bool(set(flags) & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def busy_cores(before: list[int], after: list[int], cores: int) -> float:

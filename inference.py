@@ -63,9 +63,7 @@ def newest_run(root="train_results", data_name: str = "demo") -> Path | None:
 
 def open_image(image: ImageInput, mode: str) -> Image.Image:
     """A path or a PIL image -> 8-bit PIL image in `mode` ("L" or "RGB"), by the training loader's rules."""
-    if isinstance(image, Image.Image):
-        return _to_mode(image, mode)
-    return load_image(image, mode)
+    return _to_mode(image, mode) if isinstance(image, Image.Image) else load_image(image, mode)
 
 
 def is_light_on_dark(gray: Image.Image) -> bool:
@@ -123,10 +121,9 @@ class SketchToImage:
         self.nfc, self.ae_size = self.ae.nfc, self.ae.im_size
         self.image_size = trained.arch.get("im_size_gan", self.ae_size)
         self.source, self.iteration = trained.source, trained.iteration
-        sample_bn = sample_bn or self.config.get("SAMPLE_BN", "running")
-        if sample_bn not in BN_MODES:
-            raise InferenceError(f"sample_bn={sample_bn!r}: must be one of {', '.join(BN_MODES)}")
-        self.sample_bn = sample_bn
+        self.sample_bn = sample_bn or self.config.get("SAMPLE_BN", "running")
+        if self.sample_bn not in BN_MODES:
+            raise InferenceError(f"sample_bn={self.sample_bn!r}: must be one of {', '.join(BN_MODES)}")
 
     @classmethod
     def from_pretrained(cls, path, device="auto", sample_bn: str | None = None) -> "SketchToImage":

@@ -51,9 +51,7 @@ def content_consistency(variants: list[list[torch.Tensor]], base: list[torch.Ten
 
 def build_lpips(weight: float, device) -> nn.Module | None:
     """LPIPS-VGG, or None when its weight is 0 (no download needed)."""
-    if weight <= 0:
-        return None
-    return LPIPS(net="vgg").to(device).eval()
+    return None if weight <= 0 else LPIPS(net="vgg").to(device).eval()
 
 
 class Reconstruction(nn.Module):

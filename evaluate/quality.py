@@ -1,6 +1,7 @@
 """Quality benchmark for any held-out folder: does an output keep its sketch's lines and take its
 exemplar's colours? No ground truth and no pretrained network are needed.
 
+Examples:
     python evaluate/quality.py --checkpoint train_results/<run>            # the run's held-out set
     python evaluate/quality.py --checkpoint RUN --images DIR --sketches DIR --train-images DIR --swaps 8
 

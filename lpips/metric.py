@@ -29,6 +29,13 @@ from devices import DeviceError, resolve_device
 MIN_SIZE = {"vgg": 16, "alex": 31}  # smallest input whose deepest layer LPIPS reads is still 1x1
 
 
+def matched_pairs(dir0, dir1) -> tuple[list[tuple[Path, Path]], list[str], list[str]]:
+    """Files of two folders paired by stem; also the stems found in only one of them."""
+    a, b = list_images(dir0), list_images(dir1)
+    pairs = [(a[s], b[s]) for s in a if s in b]
+    return pairs, sorted(set(a) - set(b)), sorted(set(b) - set(a))
+
+
 def sampled_pairs(paths: list[Path], max_pairs: int, seed: int) -> list[tuple[Path, Path]]:
     """All unordered pairs of distinct files, or `max_pairs` of them drawn without replacement."""
     n = len(paths)
@@ -126,9 +133,8 @@ def main(argv=None) -> int:
         check_writable(args.out)
         check_apart([args.out], [args.dir0, args.dir1])
     mode = "paired" if args.dir1 else "diversity"
-    if args.dir1:  # files paired by stem; also the stems found in only one folder
-        a, b = list_images(args.dir0), list_images(args.dir1)
-        pairs, only0, only1 = [(a[s], b[s]) for s in a if s in b], sorted(set(a) - set(b)), sorted(set(b) - set(a))
+    if args.dir1:
+        pairs, only0, only1 = matched_pairs(args.dir0, args.dir1)
     else:
         pairs, only0, only1 = sampled_pairs(list(list_images(args.dir0).values()), args.max_pairs, args.seed), [], []
     if not pairs:

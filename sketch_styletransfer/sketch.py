@@ -145,12 +145,19 @@ def make_sketches(vgg_features: nn.Module | None, checkpoints: list, path_conten
             raw = sketch_photos(generator, vgg, to_float(batch["image"][ok].to(device)))
             names = [name for name, good in zip(batch["name"], ok.tolist()) if good]
             for threshold, out in zip(thresholds, outs):
-                for image, name in zip(_grey(raw, threshold), names):
-                    target = out / f"{name}.png"
-                    if overwrite or not target.is_file():
-                        save_png(Image.fromarray(image, mode="L"), target, fsync=False)
-                        written += 1
+                written += _write(_grey(raw, threshold), names, out, overwrite)
     if written:
         os.sync()  # one flush for every PNG written above (saved without a per-file fsync)
     return {"folders": [os.path.abspath(f) for f in folders], "written": written, "kept": kept,
             "unreadable": sorted(unreadable)}
+
+
+def _write(grey: np.ndarray, names: list[str], folder: Path, overwrite: bool) -> int:
+    """Write the (B, H, W) uint8 sketches that are missing (or all, with overwrite); returns the count."""
+    count = 0
+    for image, name in zip(grey, names):
+        target = folder / f"{name}.png"
+        if overwrite or not target.is_file():
+            save_png(Image.fromarray(image, mode="L"), target, fsync=False)
+            count += 1
+    return count

@@ -121,14 +121,8 @@ class TOMTrainer:
 
     @cached_property
     def grid_photos(self) -> torch.Tensor:
-        """The first grid_n readable photos (file-name order), resized. Read at the first grid: a trainer that
-        only holds weights (e.g. a test's) reads no folder."""
-        data = FolderDataset(self.args["path_a"], self.args["im_size"], "RGB", nested=True)
-        items = [data[i] for i in range(min(len(data), 4 * self.args["grid_n"]))]
-        images = [item["image"] for item in items if item["ok"]][:self.args["grid_n"]]
-        if not images:
-            raise DataError(f"no readable image among the first files of {self.args['path_a']}")
-        return to_float(torch.stack(images)).to(self.rt.device)
+        """Read at the first grid: a trainer that only holds weights (e.g. a test's) reads no folder."""
+        return fixed_photos(self.args["path_a"], self.args["im_size"], self.args["grid_n"]).to(self.rt.device)
 
     @torch.no_grad()
     def sample_grid(self) -> tuple[torch.Tensor, int]:
@@ -187,6 +181,16 @@ class Stream:
         return paired_crop_flip([images], self.size, g)[0]
 
 
+def fixed_photos(folder, size: int, n: int) -> torch.Tensor:
+    """The first n readable photos (file-name order), resized, for the sample grids."""
+    data = FolderDataset(folder, size, "RGB", nested=True)
+    items = [data[i] for i in range(min(len(data), 4 * n))]
+    images = [item["image"] for item in items if item["ok"]][:n]
+    if not images:
+        raise DataError(f"no readable image among the first files of {folder}")
+    return to_float(torch.stack(images))
+
+
 # --------------------------------------------------------------------------- run folder, checkpoints
 
 @dataclass
@@ -230,6 +234,14 @@ def plan_run(options: dict) -> Plan:
     return Plan(args, out, tuple(counts), path)
 
 
+def loop_options(args: dict) -> LoopOptions:
+    """The training loop's knobs from TOM's arguments (stored in checkpoints: resume reads them)."""
+    return LoopOptions(total=args["total_iter"], log_interval=args["log_interval"],
+                       image_interval=args["image_interval"], save_interval=args["save_interval"], keep=args["keep"],
+                       seed=args["seed"], nan_policy=args["nan_policy"], nan_skip_limit=args["nan_skip_limit"],
+                       nan_skip_setting="--nan_policy skip", config=dict(args))
+
+
 # --------------------------------------------------------------------------- the run
 
 def train(plan: Plan, vgg_features: nn.Sequential, runtime: Runtime | None = None) -> StageResult:
@@ -244,12 +256,7 @@ def train(plan: Plan, vgg_features: nn.Sequential, runtime: Runtime | None = Non
             write_json(out / "args.json", args)
             print(f"run folder: {out}\n{plan.counts[0]} photos, {plan.counts[1]} sketches, {args['total_iter']} "
                   f"iterations on {rt.device}")
-        options = LoopOptions(total=args["total_iter"], log_interval=args["log_interval"],
-                              image_interval=args["image_interval"], save_interval=args["save_interval"],
-                              keep=args["keep"], seed=args["seed"], nan_policy=args["nan_policy"],
-                              nan_skip_limit=args["nan_skip_limit"], nan_skip_setting="--nan_policy skip",
-                              config=dict(args))  # stored in checkpoints: resume reads them
-        result = run_stage(trainer, options, out, rt, resume=plan.checkpoint_path or False)
+        result = run_stage(trainer, loop_options(args), out, rt, resume=plan.checkpoint_path or False)
     if result.stopped and rt.is_main:
         print(f"stopped at iteration {result.iteration}; resume with:\n  {_command('train.py', '--checkpoint', out)}",
               file=sys.stderr)

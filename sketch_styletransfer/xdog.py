@@ -141,9 +141,9 @@ def make_sketch_folders(input_dir, output_dir, settings: dict[str, Setting], siz
             tasks.append((path, todo, size, binary))
     parallel = workers > 1 and len(tasks) > 1
     with ProcessPoolExecutor(max_workers=workers) if parallel else contextlib.nullcontext() as pool:
-        results = (pool.map(_sketch_one, tasks, chunksize=max(1, min(32, len(tasks) // (4 * workers)))) if parallel
-                   else map(_sketch_one, tasks))
-        results = list(tqdm(results, total=len(tasks), desc="xdog", unit="img", disable=not progress or not tasks,
+        lazy = (pool.map(_sketch_one, tasks, chunksize=max(1, min(32, len(tasks) // (4 * workers)))) if parallel
+                else map(_sketch_one, tasks))
+        results = list(tqdm(lazy, total=len(tasks), desc="xdog", unit="img", disable=not progress or not tasks,
                             dynamic_ncols=True))
     written = sum(count for count, _ in results)
     unreadable = [error for _, error in results if error]
